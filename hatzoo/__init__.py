@@ -1,0 +1,1 @@
+"""hatzoo: HAT (Hard Attention to the Task) continual-learning model zoo."""
