@@ -1,1 +1,74 @@
-"""hatzoo: HAT (Hard Attention to the Task) continual-learning model zoo."""
+"""hatzoo: HAT (Hard Attention to the Task) continual-learning model zoo.
+
+Attributes are imported lazily so that torch-free parts (the ONNX serving runtime under
+``hatzoo.export``) can be imported on a box that has only onnxruntime and numpy.
+"""
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from hatzoo import _timm_hook
+from hatzoo.errors import (
+    CheckpointError,
+    DataError,
+    ExportError,
+    HATError,
+    HubError,
+    InputError,
+    TaskError,
+    UnsupportedModelError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "HATModel": "hatzoo.core.model",
+    "HATConfig": "hatzoo.core.config",
+    "TaskModel": "hatzoo.core.specialize",
+    "hatify": "hatzoo.core.hatify",
+    "create_model": "hatzoo.zoo",
+    "load": "hatzoo.loader",
+    "list_models": "hatzoo.registry",
+    "schedules": "hatzoo.core.schedules",
+}
+
+__all__ = [
+    "CheckpointError",
+    "DataError",
+    "ExportError",
+    "HATError",
+    "HubError",
+    "InputError",
+    "TaskError",
+    "UnsupportedModelError",
+    "HATModel",
+    "HATConfig",
+    "TaskModel",
+    "hatify",
+    "create_model",
+    "load",
+    "list_models",
+    "schedules",
+]
+
+if TYPE_CHECKING:
+    from hatzoo.core import schedules
+    from hatzoo.core.config import HATConfig
+    from hatzoo.core.hatify import hatify
+    from hatzoo.core.model import HATModel
+    from hatzoo.core.specialize import TaskModel
+    from hatzoo.loader import load
+    from hatzoo.registry import list_models
+    from hatzoo.zoo import create_model
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hatzoo' has no attribute {name!r}")
+    module = import_module(_LAZY[name])
+    value = module if name == "schedules" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+_timm_hook.install()

@@ -1,0 +1,61 @@
+"""HAT hyper-parameters, with the defaults of Serra et al. (2018)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from hatzoo.errors import InputError
+
+MaskInit = Literal["normal", "dense", "sparse"]
+RegMode = Literal["global", "per_layer"]
+
+
+@dataclass
+class HATConfig:
+    """Options of the HAT mechanism.
+
+    smax: the largest gate scale; binary masks are the limit of sigmoid(smax * e).
+    reg_c: strength of the mask regularizer (paper: 0.75).
+    reg_mode: "global" is the paper's ratio over all units; "per_layer" averages the ratio of
+        each mask group, so small groups (attention heads) weigh as much as wide MLPs.
+    mask_init: "normal" draws embeddings from N(0, 1) (paper); "dense" starts every gate open
+        (e = +1, HAT-CL's choice that lets a new task see all units first); "sparse" starts them
+        closed (e = -1).
+    clamp: embeddings are clamped to [-clamp, clamp] after every optimizer step (paper: 6).
+    cosh_clamp: the argument of cosh in the gradient compensation is clamped (paper: 50).
+    norm_init: a new task's norms and tokens start as a copy of the latest task's ("copy") or
+        from the backbone's initial values ("fresh").
+    """
+
+    smax: float = 400.0
+    reg_c: float = 0.75
+    reg_mode: RegMode = "global"
+    mask_init: MaskInit = "normal"
+    clamp: float = 6.0
+    cosh_clamp: float = 50.0
+    norm_init: Literal["copy", "fresh"] = "copy"
+
+    def __post_init__(self) -> None:
+        if self.smax <= 0:
+            raise InputError(f"smax must be > 0, got {self.smax}")
+        if self.reg_c < 0:
+            raise InputError(f"reg_c must be >= 0, got {self.reg_c}")
+        for name, allowed in (
+            ("reg_mode", ("global", "per_layer")),
+            ("mask_init", ("normal", "dense", "sparse")),
+            ("norm_init", ("copy", "fresh")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HATConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown HAT option(s) {unknown}; known options are {sorted(known)}")
+        return cls(**data)

@@ -1,0 +1,98 @@
+"""Gradient locks that hold whatever the optimizer does.
+
+Zeroing the gradient of a locked weight is not enough: SGD momentum carried over from an earlier
+task, Adam's moment estimates and AdamW's weight decay all move a weight whose gradient is zero.
+So a ``LockGuard`` does two things: it zeroes locked gradient entries (the optimizer state and
+gradient clipping then see only free entries) and, after every optimizer step and before every
+forward pass, it writes back the exact stored value of every locked entry whose tensor changed.
+Restoring copies stored bits, so earlier tasks stay bitwise identical.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+_GUARDS: weakref.WeakSet[LockGuard] = weakref.WeakSet()
+_HOOK_HANDLE = None
+
+
+@dataclass
+class _Lock:
+    param: nn.Parameter
+    locked: torch.Tensor | None  # bool, same shape; None: the whole tensor is locked
+    snapshot: torch.Tensor
+    version: int
+
+
+class LockGuard:
+    """Keeps the locked entries of a set of parameters at their stored values."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, _Lock] = {}
+        self._clamps: list[tuple[nn.Parameter, float]] = []
+        self._hooked: set[int] = set()
+        _GUARDS.add(self)
+        _install_optimizer_hook()
+
+    def set_locks(self, locks: list[tuple[nn.Parameter, torch.Tensor | None]]) -> None:
+        """Replace every lock: each parameter with a bool mask of locked entries, or None for all."""
+        self._locks = {}
+        for param, locked in locks:
+            if locked is not None and not bool(locked.any()):
+                continue
+            snapshot = param.detach().clone()
+            self._locks[id(param)] = _Lock(param, locked, snapshot, param._version)
+            if id(param) not in self._hooked:
+                param.register_hook(self._gradient_filter(id(param)))
+                self._hooked.add(id(param))
+
+    def set_clamps(self, clamps: list[tuple[nn.Parameter, float]]) -> None:
+        """Parameters (the open task's embeddings) kept within [-bound, bound] after each step."""
+        self._clamps = clamps
+
+    def locked_count(self) -> int:
+        return sum(
+            lk.param.numel() if lk.locked is None else int(lk.locked.sum()) for lk in self._locks.values()
+        )
+
+    def _gradient_filter(self, key: int):
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            lock = self._locks.get(key)
+            if lock is None:
+                return grad
+            if lock.locked is None:
+                return torch.zeros_like(grad)
+            return grad.masked_fill(lock.locked, 0.0)
+
+        return hook
+
+    @torch.no_grad()
+    def enforce(self) -> None:
+        """Restore locked entries of every tensor modified since the last call; clamp embeddings."""
+        for lock in self._locks.values():
+            param = lock.param
+            if param._version == lock.version:
+                continue
+            if lock.locked is None:
+                param.copy_(lock.snapshot)
+            else:
+                param.copy_(torch.where(lock.locked, lock.snapshot, param))
+            lock.version = param._version
+        for param, bound in self._clamps:
+            param.clamp_(-bound, bound)
+
+
+def _after_optimizer_step(optimizer, args, kwargs) -> None:
+    for guard in list(_GUARDS):
+        guard.enforce()
+
+
+def _install_optimizer_hook() -> None:
+    global _HOOK_HANDLE
+    if _HOOK_HANDLE is None:
+        _HOOK_HANDLE = register_optimizer_step_post_hook(_after_optimizer_step)

@@ -1,0 +1,406 @@
+"""The HAT model: a backbone with per-task gates, heads, norms, and locks that make forgetting zero."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from hatzoo.core.config import HATConfig
+from hatzoo.core.groups import MaskGroup, UnitSlice
+from hatzoo.core.locks import LockGuard
+from hatzoo.core.task_modules import TaskContext, TaskModule, TaskParameter
+from hatzoo.errors import InputError, TaskError
+from hatzoo.policies.base import PolicySpec
+
+TaskStatus = Literal["open", "ended", "forgotten"]
+
+
+@dataclass
+class TaskInfo:
+    """What is known of one task: its classes and where it is in its life cycle."""
+
+    num_classes: int
+    labels: list[str]
+    status: TaskStatus = "open"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def group_key(name: str) -> str:
+    """A mask group's name as a module key (module keys cannot contain dots)."""
+    return name.replace(".", "-")
+
+
+def _gate(x: torch.Tensor, gate: torch.Tensor, dim: int) -> torch.Tensor:
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    return x * gate.to(x.dtype).view(shape)
+
+
+class HATModel(nn.Module):
+    """A backbone turned into a HAT network: ``model(x, task=t, scale=s)``.
+
+    Build one with ``hatzoo.hatify(model)`` or ``hatzoo.create_model(name)``, then per task:
+    ``add_task`` -> train with ``model(x, task=t, scale=s)`` and ``regularization(task=t)`` ->
+    ``end_task``. Gradient locks and embedding compensation run inside ``backward`` and
+    ``optimizer.step`` with no extra call.
+    """
+
+    def __init__(self, backbone: nn.Module, spec: PolicySpec, config: HATConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or HATConfig()
+        self.spec = spec
+        self.groups: dict[str, MaskGroup] = {g.name: g for g in spec.groups}
+        self.tasks: list[TaskInfo] = []
+        self._context = TaskContext()
+        self._last_scale: dict[int, float] = {}
+        self.backbone = backbone
+        self.heads = nn.ModuleList()
+        self.embeddings = nn.ModuleDict({group_key(g.name): nn.ParameterList() for g in spec.groups})
+        for g in spec.groups:
+            self.register_buffer(self._mask_buffer(g.name), torch.zeros(0, g.size, dtype=torch.bool))
+        self._wrap_per_task_parts(spec)
+        self._install_gates(spec.groups)
+        self._slices = self._index_slices(spec.groups)
+        self._guard = LockGuard()
+
+    # ----------------------------------------------------------------- construction
+    def _wrap_per_task_parts(self, spec: PolicySpec) -> None:
+        self.task_params = nn.ModuleDict()
+        for name in spec.per_task_modules:
+            parent, _, child = name.rpartition(".")
+            host = self.backbone.get_submodule(parent) if parent else self.backbone
+            setattr(host, child, TaskModule(getattr(host, child), self._context))
+        for host_name, attr in spec.per_task_params:
+            host = self.backbone.get_submodule(host_name) if host_name else self.backbone
+            key = group_key(f"{host_name}.{attr}" if host_name else attr)
+            self.task_params[key] = TaskParameter(host, attr, self._context)
+
+    def _install_gates(self, groups: list[MaskGroup]) -> None:
+        for g in groups:
+            module = self.backbone.get_submodule(g.gate.module)
+            name, dim = g.name, g.gate.dim
+            if g.gate.where == "output":
+                module.register_forward_hook(
+                    lambda m, args, out, n=name, d=dim: _gate(out, self._context.gates[n], d)
+                )
+            else:
+                module.register_forward_pre_hook(
+                    lambda m, args, n=name, d=dim: (_gate(args[0], self._context.gates[n], d), *args[1:])
+                )
+
+    def _index_slices(self, groups: list[MaskGroup]) -> dict[str, list[tuple[str, UnitSlice]]]:
+        """Map each backbone tensor ('module.tensor') to the (group, slice) pairs that touch it."""
+        index: dict[str, list[tuple[str, UnitSlice]]] = {}
+        for g in groups:
+            for _, s in g.slices():
+                index.setdefault(f"{s.module}.{s.tensor}", []).append((g.name, s))
+        return index
+
+    @staticmethod
+    def _mask_buffer(group: str) -> str:
+        return f"mask__{group_key(group)}"
+
+    def masks(self, group: str) -> torch.Tensor:
+        """Binary masks of one group: bool tensor [num_tasks, size]; rows of open tasks are zero."""
+        return getattr(self, self._mask_buffer(group))
+
+    # ----------------------------------------------------------------- task life cycle
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    def open_task(self) -> int | None:
+        """The task being trained, if any."""
+        return next((i for i, info in enumerate(self.tasks) if info.status == "open"), None)
+
+    def add_task(self, num_classes: int, labels: list[str] | None = None) -> int:
+        """Add a task with its own head, gates, norms and tokens; returns its id."""
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+            raise InputError(f"num_classes must be a positive int, got {num_classes!r}")
+        labels = [str(i) for i in range(num_classes)] if labels is None else [str(x) for x in labels]
+        if len(labels) != num_classes:
+            raise InputError(
+                f"got {len(labels)} labels for num_classes={num_classes}; give one label per class"
+            )
+        current = self.open_task()
+        if current is not None:
+            raise TaskError(f"task {current} is still open; call end_task({current}) before adding a task")
+        task = len(self.tasks)
+        device, dtype = self._device_dtype()
+        source = self._latest_task() if self.config.norm_init == "copy" else None
+        for module in self._task_modules():
+            module.add_task(source)
+        for module in self.task_params.values():
+            module.add_task(source)
+        self.heads.append(nn.Linear(self.spec.num_features, num_classes).to(device, dtype))
+        for g in self.groups.values():
+            embedding = nn.Parameter(self._initial_embedding(g.size, device, dtype))
+            embedding.register_hook(self._compensation(task, embedding))
+            self.embeddings[group_key(g.name)].append(embedding)
+            grown = torch.cat([self.masks(g.name), torch.zeros(1, g.size, dtype=torch.bool, device=device)])
+            setattr(self, self._mask_buffer(g.name), grown)
+        self.tasks.append(TaskInfo(num_classes=num_classes, labels=labels))
+        self._refresh_locks()
+        return task
+
+    def end_task(self, task: int) -> None:
+        """Binarize task's gates (e > 0) and lock every weight its units and earlier units use."""
+        self._check_task(task, allow_open=True)
+        if self.tasks[task].status != "open":
+            raise TaskError(f"task {task} has already ended; end_task is called once per task")
+        self._guard.enforce()
+        for g in self.groups.values():
+            self.masks(g.name)[task] = self.embedding(g.name, task).detach() > 0
+        self.tasks[task].status = "ended"
+        self._refresh_locks()
+
+    def reopen_task(self, task: int) -> None:
+        """Make an ended task trainable again; every other ended task stays locked."""
+        self._check_task(task)
+        current = self.open_task()
+        if current is not None:
+            raise TaskError(f"task {current} is open; end it before reopening task {task}")
+        self._guard.enforce()
+        for g in self.groups.values():
+            self.masks(g.name)[task] = False
+        self.tasks[task].status = "open"
+        self._refresh_locks()
+
+    def forget(self, task: int) -> None:
+        """Drop a task: the units only it used become free for new tasks; others are untouched."""
+        self._check_task(task, allow_open=True)
+        self._guard.enforce()
+        for g in self.groups.values():
+            self.masks(g.name)[task] = False
+        self.tasks[task].status = "forgotten"
+        self._refresh_locks()
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor, task: int | None = None, scale: float | None = None) -> torch.Tensor:
+        """Logits of ``task`` for a batch ``x``: soft gates at ``scale`` in training, binary in eval."""
+        task = self._resolve_task(task)
+        self._check_input(x)
+        binary = not self.training
+        if self.training:
+            if self.tasks[task].status != "open":
+                raise TaskError(
+                    f"task {task} has ended and its units are locked; call model.eval() to run it, "
+                    f"or model.reopen_task({task}) to train it again"
+                )
+            scale = self.config.smax if scale is None else scale
+            if not isinstance(scale, (int, float)) or not scale > 0:
+                raise InputError(f"scale must be a number > 0, got {scale!r}")
+            self._last_scale[task] = float(scale)
+        elif scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
+            raise InputError(f"scale must be a number > 0, got {scale!r}")
+        self._guard.enforce()
+        gates = self.gates(task, scale=None if binary else scale)
+        with self._context.run(task, gates):
+            features = self.backbone(x)
+        return self.heads[task](features)
+
+    def gates(self, task: int, scale: float | None = None) -> dict[str, torch.Tensor]:
+        """Gate vectors per group, expanded to activation width: binary when scale is None."""
+        out = {}
+        for g in self.groups.values():
+            if scale is None:
+                unit = self.binary_mask(g.name, task)
+            else:
+                unit = torch.sigmoid(scale * self.embedding(g.name, task))
+            out[g.name] = unit.repeat_interleave(g.gate.expand) if g.gate.expand > 1 else unit
+        return out
+
+    def binary_mask(self, group: str, task: int) -> torch.Tensor:
+        """Task's binary mask of a group as 0/1 floats: the stored one, or e > 0 while open."""
+        if self.tasks[task].status == "open":
+            return (self.embedding(group, task).detach() > 0).to(self._device_dtype()[1])
+        return self.masks(group)[task].to(self._device_dtype()[1])
+
+    def embedding(self, group: str, task: int) -> nn.Parameter:
+        return self.embeddings[group_key(group)][task]
+
+    # ----------------------------------------------------------------- regularizer
+    def regularization(self, task: int, scale: float | None = None) -> torch.Tensor:
+        """The HAT mask regularizer: reg_c times the share of free units the task's gates open."""
+        self._check_task(task, allow_open=True)
+        if scale is None:
+            scale = self._last_scale.get(task, self.config.smax)
+        previous = self._used_units(exclude=task)
+        numerators, denominators = [], []
+        for g in self.groups.values():
+            gate = torch.sigmoid(scale * self.embedding(g.name, task))
+            free = (~previous[g.name]).to(gate.dtype)
+            numerators.append((gate * free).sum())
+            denominators.append(free.sum())
+        if self.config.reg_mode == "per_layer":
+            ratios = [n / d for n, d in zip(numerators, denominators, strict=True) if d > 0]
+            value = torch.stack(ratios).mean() if ratios else torch.zeros(())
+        else:
+            den = torch.stack(denominators).sum()
+            value = torch.stack(numerators).sum() / den if den > 0 else torch.zeros(())
+        return self.config.reg_c * value
+
+    # ----------------------------------------------------------------- capacity
+    def capacity(self) -> dict[str, dict[str, Any]]:
+        """Per mask group: its size, the units each ended task uses, and how many are still free."""
+        ended = self._ended_tasks()
+        report = {}
+        for g in self.groups.values():
+            masks = self.masks(g.name)
+            used = masks[ended].any(0) if ended else torch.zeros(g.size, dtype=torch.bool)
+            report[g.name] = {
+                "size": g.size,
+                "used": {t: int(masks[t].sum()) for t in ended},
+                "free": g.size - int(used.sum()),
+            }
+        return report
+
+    # ----------------------------------------------------------------- specialization
+    def specialize(self, task: int) -> nn.Module:
+        """A plain module for one task with its masked units physically removed (eval mode)."""
+        from hatzoo.core.specialize import specialize
+
+        return specialize(self, task)
+
+    def task_parameters(self, task: int) -> list[nn.Parameter]:
+        """The parameters created for one task (head, gates, norms, tokens), for ``add_param_group``."""
+        self._check_task(task, allow_open=True)
+        params = list(self.heads[task].parameters())
+        params += [self.embedding(g.name, task) for g in self.groups.values()]
+        for module in self._task_modules():
+            params += list(module.tasks[task].parameters())
+        params += [module.tasks[task] for module in self.task_params.values()]
+        return params
+
+    # ----------------------------------------------------------------- locks
+    def _refresh_locks(self) -> None:
+        ended = self._ended_tasks()
+        locks: list[tuple[nn.Parameter, torch.Tensor | None]] = []
+        if ended:
+            used = self._used_units()
+            per_task = {id(p) for t in range(self.num_tasks) for p in self._per_task_tensors(t)}
+            for name, param in self.backbone.named_parameters():
+                if id(param) in per_task:
+                    continue
+                locked = torch.ones(param.shape, dtype=torch.bool, device=param.device)
+                for group, s in self._slices.get(name, []):
+                    entries = s.entry_mask(used[group]).to(param.device)
+                    shape = [1] * param.ndim
+                    shape[s.dim] = -1
+                    locked &= entries.view(shape)
+                locks.append((param, None if bool(locked.all()) else locked))
+        for t in ended:
+            locks += [(p, None) for p in self._per_task_tensors(t)]
+        self._guard.set_locks(locks)
+        current = self.open_task()
+        clamps = (
+            [] if current is None else [(self.embedding(g, current), self.config.clamp) for g in self.groups]
+        )
+        self._guard.set_clamps(clamps)
+
+    def _per_task_tensors(self, task: int) -> list[nn.Parameter]:
+        return self.task_parameters(task) if task < self.num_tasks else []
+
+    def _used_units(self, exclude: int | None = None) -> dict[str, torch.Tensor]:
+        """Union of the binary masks of ended tasks (optionally without one task)."""
+        ended = [t for t in self._ended_tasks() if t != exclude]
+        out = {}
+        for g in self.groups.values():
+            masks = self.masks(g.name)
+            out[g.name] = (
+                masks[ended].any(0) if ended else torch.zeros(g.size, dtype=torch.bool, device=masks.device)
+            )
+        return out
+
+    def _compensation(self, task: int, embedding: nn.Parameter):
+        """The paper's embedding-gradient compensation: gradients as if trained at s = smax."""
+
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            scale = self._last_scale.get(task, self.config.smax)
+            e = embedding.detach()
+            num = torch.cosh(torch.clamp(scale * e, -self.config.cosh_clamp, self.config.cosh_clamp)) + 1
+            den = torch.cosh(e) + 1
+            return grad * (self.config.smax / scale) * num / den
+
+        return hook
+
+    # ----------------------------------------------------------------- checks and helpers
+    def _task_modules(self) -> list[TaskModule]:
+        return [m for m in self.backbone.modules() if isinstance(m, TaskModule)]
+
+    def _ended_tasks(self) -> list[int]:
+        return [i for i, info in enumerate(self.tasks) if info.status == "ended"]
+
+    def _latest_task(self) -> int | None:
+        alive = [i for i, info in enumerate(self.tasks) if info.status != "forgotten"]
+        return alive[-1] if alive else None
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        param = next(self.backbone.parameters())
+        return param.device, param.dtype
+
+    def _initial_embedding(self, size: int, device, dtype) -> torch.Tensor:
+        if self.config.mask_init == "normal":
+            return torch.randn(size, device=device, dtype=dtype)
+        value = 1.0 if self.config.mask_init == "dense" else -1.0
+        return torch.full((size,), value, device=device, dtype=dtype)
+
+    def _check_task(self, task: Any, allow_open: bool = False) -> None:
+        if not isinstance(task, int) or isinstance(task, bool):
+            raise TaskError(f"task must be an int task id, got {task!r}")
+        if not 0 <= task < self.num_tasks:
+            known = f"0..{self.num_tasks - 1}" if self.num_tasks else "none yet; call add_task first"
+            raise TaskError(f"task {task} does not exist (tasks: {known})")
+        status = self.tasks[task].status
+        if status == "forgotten":
+            raise TaskError(f"task {task} was forgotten; its units may have been reused")
+        if status == "open" and not allow_open:
+            raise TaskError(f"task {task} is still open; call end_task({task}) first")
+
+    def _resolve_task(self, task: int | None) -> int:
+        if task is None:
+            alive = [i for i, info in enumerate(self.tasks) if info.status != "forgotten"]
+            if len(alive) != 1:
+                raise TaskError(f"this model has {len(alive)} tasks: say which one with task=")
+            task = alive[0]
+        self._check_task(task, allow_open=True)
+        return task
+
+    def _check_input(self, x: Any) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise InputError(f"input must be a floating-point tensor, got {x.dtype}")
+        expected = self.spec.input_shape
+        if expected is None:
+            numel = x[0].numel() if x.ndim > 1 else -1
+            if numel != self.spec.input_numel:
+                raise InputError(
+                    f"expected a batch of inputs with {self.spec.input_numel} values each, "
+                    f"got shape {tuple(x.shape)}"
+                )
+            return
+        if x.ndim != len(expected) + 1:
+            shape = ", ".join("?" if d is None else str(d) for d in expected)
+            raise InputError(f"expected input of shape (batch, {shape}), got {tuple(x.shape)}")
+        for axis, (want, got) in enumerate(zip(expected, x.shape[1:], strict=True), start=1):
+            if want is not None and want != got:
+                shape = ", ".join("?" if d is None else str(d) for d in expected)
+                what = "channels" if axis == 1 and len(expected) == 3 else f"size of dim {axis}"
+                raise InputError(
+                    f"expected input of shape (batch, {shape}), got {tuple(x.shape)}: wrong {what} "
+                    f"({got} instead of {want})"
+                )
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        if hasattr(self, "_guard"):
+            self._refresh_locks()
+        return module
+
+    def extra_repr(self) -> str:
+        states = ", ".join(f"{i}:{info.status}" for i, info in enumerate(self.tasks)) or "none"
+        return f"groups={len(self.groups)}, tasks=[{states}]"

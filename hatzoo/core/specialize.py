@@ -1,0 +1,165 @@
+"""Bake one task into a plain module: masked units physically removed, the task's norms in place.
+
+Pruning is exact where the policy put the gates (after activations, off the residual stream): a
+unit whose binary gate is 0 contributes exactly nothing downstream, so removing its producer rows
+and consumer columns changes nothing but the float rounding. BatchNorms that follow a conv are
+folded into it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from hatzoo.core.groups import MaskGroup
+from hatzoo.core.task_modules import TaskModule
+
+if TYPE_CHECKING:
+    from hatzoo.core.model import HATModel
+
+
+class ConstantBranch(nn.Module):
+    """A branch whose every unit is masked: its output is its output bias, whatever the input."""
+
+    def __init__(self, bias: torch.Tensor | None, width: int) -> None:
+        super().__init__()
+        self.register_buffer("bias", bias.detach().clone() if bias is not None else torch.zeros(width))
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return torch.zeros_like(x[..., :1]) + self.bias
+
+
+class TaskModel(nn.Module):
+    """One task of a HAT model as an ordinary module: ``logits = net(x)``."""
+
+    def __init__(
+        self, backbone: nn.Module, head: nn.Linear, labels: list[str], task: int, kept: dict
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.labels = list(labels)
+        self.task = task
+        self.kept_units = kept
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+@torch.no_grad()
+def specialize(model: HATModel, task: int) -> TaskModel:
+    """Task ``task`` of ``model`` as a pruned ``TaskModel`` in eval mode."""
+    model._check_task(task)
+    model._guard.enforce()
+    backbone = copy.deepcopy(model.backbone)
+    _strip_hooks(backbone)
+    _select_task(backbone, model, task)
+    kept = {}
+    for group in model.groups.values():
+        keep = model.masks(group.name)[task].cpu()
+        kept[group.name] = [int(keep.sum()), group.size]
+        _prune_group(backbone, group, keep)
+    for conv, norm in model.spec.fold_pairs:
+        _fold_batchnorm(backbone, conv, norm)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    head = copy.deepcopy(model.heads[task]).requires_grad_(False)
+    if model.spec.feature_group is not None:
+        _prune_head(head, model.masks(model.spec.feature_group)[task].cpu(), model.spec.num_features)
+    return TaskModel(backbone, head, model.tasks[task].labels, task, kept).eval()
+
+
+def _strip_hooks(module: nn.Module) -> None:
+    for m in module.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+
+
+def _select_task(backbone: nn.Module, model: HATModel, task: int) -> None:
+    """Put the task's own norms and tokens where the wrappers were."""
+    for module in list(backbone.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, TaskModule):
+                setattr(module, child_name, child.tasks[task])
+    for host_name, attr in model.spec.per_task_params:
+        host = backbone.get_submodule(host_name) if host_name else backbone
+        key = (f"{host_name}.{attr}" if host_name else attr).replace(".", "-")
+        value = model.task_params[key].tasks[task].detach().clone()
+        host.__dict__.pop(attr, None)
+        host.register_parameter(attr, nn.Parameter(value))
+
+
+def _prune_group(backbone: nn.Module, group: MaskGroup, keep: torch.Tensor) -> None:
+    kept = int(keep.sum())
+    if kept == 0 and group.collapse is not None:
+        branch, bias = group.collapse
+        parent, _, child = branch.rpartition(".")
+        out_layer = backbone.get_submodule(bias.rpartition(".")[0])
+        setattr(backbone.get_submodule(parent), child, ConstantBranch(out_layer.bias, out_layer.out_features))
+        return
+    if kept == 0:
+        # no constant form known: keep one unit whose consumers read it with zero weights
+        keep = torch.zeros_like(keep)
+        keep[0] = True
+        for s in group.consumers:
+            tensor = _tensor(backbone, f"{s.module}.{s.tensor}")
+            index = (s.unit_index(group.size) == 0).nonzero().flatten().to(tensor.device)
+            tensor.index_fill_(s.dim, index, 0.0)
+    for _, s in group.slices():
+        module = backbone.get_submodule(s.module)
+        tensor = getattr(module, s.tensor)
+        entries = s.entry_mask(keep).nonzero().flatten().to(tensor.device)
+        pruned = tensor.index_select(s.dim, entries).clone()
+        if isinstance(tensor, nn.Parameter):
+            setattr(module, s.tensor, nn.Parameter(pruned, requires_grad=False))
+        else:
+            module.register_buffer(s.tensor, pruned)
+        _sync_shape_attributes(module)
+    if group.resize is not None:
+        group.resize(backbone, int(keep.sum()))
+
+
+def _prune_head(head: nn.Linear, keep: torch.Tensor, num_features: int) -> None:
+    """Drop the head columns that read masked feature units (one unit may span several features)."""
+    expand = num_features // keep.numel()
+    columns = keep.repeat_interleave(expand).nonzero().flatten()
+    if columns.numel() == 0:
+        columns = torch.zeros(1, dtype=torch.long)
+        head.weight[:, 0] = 0.0
+    head.weight = nn.Parameter(head.weight.index_select(1, columns), requires_grad=False)
+    head.in_features = head.weight.shape[1]
+
+
+def _sync_shape_attributes(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.Conv2d):
+        module.out_channels = module.weight.shape[0]
+        module.in_channels = module.weight.shape[1] * module.groups
+    elif isinstance(module, nn.modules.batchnorm._NormBase):
+        module.num_features = (
+            module.running_mean.shape[0] if module.running_mean is not None else module.weight.shape[0]
+        )
+
+
+def _tensor(root: nn.Module, path: str) -> torch.Tensor:
+    module, _, name = path.rpartition(".")
+    return getattr(root.get_submodule(module), name)
+
+
+def _fold_batchnorm(backbone: nn.Module, conv_name: str, norm_name: str) -> None:
+    """Fold an eval-mode BatchNorm into the conv before it (exact up to float rounding)."""
+    conv = backbone.get_submodule(conv_name)
+    norm = backbone.get_submodule(norm_name)
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.running_var is None:
+        return
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    bias = norm.bias - norm.running_mean * scale
+    conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
+    conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bias)
+    conv.bias = nn.Parameter(conv_bias * scale + bias, requires_grad=False)
+    parent, _, child = norm_name.rpartition(".")
+    setattr(backbone.get_submodule(parent) if parent else backbone, child, nn.Identity())

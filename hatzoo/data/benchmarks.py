@@ -1,0 +1,331 @@
+"""Task-incremental benchmarks: a registry of named builders and the offline ones built on it.
+
+Offline benchmarks (data from ``scripts/fetch_data.sh``; splits and counts in ``hatzoo.data.sources``):
+- ``split-mnist``: 5 tasks of 2 classes, (0,1), (2,3), ... by default; 8,000 train / 2,000 test in all.
+- ``split-fashion-mnist``: 5 tasks of 2 classes; 12,000 train / 2,000 test per task.
+- ``permuted-mnist``: ``num_tasks`` (10) tasks of all 10 digits, each with its own seeded pixel shuffle.
+- ``mixed``: one task per data set (MNIST, Fashion-MNIST, sklearn digits upscaled to 28x28), in the
+  spirit of 5-datasets; one normalization computed over the union of the full training sets.
+
+Seeds: ``seed`` drives every random choice through separate streams, so changing one option never
+changes another's draw: class order ``[seed, 0]``, training/test subsets ``[seed, 1|3, task]``,
+permutations ``[seed, 2, task]``. Train/test splits themselves are fixed and never depend on the seed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from hatzoo.data import sources
+from hatzoo.data.paths import DataArgumentError
+from hatzoo.data.sources import RawData
+from hatzoo.data.tasks import TaskData, TaskSequence, balanced_subset, to_tensor
+from hatzoo.errors import DataError
+
+Builder = Callable[..., TaskSequence]
+_REGISTRY: dict[str, Builder] = {}
+_HELP: dict[str, str] = {}
+COMMON = ("seed", "root", "max_train_per_task")
+
+
+def register(name: str, help: str) -> Callable[[Builder], Builder]:
+    """Add a benchmark builder under ``name``; ``help`` is the one line ``benchmark_help`` shows."""
+
+    def deco(fn: Builder) -> Builder:
+        _REGISTRY[name] = fn
+        _HELP[name] = help
+        return fn
+
+    return deco
+
+
+def list_benchmarks() -> list[str]:
+    """Names accepted by :func:`get_benchmark`, in registration order."""
+    return list(_REGISTRY)
+
+
+def benchmark_help() -> dict[str, str]:
+    """One line per benchmark: what it is and where its data comes from."""
+    return dict(_HELP)
+
+
+def get_benchmark(
+    name: str,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    max_train_per_task: int | None = None,
+    **kwargs: Any,
+) -> TaskSequence:
+    """Build the named benchmark as a :class:`TaskSequence` of in-memory, normalized tasks.
+
+    ``root`` (or ``HATZOO_DATA``) pins the one data folder to use; ``max_train_per_task`` keeps a
+    seeded, class-balanced subset of each task's training set. Other options depend on the benchmark
+    (a wrong one raises an error listing the accepted ones).
+    """
+    if not isinstance(name, str):
+        raise DataArgumentError(f"benchmark name must be a string, got {type(name).__name__}")
+    key = name.strip().lower().replace("_", "-")
+    if key not in _REGISTRY:
+        raise DataError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(list_benchmarks())}")
+    fn = _REGISTRY[key]
+    params = inspect.signature(fn).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        accepted = [p for p in params if p not in COMMON]
+        raise DataArgumentError(
+            f"benchmark {key!r} does not take {', '.join(unknown)}; its options are: "
+            f"{', '.join([*COMMON, *accepted])}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise DataArgumentError(f"seed must be a non-negative int, got {seed!r}")
+    check_limit("max_train_per_task", max_train_per_task)
+    return fn(seed=int(seed), root=root, max_train_per_task=max_train_per_task, **kwargs)
+
+
+def check_limit(what: str, value: int | None) -> None:
+    """A per-task size limit must be None or a positive int."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1
+    ):
+        raise DataArgumentError(f"{what} must be None or a positive int, got {value!r}")
+
+
+def rng(seed: int, *stream: int) -> np.random.Generator:
+    """An independent random stream for one purpose (see the module doc)."""
+    return np.random.default_rng([seed, *stream])
+
+
+def resolve_class_order(class_order: str | Sequence[int] | None, num_classes: int, seed: int) -> list[int]:
+    """``None``/"default" -> 0..n-1; "random" -> seeded shuffle; a sequence -> checked and used as is."""
+    if class_order is None or (isinstance(class_order, str) and class_order in ("default", "sorted")):
+        return list(range(num_classes))
+    if isinstance(class_order, str):
+        if class_order == "random":
+            return [int(c) for c in rng(seed, 0).permutation(num_classes)]
+        raise DataArgumentError(
+            f"class_order must be 'default', 'random' or a list of class ids, got {class_order!r}"
+        )
+    order = [int(c) for c in class_order]
+    if len(set(order)) != len(order) or not all(0 <= c < num_classes for c in order):
+        raise DataArgumentError(
+            f"class_order must list distinct class ids in 0..{num_classes - 1}, got {order}"
+        )
+    return order
+
+
+def pick(y: np.ndarray, limit: int | None, gen: np.random.Generator) -> np.ndarray:
+    """All indices, or a seeded class-balanced subset of ``limit`` of them."""
+    return np.arange(len(y)) if limit is None else balanced_subset(y, limit, gen)
+
+
+def split_tasks(
+    bench: str,
+    raw: RawData,
+    *,
+    seed: int,
+    classes_per_task: int,
+    class_order: str | Sequence[int] | None,
+    max_train_per_task: int | None,
+    max_test_per_task: int | None,
+) -> TaskSequence:
+    """Cut a data set into tasks of ``classes_per_task`` classes each, in the resolved class order."""
+    check_limit("max_test_per_task", max_test_per_task)
+    if isinstance(classes_per_task, bool) or not isinstance(classes_per_task, int) or classes_per_task < 1:
+        raise DataArgumentError(f"classes_per_task must be a positive int, got {classes_per_task!r}")
+    order = resolve_class_order(class_order, raw.num_classes, seed)
+    if len(order) % classes_per_task:
+        raise DataArgumentError(
+            f"{len(order)} classes do not divide into tasks of {classes_per_task}; "
+            "change classes_per_task or give a class_order whose length is a multiple of it"
+        )
+    tasks = []
+    for t in range(len(order) // classes_per_task):
+        group = order[t * classes_per_task : (t + 1) * classes_per_task]
+        lut = np.full(raw.num_classes, -1, dtype=np.int64)
+        lut[group] = np.arange(len(group))
+        splits = []
+        for x, y, limit, stream in (
+            (raw.x_train, raw.y_train, max_train_per_task, 1),
+            (raw.x_test, raw.y_test, max_test_per_task, 3),
+        ):
+            idx = np.flatnonzero(lut[y] >= 0)
+            sub = idx[pick(y[idx], limit, rng(seed, stream, t))]
+            splits.append(
+                (
+                    len(idx),
+                    TensorDataset(
+                        to_tensor(x[sub], raw.scale, raw.mean, raw.std), torch.from_numpy(lut[y[sub]])
+                    ),
+                )
+            )
+        (n_train, train), (n_test, test) = splits
+        tasks.append(
+            TaskData(
+                name=f"{bench}/{'-'.join(str(c) for c in group)}",
+                classes=tuple(group),
+                labels=[raw.labels[c] for c in group],
+                train=train,
+                test=test,
+                info={"train_available": n_train, "test_available": n_test},
+            )
+        )
+    c, h, w = raw.x_train.shape[1:]
+    options = {
+        "seed": seed,
+        "class_order": order,
+        "classes_per_task": classes_per_task,
+        "max_train_per_task": max_train_per_task,
+        "max_test_per_task": max_test_per_task,
+    }
+    return TaskSequence(bench, (c, h, w), tuple(raw.mean), tuple(raw.std), tasks, options, raw.source)
+
+
+@register("split-mnist", "MNIST (offline: 8,000 train / 2,000 test), 5 tasks x 2 classes")
+def split_mnist(
+    *,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    max_train_per_task: int | None = None,
+    max_test_per_task: int | None = None,
+    class_order: str | Sequence[int] | None = None,
+    classes_per_task: int = 2,
+) -> TaskSequence:
+    """Split-MNIST on the offline MNIST subset."""
+    return split_tasks(
+        "split-mnist",
+        sources.load_mnist(root),
+        seed=seed,
+        classes_per_task=classes_per_task,
+        class_order=class_order,
+        max_train_per_task=max_train_per_task,
+        max_test_per_task=max_test_per_task,
+    )
+
+
+@register("split-fashion-mnist", "Fashion-MNIST (full 60k/10k, offline), 5 tasks x 2 classes")
+def split_fashion_mnist(
+    *,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    max_train_per_task: int | None = None,
+    max_test_per_task: int | None = None,
+    class_order: str | Sequence[int] | None = None,
+    classes_per_task: int = 2,
+) -> TaskSequence:
+    """Split-Fashion-MNIST on the full data set from Debian's dataset-fashion-mnist."""
+    return split_tasks(
+        "split-fashion-mnist",
+        sources.load_fashion_mnist(root),
+        seed=seed,
+        classes_per_task=classes_per_task,
+        class_order=class_order,
+        max_train_per_task=max_train_per_task,
+        max_test_per_task=max_test_per_task,
+    )
+
+
+@register("permuted-mnist", "MNIST (offline) with a seeded pixel permutation per task, 10 classes each")
+def permuted_mnist(
+    *,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    max_train_per_task: int | None = None,
+    max_test_per_task: int | None = None,
+    num_tasks: int = 10,
+    identity_first: bool = False,
+) -> TaskSequence:
+    """Permuted-MNIST: task t shuffles the 784 pixels with stream ``[seed, 2, t]`` (task 0 kept if asked)."""
+    check_limit("num_tasks", num_tasks)
+    check_limit("max_test_per_task", max_test_per_task)
+    raw = sources.load_mnist(root)
+    x_train = to_tensor(raw.x_train, raw.scale, raw.mean, raw.std).flatten(1)
+    x_test = to_tensor(raw.x_test, raw.scale, raw.mean, raw.std).flatten(1)
+    tasks = []
+    for t in range(num_tasks):
+        perm = np.arange(784) if identity_first and t == 0 else rng(seed, 2, t).permutation(784)
+        p = torch.from_numpy(perm)
+        itr = torch.from_numpy(pick(raw.y_train, max_train_per_task, rng(seed, 1, t)))
+        ite = torch.from_numpy(pick(raw.y_test, max_test_per_task, rng(seed, 3, t)))
+        train = TensorDataset(x_train[itr][:, p].reshape(-1, 1, 28, 28), torch.tensor(raw.y_train)[itr])
+        test = TensorDataset(x_test[ite][:, p].reshape(-1, 1, 28, 28), torch.tensor(raw.y_test)[ite])
+        identity = bool((perm == np.arange(784)).all())
+        info = {"train_available": len(raw.y_train), "test_available": len(raw.y_test), "identity": identity}
+        tasks.append(TaskData(f"permuted-mnist/p{t}", tuple(range(10)), list(raw.labels), train, test, info))
+    options = {
+        "seed": seed,
+        "num_tasks": num_tasks,
+        "identity_first": identity_first,
+        "max_train_per_task": max_train_per_task,
+        "max_test_per_task": max_test_per_task,
+    }
+    return TaskSequence("permuted-mnist", (1, 28, 28), raw.mean, raw.std, tasks, options, raw.source)
+
+
+MIXED_SOURCES: dict[str, Callable[[Any], RawData]] = {
+    "mnist": sources.load_mnist,
+    "fashion-mnist": sources.load_fashion_mnist,
+    "digits": sources.load_digits,
+}
+
+
+def _unit_28(x: np.ndarray, scale: float) -> torch.Tensor:
+    """uint8 (N, 1, H, W) -> float32 in [0, 1] at 28x28 (bilinear upscaling where smaller)."""
+    x = np.ascontiguousarray(x) if x.flags.writeable else x.copy()  # cached sources are read-only
+    t = torch.from_numpy(x).to(torch.float32).div_(scale)
+    if t.shape[-2:] != (28, 28):
+        t = F.interpolate(t, size=(28, 28), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
+    return t
+
+
+@register("mixed", "one task per data set (MNIST, Fashion-MNIST, sklearn digits), all 1x28x28, offline")
+def mixed(
+    *,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    max_train_per_task: int | None = None,
+    max_test_per_task: int | None = None,
+    datasets: Sequence[str] = ("mnist", "fashion-mnist", "digits"),
+) -> TaskSequence:
+    """Different data sets as tasks (like 5-datasets), at 1x28x28, normalized with pooled statistics."""
+    check_limit("max_test_per_task", max_test_per_task)
+    names = [datasets] if isinstance(datasets, str) else list(datasets)
+    bad = [d for d in names if d not in MIXED_SOURCES]
+    if not names or bad:
+        raise DataArgumentError(f"datasets must be taken from {', '.join(MIXED_SOURCES)}; got {names}")
+    raws = [MIXED_SOURCES[d](root) for d in names]
+    total, total_sq, count = 0.0, 0.0, 0
+    for raw in raws:  # pooled pixel statistics over the full training sets (independent of subsets)
+        u = _unit_28(raw.x_train, raw.scale).double()
+        total, total_sq, count = total + u.sum().item(), total_sq + (u * u).sum().item(), count + u.numel()
+    mean = round(total / count, 4)
+    std = round(float(np.sqrt(total_sq / count - (total / count) ** 2)), 4)
+    tasks = []
+    for t, (d, raw) in enumerate(zip(names, raws, strict=True)):
+        itr = pick(raw.y_train, max_train_per_task, rng(seed, 1, t))
+        ite = pick(raw.y_test, max_test_per_task, rng(seed, 3, t))
+        train = TensorDataset(
+            (_unit_28(raw.x_train[itr], raw.scale) - mean) / std, torch.from_numpy(raw.y_train[itr])
+        )
+        test = TensorDataset(
+            (_unit_28(raw.x_test[ite], raw.scale) - mean) / std, torch.from_numpy(raw.y_test[ite])
+        )
+        info = {"dataset": d, "train_available": len(raw.y_train), "test_available": len(raw.y_test)}
+        tasks.append(
+            TaskData(f"mixed/{d}", tuple(range(raw.num_classes)), list(raw.labels), train, test, info)
+        )
+    options = {
+        "seed": seed,
+        "datasets": names,
+        "max_train_per_task": max_train_per_task,
+        "max_test_per_task": max_test_per_task,
+    }
+    source = "; ".join(r.source for r in raws)
+    return TaskSequence("mixed", (1, 28, 28), (mean,), (std,), tasks, options, source)

@@ -1,0 +1,255 @@
+"""Benchmarks for users with internet or their own files: torchvision data sets and image folders.
+
+- ``tv-mnist``, ``tv-fashion-mnist``, ``tv-cifar10`` (5 tasks x 2 classes) and ``tv-cifar100``
+  (10 tasks x 10 classes): torchvision's own classes, ``download=True`` by default, files kept under
+  ``root`` (argument or ``HATZOO_DATA``; one of them is required). With ``download=False`` only files
+  already in torchvision's layout (e.g. ``root/FashionMNIST/raw/train-images-idx3-ubyte``) are read.
+  Normalization uses the data sets' standard train statistics; a training image that also occurs in
+  the test set (same pixels) is dropped, so train and test never share an image.
+- ``imagefolder``: ``root/<task>/train/<class>/*.png`` and ``root/<task>/test/<class>/*.png``, one
+  subfolder per task in sorted order, each an ImageFolder; normalization computed over all tasks'
+  training images.
+
+torchvision is imported only when one of these is built.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from hatzoo.data import paths, sources
+from hatzoo.data.benchmarks import check_limit, pick, register, rng, split_tasks
+from hatzoo.data.paths import DataArgumentError
+from hatzoo.data.sources import RawData, drop_overlap
+from hatzoo.data.tasks import TaskData, TaskSequence, to_tensor
+from hatzoo.errors import DataError
+
+# torchvision class name, standard (mean, std) of the training images in [0, 1], default classes per task
+TORCHVISION_SETS: dict[str, tuple[str, tuple[tuple[float, ...], tuple[float, ...]], int]] = {
+    "tv-mnist": ("MNIST", sources.MNIST_STATS, 2),
+    "tv-fashion-mnist": ("FashionMNIST", sources.FASHION_STATS, 2),
+    "tv-cifar10": ("CIFAR10", ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)), 2),
+    "tv-cifar100": ("CIFAR100", ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), 10),
+}
+# where torchvision keeps each set's files under root
+TORCHVISION_LAYOUT = {
+    "MNIST": "MNIST/raw/",
+    "FashionMNIST": "FashionMNIST/raw/",
+    "CIFAR10": "cifar-10-batches-py/",
+    "CIFAR100": "cifar-100-python/",
+}
+
+
+def _pinned_root(bench: str, root: str | os.PathLike | None) -> Path:
+    """The folder a torchvision-backed benchmark keeps its files in; it must be named."""
+    pinned = paths.explicit_root(root)
+    if pinned is None:
+        raise DataArgumentError(
+            f"{bench} needs a folder for torchvision's files: pass root=DIR (or set {paths.ENV_VAR}); "
+            "with download=True (the default) torchvision downloads the data there"
+        )
+    return pinned
+
+
+def _split_arrays(ds: object) -> tuple[np.ndarray, np.ndarray]:
+    """A torchvision data set's images as uint8 (N, C, H, W) and labels as int64."""
+    data = ds.data  # type: ignore[attr-defined]
+    x = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)  # MNIST family (N,H,W); CIFAR (N,H,W,C)
+    y = np.asarray(ds.targets, dtype=np.int64)  # type: ignore[attr-defined]
+    return np.ascontiguousarray(x), y
+
+
+@lru_cache(maxsize=4)
+def load_torchvision(bench: str, root: str, download: bool) -> RawData:
+    """Load one torchvision data set into memory (cached per folder), wrapping its errors in DataError."""
+    import torchvision.datasets as tvd
+
+    cls_name, (mean, std), _ = TORCHVISION_SETS[bench]
+    cls = getattr(tvd, cls_name)
+    try:
+        train_ds = cls(root, train=True, download=download)
+        test_ds = cls(root, train=False, download=download)
+    except (RuntimeError, OSError) as e:  # "Dataset not found", failed downloads, unreadable files
+        how = (
+            f"torchvision could not download {cls_name} into {root} (it needs internet): {e}"
+            if download
+            else f"torchvision found no {cls_name} files under {root} (download=False): {e}"
+        )
+        raise DataError(
+            f"{bench}: {how}\nTo fix: pass download=True on a machine with internet, or put torchvision's "
+            f"files in {root}/{TORCHVISION_LAYOUT[cls_name]} yourself; offline, use "
+            "the split-mnist / split-fashion-mnist benchmarks after `bash scripts/fetch_data.sh`."
+        ) from e
+    x_test, y_test = _split_arrays(test_ds)
+    x_all, y_all = _split_arrays(train_ds)
+    x_train, y_train = drop_overlap(x_all, y_all, x_test)
+    labels = tuple(c.split(" - ")[0] for c in train_ds.classes)  # MNIST names classes "0 - zero"
+    dropped = len(y_all) - len(y_train)
+    source = f"torchvision.datasets.{cls_name} in {root}" + (
+        f" ({dropped} train images also in test dropped)" if dropped else ""
+    )
+    for a in (x_train, y_train, x_test, y_test):
+        a.setflags(write=False)
+    return RawData(bench, x_train, y_train, x_test, y_test, labels, 255.0, mean, std, source)
+
+
+def _tv_builder(bench: str) -> Callable[..., TaskSequence]:
+    """A split builder for one torchvision data set (same options as split-mnist, plus download)."""
+    default_cpt = TORCHVISION_SETS[bench][2]
+
+    def build(
+        *,
+        seed: int = 0,
+        root: str | os.PathLike | None = None,
+        max_train_per_task: int | None = None,
+        max_test_per_task: int | None = None,
+        class_order: str | Sequence[int] | None = None,
+        classes_per_task: int = default_cpt,
+        download: bool = True,
+    ) -> TaskSequence:
+        folder = _pinned_root(bench, root).resolve()
+        raw = load_torchvision(bench, str(folder), bool(download))
+        return split_tasks(
+            bench,
+            raw,
+            seed=seed,
+            classes_per_task=classes_per_task,
+            class_order=class_order,
+            max_train_per_task=max_train_per_task,
+            max_test_per_task=max_test_per_task,
+        )
+
+    build.__doc__ = f"{bench}: torchvision {TORCHVISION_SETS[bench][0]} split into tasks of classes."
+    return build
+
+
+for _name, (_cls, _stats, _cpt) in TORCHVISION_SETS.items():
+    register(_name, f"torchvision {_cls} (root=DIR, downloads by default), tasks of {_cpt} classes")(
+        _tv_builder(_name)
+    )
+
+
+def _read_images(files: list[str], mode: str, size: tuple[int, int] | None) -> np.ndarray:
+    """Image files as uint8 (N, C, H, W) in ``mode`` ("L" or "RGB"), resized to ``size`` (H, W) if given."""
+    from PIL import Image
+
+    out = []
+    for f in files:
+        with Image.open(f) as im:
+            im = im.convert(mode)
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+        out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    shapes = {a.shape for a in out}
+    if len(shapes) > 1:
+        raise DataError(
+            f"images of different sizes {sorted(shapes)[:3]} (e.g. {files[0]}); pass image_size=(H, W) "
+            "to resize them all to one shape"
+        )
+    return np.stack(out)
+
+
+@register("imagefolder", "your images: root/<task>/{train,test}/<class>/*.png, one subfolder per task")
+def imagefolder(
+    *,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    max_train_per_task: int | None = None,
+    max_test_per_task: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+) -> TaskSequence:
+    """One task per subfolder of ``root`` (sorted); class ids are the class folders' sorted positions."""
+    from PIL import Image
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    check_limit("max_test_per_task", max_test_per_task)
+    base = _pinned_root("imagefolder", root)
+    task_dirs = (
+        sorted(d for d in base.iterdir() if (d / "train").is_dir() and (d / "test").is_dir())
+        if base.is_dir()
+        else []
+    )
+    if not task_dirs:
+        raise DataError(
+            f"imagefolder: no task folders in {base}; expected {base}/<task>/train/<class>/<image> and "
+            f"{base}/<task>/test/<class>/<image> (one subfolder per task, each an ImageFolder)"
+        )
+    if channels not in (None, 1, 3):
+        raise DataArgumentError(f"channels must be None (auto), 1 or 3, got {channels!r}")
+    size = (
+        (image_size, image_size)
+        if isinstance(image_size, int)
+        else (tuple(image_size) if image_size else None)
+    )
+    listed = []
+    for d in task_dirs:
+        try:
+            classes, class_to_idx = find_classes(d / "train")
+            train = make_dataset(d / "train", class_to_idx, extensions=IMG_EXTENSIONS)
+            test = make_dataset(d / "test", class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        except FileNotFoundError as e:
+            raise DataError(f"imagefolder: task {d.name}: {e}") from e
+        extra = sorted({p.name for p in (d / "test").iterdir() if p.is_dir()} - set(classes))
+        if extra or not test:
+            problem = f"unknown test classes {extra}" if extra else "it holds none"
+            raise DataError(
+                f"imagefolder: task {d.name}: test/ must hold images of the train/ classes; {problem}"
+            )
+        listed.append((d.name, classes, train, test))
+    if channels is None:
+        with Image.open(listed[0][2][0][0]) as im:
+            channels = 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+    mode = "L" if channels == 1 else "RGB"
+    if size is None:
+        with Image.open(listed[0][2][0][0]) as im:
+            size = (im.size[1], im.size[0])
+    raws = []
+    for name, classes, train, test in listed:
+        x_test = _read_images([p for p, _ in test], mode, size)
+        y_test = np.array([c for _, c in test], dtype=np.int64)
+        x_train, y_train = drop_overlap(
+            _read_images([p for p, _ in train], mode, size),
+            np.array([c for _, c in train], dtype=np.int64),
+            x_test,
+        )
+        raws.append((name, classes, x_train, y_train, x_test, y_test))
+    total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
+    for r in raws:  # per-channel statistics over every task's full training set
+        px = r[2].transpose(1, 0, 2, 3).reshape(channels, -1).astype(np.float64) / 255.0
+        total, total_sq, count = total + px.sum(1), total_sq + (px * px).sum(1), count + px.shape[1]
+    mean = tuple(round(float(v), 4) for v in total / count)
+    std = tuple(round(float(v), 4) for v in np.sqrt(total_sq / count - (total / count) ** 2))
+    tasks = []
+    for t, (name, classes, x_train, y_train, x_test, y_test) in enumerate(raws):
+        itr = pick(y_train, max_train_per_task, rng(seed, 1, t))
+        ite = pick(y_test, max_test_per_task, rng(seed, 3, t))
+        tasks.append(
+            TaskData(
+                f"imagefolder/{name}",
+                tuple(range(len(classes))),
+                list(classes),
+                TensorDataset(to_tensor(x_train[itr], 255.0, mean, std), torch.from_numpy(y_train[itr])),
+                TensorDataset(to_tensor(x_test[ite], 255.0, mean, std), torch.from_numpy(y_test[ite])),
+                {"train_available": len(y_train), "test_available": len(y_test)},
+            )
+        )
+    options = {
+        "seed": seed,
+        "max_train_per_task": max_train_per_task,
+        "max_test_per_task": max_test_per_task,
+        "image_size": list(size),
+        "channels": channels,
+    }
+    return TaskSequence(
+        "imagefolder", (channels, *size), mean, std, tasks, options, f"image folders in {base}"
+    )

@@ -1,0 +1,230 @@
+"""Fetch a Hub repository (or one file of it) into the huggingface_hub cache, with clear errors.
+
+Settings come from the environment at call time (``HF_ENDPOINT``, ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``):
+huggingface_hub reads them once at import, which surprises anyone who sets them later in a process.
+A dead server is detected with a TCP probe first, so a cached repository still loads at once and an
+uncached one fails in milliseconds instead of after about 23 s of retries.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from hatzoo.errors import HubError
+from hatzoo.hub._env import endpoint_reachable, hub_cache_dir, hub_endpoint, hub_offline
+
+__all__ = ["hub_file", "is_repo_id", "snapshot", "snapshot_commit"]
+
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def is_repo_id(text: str) -> bool:
+    """True for a Hub model repo id of the form ``org/name``."""
+    return bool(_REPO_ID_RE.match(text)) and ".." not in text and not text.endswith((".", "-"))
+
+
+def snapshot_commit(path: str | os.PathLike[str]) -> str | None:
+    """The commit sha of a folder that :func:`snapshot` returned (``.../snapshots/<sha>``), else None."""
+    p = Path(path)
+    if p.parent.name == "snapshots" and _SHA_RE.match(p.name):
+        return p.name
+    return None
+
+
+def _where(repo_id: str, revision: str | None) -> str:
+    """``org/name@rev`` for messages."""
+    return f"{repo_id}@{revision}" if revision else repo_id
+
+
+def _local_folder(repo_id_or_path: str | os.PathLike[str]) -> Path | None:
+    """The folder itself when the argument names an existing local directory."""
+    p = Path(repo_id_or_path).expanduser()
+    return p.resolve() if p.is_dir() else None
+
+
+def _check_repo_id(repo_id: str) -> None:
+    """Refuse something that is neither an existing folder nor a repo id, before any network call."""
+    if not is_repo_id(repo_id):
+        raise HubError(
+            f"{repo_id!r} is neither an existing local folder nor a Hub repo id ('org/name'): check the path "
+            "or the repo name"
+        )
+
+
+def _diagnose_missing(api: object, repo_id: str, revision: str | None, filename: str | None) -> HubError:
+    """Tell apart a missing repo, revision or file (olah answers 'repository not found' for all three)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        files = api.list_repo_files(repo_id, revision=revision)  # type: ignore[attr-defined]
+    except HfHubHTTPError:
+        files = None
+    if files is not None and filename is not None:
+        shown = ", ".join(sorted(files)[:10]) or "no files"
+        return HubError(f"{_where(repo_id, revision)} has no file {filename!r} (it has: {shown})")
+    if files is not None:  # pragma: no cover - the repo and revision exist; the failure was elsewhere
+        return HubError(f"{_where(repo_id, revision)} exists but could not be downloaded; try again")
+    try:
+        refs = api.list_repo_refs(repo_id)  # type: ignore[attr-defined]
+    except HfHubHTTPError:
+        refs = None
+    if refs is not None and revision is not None:
+        names = [b.name for b in refs.branches] + [t.name for t in refs.tags]
+        return HubError(
+            f"revision {revision!r} not found in {repo_id}: use a branch, tag or commit sha that exists "
+            f"(branches and tags: {', '.join(names) or 'none'})"
+        )
+    return HubError(
+        f"repository {repo_id!r} not found at {api.endpoint}: check the name (and HF_ENDPOINT); "  # type: ignore[attr-defined]
+        "a private or gated repo needs a token (`hf auth login`)"
+    )
+
+
+def _offline_error(repo_id: str, revision: str | None, cache: Path, what: str) -> HubError:
+    """The error for offline mode with nothing cached."""
+    return HubError(
+        f"{what} {_where(repo_id, revision)} is not in the local cache {cache} and HF_HUB_OFFLINE is set: "
+        "run once online to cache it, or unset HF_HUB_OFFLINE"
+    )
+
+
+def _fetch(
+    repo_id: str,
+    revision: str | None,
+    *,
+    endpoint: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    token: str | bool | None,
+    filename: str | None,
+    allow_patterns: list[str] | str | None,
+) -> Path:
+    """Shared download path of snapshot() and hub_file(): offline, unreachable and online cases."""
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    _check_repo_id(repo_id)
+    endpoint = hub_endpoint(endpoint)
+    cache = hub_cache_dir(cache_dir)
+    what = f"file {filename!r} of" if filename else "repository"
+
+    def call(local_only: bool) -> Path:
+        kwargs = dict(revision=revision, cache_dir=str(cache), endpoint=endpoint, token=token)
+        if filename is not None:
+            return Path(hf_hub_download(repo_id, filename, local_files_only=local_only, **kwargs))
+        return Path(
+            snapshot_download(repo_id, allow_patterns=allow_patterns, local_files_only=local_only, **kwargs)
+        )
+
+    if hub_offline():
+        try:
+            return call(local_only=True)
+        except LocalEntryNotFoundError as err:
+            raise _offline_error(repo_id, revision, cache, what) from err
+    if not endpoint_reachable(endpoint):
+        try:
+            return call(local_only=True)
+        except LocalEntryNotFoundError as err:
+            raise HubError(
+                f"cannot reach the Hub at {endpoint} and {what} {_where(repo_id, revision)} is not in the "
+                f"local cache {cache}: check HF_ENDPOINT and your network"
+            ) from err
+    try:
+        return call(local_only=False)
+    except RevisionNotFoundError as err:
+        raise HubError(
+            f"revision {revision!r} not found in {repo_id}: use a branch, tag or commit sha that exists"
+        ) from err
+    except GatedRepoError as err:
+        raise HubError(
+            f"{repo_id} is gated: request access on its Hub page, then log in with `hf auth login`"
+        ) from err
+    except RepositoryNotFoundError as err:
+        raise _diagnose_missing(HfApi(endpoint=endpoint, token=token), repo_id, revision, filename) from err
+    except LocalEntryNotFoundError as err:
+        if isinstance(err.__cause__, OfflineModeIsEnabled) or isinstance(
+            err.__context__, OfflineModeIsEnabled
+        ):
+            raise HubError(
+                f"cannot download {_where(repo_id, revision)}: huggingface_hub was imported while "
+                "HF_HUB_OFFLINE was set and stays offline; unset it before starting Python"
+            ) from err
+        raise HubError(
+            f"could not download {what} {_where(repo_id, revision)} from {endpoint} and it is not cached: "
+            f"{err}"
+        ) from err
+    except OfflineModeIsEnabled as err:
+        raise HubError(
+            f"cannot download {_where(repo_id, revision)}: huggingface_hub was imported while HF_HUB_OFFLINE "
+            "was set and stays offline; unset it before starting Python"
+        ) from err
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", "?")
+        raise HubError(
+            f"the Hub at {endpoint} answered HTTP {status} for {_where(repo_id, revision)}: {err}"
+        ) from err
+
+
+def snapshot(
+    repo_id_or_path: str | os.PathLike[str],
+    revision: str | None = None,
+    *,
+    endpoint: str | None = None,
+    allow_patterns: list[str] | str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """A local folder holding the repo's files at ``revision`` (branch, tag or commit sha).
+
+    An existing local directory is returned as it is. Otherwise the repo is downloaded into the
+    huggingface_hub cache (only ``allow_patterns`` if given) and the snapshot folder is returned; its
+    commit sha is :func:`snapshot_commit` of the result. Every failure is a HubError saying what to do.
+    """
+    local = _local_folder(repo_id_or_path)
+    if local is not None:
+        return local
+    return _fetch(
+        str(repo_id_or_path),
+        revision,
+        endpoint=endpoint,
+        cache_dir=cache_dir,
+        token=token,
+        filename=None,
+        allow_patterns=allow_patterns,
+    )
+
+
+def hub_file(
+    repo_id_or_path: str | os.PathLike[str],
+    filename: str,
+    revision: str | None = None,
+    *,
+    endpoint: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """The local path of one file of a repo (or of a local folder), downloading it if needed."""
+    local = _local_folder(repo_id_or_path)
+    if local is not None:
+        path = local / filename
+        if not path.is_file():
+            raise HubError(f"{local} has no file {filename!r}: is it a folder written by save_pretrained?")
+        return path
+    return _fetch(
+        str(repo_id_or_path),
+        revision,
+        endpoint=endpoint,
+        cache_dir=cache_dir,
+        token=token,
+        filename=filename,
+        allow_patterns=None,
+    )
