@@ -53,6 +53,6 @@ def _validate(model: nn.Module, spec: PolicySpec) -> None:
                 raise UnsupportedModelError(f"group {g.name}: {s.module}.{s.tensor} does not exist")
             if tensor.shape[s.dim] != g.size * s.expand * s.repeat:
                 raise UnsupportedModelError(
-                    f"group {g.name}: {s.module}.{s.tensor} has {tensor.shape[s.dim]} entries on dim {s.dim}; "
+                    f"group {g.name}: {s.module}.{s.tensor} has {tensor.shape[s.dim]} on dim {s.dim}; "
                     f"expected {g.size} units x {s.expand} x {s.repeat}"
                 )
