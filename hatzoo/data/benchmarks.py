@@ -5,7 +5,8 @@ Offline benchmarks (data from ``scripts/fetch_data.sh``; splits and counts in ``
 - ``split-fashion-mnist``: 5 tasks of 2 classes; 12,000 train / 2,000 test per task.
 - ``permuted-mnist``: ``num_tasks`` (10) tasks of all 10 digits, each with its own seeded pixel shuffle.
 - ``mixed``: one task per data set (MNIST, Fashion-MNIST, sklearn digits upscaled to 28x28), in the
-  spirit of 5-datasets; one normalization computed over the union of the full training sets.
+  spirit of 5-datasets; one normalization computed over the union of the full training sets
+  (mean 0.2686, std 0.3511 for the default three; Fashion-MNIST's 60,000 images dominate it).
 
 Seeds: ``seed`` drives every random choice through separate streams, so changing one option never
 changes another's draw: class order ``[seed, 0]``, training/test subsets ``[seed, 1|3, task]``,
