@@ -268,12 +268,7 @@ class HATModel(nn.Module):
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         """The parameters created for one task (head, gates, norms, tokens), for ``add_param_group``."""
         self._check_task(task, allow_open=True)
-        params = list(self.heads[task].parameters())
-        params += [self.embedding(g.name, task) for g in self.groups.values()]
-        for module in self._task_modules():
-            params += list(module.tasks[task].parameters())
-        params += [module.tasks[task] for module in self.task_params.values()]
-        return params
+        return self._per_task_tensors(task)
 
     # ----------------------------------------------------------------- locks
     def _refresh_locks(self) -> None:
@@ -302,7 +297,12 @@ class HATModel(nn.Module):
         self._guard.set_clamps(clamps)
 
     def _per_task_tensors(self, task: int) -> list[nn.Parameter]:
-        return self.task_parameters(task) if task < self.num_tasks else []
+        params = list(self.heads[task].parameters())
+        params += [self.embedding(g.name, task) for g in self.groups.values()]
+        for module in self._task_modules():
+            params += list(module.tasks[task].parameters())
+        params += [module.tasks[task] for module in self.task_params.values()]
+        return params
 
     def _used_units(self, exclude: int | None = None) -> dict[str, torch.Tensor]:
         """Union of the binary masks of ended tasks (optionally without one task)."""

@@ -1,0 +1,327 @@
+"""The HAT core: zero forgetting under any optimizer, locks, specialize, capacity, forget, errors."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import hatzoo
+from hatzoo.core.schedules import get_schedule
+from hatzoo.core.specialize import ConstantBranch
+
+OPTIMIZERS = {
+    "sgd-momentum": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    "adam": lambda params: torch.optim.Adam(params, lr=2e-3),
+    "adamw-decay": lambda params: torch.optim.AdamW(params, lr=2e-3, weight_decay=0.5),
+}
+
+
+def tiny_vit() -> hatzoo.HATModel:
+    return hatzoo.create_model("hat-vit-tiny", img_size=16, patch_size=4, in_chans=1, depth=2)
+
+
+def tiny_resnet() -> hatzoo.HATModel:
+    return hatzoo.create_model("hat-resnet18", in_chans=1)
+
+
+def tiny_mlp() -> hatzoo.HATModel:
+    return hatzoo.hatify(
+        nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(256, 64),
+            nn.ReLU(),
+            nn.Linear(64, 48),
+            nn.BatchNorm1d(48),
+            nn.ReLU(),
+            nn.Linear(48, 10),
+        )
+    )
+
+
+ARCHS = {"vit": tiny_vit, "resnet": tiny_resnet, "mlp": tiny_mlp}
+
+
+def train_task(model, optimizer_factory, optimizer, x, y, steps=6):
+    """Add a task and train it a few steps with the one optimizer (created on the first task)."""
+    task = model.add_task(num_classes=int(y.max()) + 1)
+    model.train()
+    if optimizer is None:
+        optimizer = optimizer_factory([p for p in model.parameters() if p.requires_grad])
+    else:
+        optimizer.add_param_group({"params": model.task_parameters(task)})
+    schedule = get_schedule("linear", model.config.smax)
+    for step in range(steps):
+        logits = model(x, task=task, scale=schedule(step, steps))
+        loss = F.cross_entropy(logits, y) + model.regularization(task=task)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.end_task(task)
+    return task, optimizer
+
+
+@pytest.mark.parametrize("optimizer_name", list(OPTIMIZERS))
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_earlier_tasks_are_bitwise_unchanged(arch, optimizer_name):
+    torch.manual_seed(0)
+    model = ARCHS[arch]()
+    x = torch.randn(8, 1, 16, 16)
+    reference, optimizer = {}, None
+    for _ in range(4):
+        y = torch.randint(0, 3, (8,))
+        task, optimizer = train_task(model, OPTIMIZERS[optimizer_name], optimizer, x, y)
+        model.eval()
+        with torch.no_grad():
+            reference[task] = model(x, task=task)
+            for old in range(task):
+                changed = f"task {old} changed after task {task}"
+                assert torch.equal(model(x, task=old), reference[old]), changed
+    # training really happened: the tasks differ
+    assert not torch.equal(reference[0], reference[3])
+
+
+def shared_parameters(model):
+    per_task = {id(p) for t in range(model.num_tasks) for p in model.task_parameters(t)}
+    return {n: p for n, p in model.backbone.named_parameters() if id(p) not in per_task}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_locked_entries_bitwise_unchanged_and_free_ones_train(arch):
+    torch.manual_seed(1)
+    model = ARCHS[arch]()
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
+    _, optimizer = train_task(model, OPTIMIZERS["adamw-decay"], None, x, y)
+    before = {n: p.detach().clone() for n, p in shared_parameters(model).items()}
+    locks = {id(lk.param): lk for lk in model._guard._locks.values()}
+    train_task(model, OPTIMIZERS["adamw-decay"], optimizer, x, y)
+    changed_free = locked_total = 0
+    for name, param in shared_parameters(model).items():
+        lock = locks.get(id(param))  # no lock: task 0 used none of the units this tensor touches
+        if lock is None:
+            locked = torch.zeros_like(param, dtype=torch.bool)
+        else:
+            locked = torch.ones_like(param, dtype=torch.bool) if lock.locked is None else lock.locked
+        assert torch.equal(param[locked], before[name][locked]), f"locked entries of {name} moved"
+        changed_free += int((param[~locked] != before[name][~locked]).sum())
+        locked_total += int(locked.sum())
+    assert locked_total > 0, "nothing was locked after task 0"
+    assert changed_free > 0, "no free entry was trained"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_specialize_matches_hat_model_and_prunes(arch):
+    torch.manual_seed(2)
+    model = ARCHS[arch]()
+    x = torch.randn(8, 1, 16, 16)
+    optimizer = None
+    for _ in range(2):
+        _, optimizer = train_task(model, OPTIMIZERS["sgd-momentum"], optimizer, x, torch.randint(0, 2, (8,)))
+    model.eval()
+    for task in range(2):
+        net = model.specialize(task)
+        assert not any(isinstance(m, hatzoo.HATModel) for m in net.modules())
+        with torch.no_grad():
+            expected, got = model(x, task=task), net(x)
+        assert (expected - got).abs().max().item() <= 1e-5
+        kept = sum(k for k, _ in net.kept_units.values())
+        total = sum(n for _, n in net.kept_units.values())
+        assert kept == sum(int(model.masks(g)[task].sum()) for g in model.groups)
+        dense = sum(p.numel() for p in model.backbone.parameters()) / (task + 2)  # rough: backbone + copies
+        assert kept < total
+        assert sum(p.numel() for p in net.backbone.parameters()) < dense * 2
+
+
+def test_specialize_replaces_a_fully_masked_branch_by_its_constant():
+    torch.manual_seed(3)
+    model = tiny_vit()
+    task = model.add_task(num_classes=2)
+    with torch.no_grad():
+        model.embedding("blocks.0.attn.heads", task).fill_(-1.0)
+        model.embedding("blocks.1.mlp.hidden", task).fill_(-1.0)
+    model.end_task(task)
+    model.eval()
+    net = model.specialize(task)
+    assert isinstance(net.backbone.blocks[0].attn, ConstantBranch)
+    assert isinstance(net.backbone.blocks[1].mlp, ConstantBranch)
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert (model(x, task=task) - net(x)).abs().max().item() <= 1e-5
+
+
+def test_capacity_counts_add_up():
+    torch.manual_seed(4)
+    model = tiny_mlp()
+    x = torch.randn(8, 1, 16, 16)
+    optimizer = None
+    for _ in range(3):
+        _, optimizer = train_task(model, OPTIMIZERS["adam"], optimizer, x, torch.randint(0, 2, (8,)))
+    report = model.capacity()
+    assert set(report) == set(model.groups)
+    for name, entry in report.items():
+        masks = model.masks(name)
+        assert entry["size"] == masks.shape[1]
+        assert entry["used"] == {t: int(masks[t].sum()) for t in range(3)}
+        union = int(masks.any(0).sum())
+        assert entry["free"] == entry["size"] - union
+        assert max(entry["used"].values()) <= union <= sum(entry["used"].values())
+
+
+def test_forget_frees_exclusive_units_and_leaves_other_tasks_bitwise_unchanged():
+    torch.manual_seed(5)
+    model = tiny_mlp()
+    x = torch.randn(8, 1, 16, 16)
+    optimizer = None
+    for _ in range(3):
+        _, optimizer = train_task(model, OPTIMIZERS["sgd-momentum"], optimizer, x, torch.randint(0, 2, (8,)))
+    model.eval()
+    with torch.no_grad():
+        before = {t: model(x, task=t) for t in (0, 2)}
+    free_before = {g: e["free"] for g, e in model.capacity().items()}
+    exclusive = {g: int((model.masks(g)[1] & ~model.masks(g)[[0, 2]].any(0)).sum()) for g in model.groups}
+    model.forget(1)
+    after = model.capacity()
+    for g in model.groups:
+        assert after[g]["free"] == free_before[g] + exclusive[g]
+    assert sum(exclusive.values()) > 0
+    with pytest.raises(hatzoo.TaskError, match="forgotten"):
+        model(x, task=1)
+    # new tasks may reuse the freed units; tasks 0 and 2 stay exact
+    train_task(model, OPTIMIZERS["sgd-momentum"], optimizer, x, torch.randint(0, 2, (8,)))
+    model.eval()
+    with torch.no_grad():
+        for t in (0, 2):
+            assert torch.equal(model(x, task=t), before[t])
+
+
+def test_reopen_keeps_every_other_task_locked():
+    torch.manual_seed(6)
+    model = tiny_mlp()
+    x = torch.randn(8, 1, 16, 16)
+    optimizer = None
+    for _ in range(3):
+        _, optimizer = train_task(model, OPTIMIZERS["adam"], optimizer, x, torch.randint(0, 2, (8,)))
+    model.eval()
+    with torch.no_grad():
+        before = {t: model(x, task=t) for t in (0, 2)}
+    model.reopen_task(1)
+    model.train()
+    y = torch.randint(0, 2, (8,))
+    for _ in range(3):
+        loss = F.cross_entropy(model(x, task=1), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.end_task(1)
+    model.eval()
+    with torch.no_grad():
+        for t in (0, 2):
+            assert torch.equal(model(x, task=t), before[t])
+
+
+def test_bad_input_gets_clear_errors():
+    model = tiny_vit()
+    x = torch.randn(2, 1, 16, 16)
+    with pytest.raises(hatzoo.TaskError, match="does not exist"):
+        model(x, task=0)
+    task = model.add_task(num_classes=2, labels=["cat", "dog"])
+    with pytest.raises(hatzoo.TaskError, match="still open"):
+        model.add_task(num_classes=2)
+    with pytest.raises(hatzoo.TaskError, match="does not exist"):
+        model(x, task=5)
+    with pytest.raises(hatzoo.TaskError, match="does not exist"):
+        model(x, task=-1)
+    with pytest.raises(hatzoo.InputError, match="channels"):
+        model(torch.randn(2, 3, 16, 16), task=task)
+    with pytest.raises(hatzoo.InputError, match="shape"):
+        model(torch.randn(2, 16, 16), task=task)
+    with pytest.raises(hatzoo.InputError, match="scale"):
+        model.train()(x, task=task, scale=0)
+    with pytest.raises(hatzoo.InputError, match="scale"):
+        model.train()(x, task=task, scale=-3.0)
+    with pytest.raises(hatzoo.InputError, match="labels"):
+        model.end_task(task) or model.add_task(num_classes=3, labels=["a"])
+    with pytest.raises(hatzoo.TaskError, match="already ended"):
+        model.end_task(task)
+    with pytest.raises(hatzoo.TaskError, match="reopen_task"):
+        model.train()(x, task=task, scale=1.0)
+    with pytest.raises(hatzoo.InputError, match="num_classes"):
+        model.add_task(num_classes=0)
+    assert isinstance(hatzoo.TaskError("x"), hatzoo.HATError)
+
+
+def test_unsupported_model_says_how_to_write_a_policy():
+    class Custom(nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(hatzoo.UnsupportedModelError, match="write a policy"):
+        hatzoo.hatify(Custom())
+    with pytest.raises(hatzoo.UnsupportedModelError):
+        hatzoo.hatify(nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4)))
+
+
+def test_zoo_architectures_are_in_timm_registry():
+    model = timm.create_model("hat_vit_small_patch16_224", img_size=32, patch_size=4, in_chans=1)
+    assert isinstance(model, hatzoo.HATModel)
+    assert len(model.groups) == 24  # 12 blocks x (heads, mlp)
+    resnet = hatzoo.create_model("hat-resnet50")
+    assert len(resnet.groups) == 2 * 16  # 16 bottlenecks x (conv1, conv2)
+    with pytest.raises(hatzoo.InputError, match="known"):
+        hatzoo.create_model("hat-nope")
+
+
+def test_hatify_takes_a_timm_model_with_its_classifier():
+    model = hatzoo.hatify(timm.create_model("resnet34", num_classes=7, in_chans=1))
+    task = model.add_task(num_classes=3)
+    assert model.heads[task].out_features == 3
+    assert model.spec.num_features == 512
+
+
+@pytest.mark.parametrize("name", ["linear", "exponential", "cosine", "constant"])
+def test_schedules_reach_smax(name):
+    schedule = get_schedule(name, smax=400)
+    assert schedule(9, 10) == pytest.approx(400)
+    values = [schedule(b, 10) for b in range(10)]
+    assert values == sorted(values)
+    if name != "constant":
+        assert values[0] == pytest.approx(1 / 400)
+
+
+def test_embeddings_stay_clamped_and_compensated():
+    torch.manual_seed(7)
+    model = tiny_mlp()
+    task = model.add_task(num_classes=2)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=50.0)
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
+    for _ in range(3):
+        loss = F.cross_entropy(model(x, task=task, scale=2.0), y) + model.regularization(task=task)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for g in model.groups:
+        assert model.embedding(g, task).abs().max().item() <= model.config.clamp
+
+
+def test_embedding_gradient_is_compensated():
+    """The gradient equals the raw one times smax/s * (cosh(s e) + 1) / (cosh(e) + 1) (Serra et al.)."""
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
+    grads = []
+    for compensated in (True, False):
+        torch.manual_seed(8)
+        model = tiny_mlp()
+        task = model.add_task(num_classes=2)
+        model.train()
+        if not compensated:
+            for g in model.groups:
+                model.embedding(g, task)._backward_hooks.clear()
+        F.cross_entropy(model(x, task=task, scale=2.0), y).backward()
+        grads.append({g: model.embedding(g, task).grad for g in model.groups})
+        embeddings = {g: model.embedding(g, task).detach() for g in model.groups}
+    for g, e in embeddings.items():
+        factor = 400.0 / 2.0 * (torch.cosh(2.0 * e) + 1) / (torch.cosh(e) + 1)
+        torch.testing.assert_close(grads[0][g], grads[1][g] * factor)
+        assert not torch.equal(grads[0][g], grads[1][g])
