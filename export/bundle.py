@@ -1,0 +1,322 @@
+"""Bundles: a folder of per-task pruned ONNX graphs plus ``manifest.json`` describing them.
+
+A bundle is what ``hatzoo export`` writes and ``hatzoo serve`` reads. Serving reads only the manifest and
+the graphs, so this module imports neither torch nor onnx (``write_manifest`` imports ``onnx`` lazily, and
+only to fill fields the caller left out).
+
+Manifest format (``manifest.json``, UTF-8 JSON), ``format_version`` 1::
+
+    {
+      "format": "hatzoo-bundle",            # constant: identifies the file
+      "format_version": 1,                  # bumped on incompatible changes; readers refuse newer ones
+      "model": "hat-vit-small",             # model name; the server routes /v1/models/<model>/...
+      "source": {"repo_id": "org/hat-vit-small" | null, "revision": "<sha or tag>" | null},
+      "opset": 18,                          # ONNX default-domain opset of the graphs
+      "created_by": "hatzoo <version>",     # informational
+      "tasks": {                            # keys are task ids as strings ("0", "1", ...)
+        "0": {
+          "file": "task0.onnx",             # path relative to the bundle folder
+          "input_name": "x",                # graph input / output names
+          "output_name": "logits",
+          "input_shape": [null, 3, 32, 32], # [batch, C, H, W]; null = dynamic batch
+          "dtype": "float32",               # "float32" or "float16": input and output element type
+          "normalization": {"mean": [...], "std": [...]},  # per channel; the graph takes
+                                            # (pixel - mean) / std, i.e. already-normalized input
+          "labels": ["cat", "dog"],         # one per output logit (num_classes = len(labels))
+          "kept_units": {"blocks.0.attn.heads": [5, 6]},   # per mask group: [kept, total]
+          "flops_fraction": 0.62,           # FLOPs of the pruned graph / FLOPs of the dense one
+          "max_abs_diff": 1.2e-06,          # |pruned ONNX - masked torch| measured at export, or null
+          "sha256": "<hex>"                 # checksum of the file, verified by read_bundle
+        }
+      }
+    }
+
+Usage (export side)::
+
+    write_manifest(bundle_dir, model="hat-vit-small", source={"repo_id": "org/x", "revision": "abc"},
+                   tasks={0: {"file": "task0.onnx", "input_shape": [None, 3, 32, 32], "labels": [...],
+                              "normalization": {"mean": [...], "std": [...]}, "kept_units": {...},
+                              "flops_fraction": 0.6, "max_abs_diff": 1e-6}})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hatzoo.errors import ExportError
+
+FORMAT = "hatzoo-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+DTYPES = ("float32", "float16")
+
+
+class BundleError(ExportError):
+    """A bundle folder or manifest that is missing, malformed, or does not match its files."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task's graph in a bundle: where it is, what it takes and what its outputs mean."""
+
+    task_id: str
+    file: str
+    path: Path
+    input_name: str
+    output_name: str
+    input_shape: tuple[int | None, ...]
+    dtype: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    labels: tuple[str, ...]
+    kept_units: dict[str, tuple[int, int]] = field(default_factory=dict)
+    flops_fraction: float | None = None
+    max_abs_diff: float | None = None
+    sha256: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output logits (one per label)."""
+        return len(self.labels)
+
+    @property
+    def file_size(self) -> int:
+        """Size of the graph file in bytes (the base of the session memory estimate)."""
+        return self.path.stat().st_size
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated bundle: the model name, where it came from, and its tasks by string id."""
+
+    root: Path
+    model: str
+    source: dict[str, str | None]
+    opset: int | None
+    tasks: dict[str, TaskSpec]
+    format_version: int = FORMAT_VERSION
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks so large graphs do not need to fit in memory twice."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _graph_facts(path: Path) -> dict[str, Any]:
+    """Input/output names, element type and opset read from an ONNX file (export side only: needs onnx)."""
+    try:
+        import onnx  # lazy: serving never calls this
+    except ImportError as e:  # pragma: no cover - onnx is a core dependency
+        raise BundleError("write_manifest needs the 'onnx' package to read graph facts; pass them") from e
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in inits]
+    elem = inputs[0].type.tensor_type.elem_type if inputs else onnx.TensorProto.FLOAT
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), None)
+    return {
+        "input_name": inputs[0].name if inputs else None,
+        "output_name": m.graph.output[0].name if m.graph.output else None,
+        "dtype": "float16" if elem == onnx.TensorProto.FLOAT16 else "float32",
+        "opset": opset,
+    }
+
+
+def _task_entry(root: Path, tid: str, spec: Mapping[str, Any], facts_cache: dict) -> dict[str, Any]:
+    """Validate one caller-given task entry, fill defaults from the graph, and add its checksum."""
+    if "file" not in spec:
+        raise BundleError(f"task {tid}: 'file' (graph path relative to the bundle folder) is required")
+    path = root / spec["file"]
+    if not path.is_file():
+        raise BundleError(
+            f"task {tid}: graph file {path} does not exist; write the graphs before the manifest"
+        )
+    need = [k for k in ("input_name", "output_name", "dtype") if spec.get(k) is None]
+    facts = facts_cache.setdefault(str(path), _graph_facts(path)) if need else {}
+    entry = {
+        "file": Path(spec["file"]).as_posix(),
+        "input_name": spec.get("input_name") or facts.get("input_name"),
+        "output_name": spec.get("output_name") or facts.get("output_name"),
+        "input_shape": list(spec.get("input_shape") or []),
+        "dtype": spec.get("dtype") or facts.get("dtype"),
+        "normalization": dict(spec.get("normalization") or {}),
+        "labels": [str(x) for x in spec.get("labels") or []],
+        "kept_units": {str(k): [int(v[0]), int(v[1])] for k, v in dict(spec.get("kept_units") or {}).items()},
+        "flops_fraction": None if spec.get("flops_fraction") is None else float(spec["flops_fraction"]),
+        "max_abs_diff": None if spec.get("max_abs_diff") is None else float(spec["max_abs_diff"]),
+        "sha256": sha256_file(path),
+    }
+    if not entry["normalization"] and len(entry["input_shape"]) == 4 and entry["input_shape"][1]:
+        c = int(entry["input_shape"][1])
+        entry["normalization"] = {"mean": [0.0] * c, "std": [1.0] * c}
+    _check_task(tid, entry, BundleError)
+    return entry
+
+
+def write_manifest(
+    bundle_dir: str | os.PathLike[str],
+    *,
+    model: str,
+    source: Mapping[str, str | None] | None,
+    tasks: Mapping[int | str, Mapping[str, Any]],
+    opset: int | None = None,
+) -> Path:
+    """Write ``manifest.json`` for graphs already in ``bundle_dir``; returns the manifest path.
+
+    ``tasks`` maps a task id to a dict with at least ``file``, ``input_shape`` ([None, C, H, W]) and
+    ``labels``; ``normalization``, ``kept_units``, ``flops_fraction`` and ``max_abs_diff`` are recorded
+    when given; ``input_name``, ``output_name``, ``dtype`` and ``opset`` are read from the graph when left
+    out; ``sha256`` is always computed here. Raises BundleError on a missing file or an invalid field.
+    """
+    root = Path(bundle_dir)
+    if not model or not isinstance(model, str) or "/" in model:
+        raise BundleError(f"model name must be a non-empty string without '/', got {model!r}")
+    if not tasks:
+        raise BundleError("a bundle needs at least one task")
+    src = dict(source or {})
+    cache: dict[str, dict[str, Any]] = {}
+    entries = {str(t): _task_entry(root, str(t), spec, cache) for t, spec in tasks.items()}
+    if opset is None:
+        first = root / next(iter(entries.values()))["file"]
+        opset = cache.get(str(first), {}).get("opset") or _graph_facts(first)["opset"]
+    try:
+        from importlib.metadata import version
+
+        creator = f"hatzoo {version('hatzoo')}"
+    except Exception:  # noqa: BLE001 - informational only
+        creator = "hatzoo"
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model,
+        "source": {"repo_id": src.get("repo_id"), "revision": src.get("revision")},
+        "opset": None if opset is None else int(opset),
+        "created_by": creator,
+        "tasks": entries,
+    }
+    out = root / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest.", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:  # write then rename: readers never see half a file
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, out)
+    return out
+
+
+def _check_task(tid: str, e: Mapping[str, Any], err: Callable[[str], Exception]) -> None:
+    """Raise ``err`` naming the field when one task entry breaks the manifest schema."""
+    where = f"task {tid}"
+    for key in ("file", "input_name", "output_name", "sha256"):
+        if not isinstance(e.get(key), str) or not e[key]:
+            raise err(f"{where}: '{key}' must be a non-empty string")
+    shape = e.get("input_shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 4
+        or shape[0] is not None
+        or not all(isinstance(d, int) and d > 0 for d in shape[1:])
+    ):
+        raise err(f"{where}: 'input_shape' must be [null, C, H, W] with positive ints, got {shape!r}")
+    if e.get("dtype") not in DTYPES:
+        raise err(f"{where}: 'dtype' must be one of {DTYPES}, got {e.get('dtype')!r}")
+    norm = e.get("normalization")
+    c = shape[1]
+    if not isinstance(norm, Mapping) or any(
+        not isinstance(norm.get(k), list) or len(norm[k]) != c for k in ("mean", "std")
+    ):
+        raise err(f"{where}: 'normalization' must be {{'mean': [{c} floats], 'std': [{c} floats]}}")
+    if any(not isinstance(s, (int, float)) or s <= 0 for s in norm["std"]):
+        raise err(f"{where}: normalization std values must be positive")
+    labels = e.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise err(f"{where}: 'labels' must be a non-empty list of strings (one per output logit)")
+    ku = e.get("kept_units", {})
+    if not isinstance(ku, Mapping) or any(
+        not isinstance(v, list) or len(v) != 2 or not 0 <= v[0] <= v[1] for v in ku.values()
+    ):
+        raise err(f"{where}: 'kept_units' must map group -> [kept, total] with 0 <= kept <= total")
+    for key in ("flops_fraction", "max_abs_diff"):
+        v = e.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
+            raise err(f"{where}: '{key}' must be a non-negative number or null, got {v!r}")
+
+
+def read_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
+    """Read and validate a bundle folder; with ``verify`` every graph's sha256 is checked.
+
+    Raises BundleError (a HATError) saying what is wrong: no manifest, wrong format or a newer
+    format_version, a missing graph file, a checksum mismatch, or a malformed field.
+    """
+    root = Path(bundle_dir)
+    mpath = root / MANIFEST_NAME
+    if not mpath.is_file():
+        raise BundleError(f"{root} is not a hatzoo bundle: {MANIFEST_NAME} not found (export one first)")
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{mpath} is not valid JSON: {e}") from e
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise BundleError(f"{mpath}: 'format' must be {FORMAT!r}; this is not a hatzoo bundle manifest")
+    ver = m.get("format_version")
+    if not isinstance(ver, int) or ver < 1:
+        raise BundleError(f"{mpath}: 'format_version' must be a positive int, got {ver!r}")
+    if ver > FORMAT_VERSION:
+        raise BundleError(
+            f"{mpath}: format_version {ver} is newer than this hatzoo understands ({FORMAT_VERSION}); "
+            "upgrade hatzoo"
+        )
+    model = m.get("model")
+    if not isinstance(model, str) or not model or "/" in model:
+        raise BundleError(f"{mpath}: 'model' must be a non-empty name without '/', got {model!r}")
+    tasks_raw = m.get("tasks")
+    if not isinstance(tasks_raw, dict) or not tasks_raw:
+        raise BundleError(f"{mpath}: 'tasks' must be a non-empty object keyed by task id")
+    tasks: dict[str, TaskSpec] = {}
+    for tid, e in tasks_raw.items():
+        if not isinstance(e, dict):
+            raise BundleError(f"{mpath}: task {tid} must be an object")
+        _check_task(tid, e, lambda msg: BundleError(f"{mpath}: {msg}"))
+        path = (root / e["file"]).resolve()
+        if not path.is_file():
+            raise BundleError(f"{mpath}: task {tid}: graph file {path} is missing")
+        if verify and sha256_file(path) != e["sha256"]:
+            raise BundleError(
+                f"{mpath}: task {tid}: sha256 of {e['file']} does not match the manifest "
+                "(file changed or corrupted); re-export the bundle"
+            )
+        tasks[str(tid)] = TaskSpec(
+            task_id=str(tid),
+            file=e["file"],
+            path=path,
+            input_name=e["input_name"],
+            output_name=e["output_name"],
+            input_shape=tuple(e["input_shape"]),
+            dtype=e["dtype"],
+            mean=tuple(float(x) for x in e["normalization"]["mean"]),
+            std=tuple(float(x) for x in e["normalization"]["std"]),
+            labels=tuple(e["labels"]),
+            kept_units={k: (int(v[0]), int(v[1])) for k, v in e.get("kept_units", {}).items()},
+            flops_fraction=e.get("flops_fraction"),
+            max_abs_diff=e.get("max_abs_diff"),
+            sha256=e["sha256"],
+        )
+    src = m.get("source") or {}
+    return Bundle(
+        root=root.resolve(),
+        model=model,
+        source={"repo_id": src.get("repo_id"), "revision": src.get("revision")},
+        opset=m.get("opset"),
+        tasks=tasks,
+        format_version=ver,
+    )

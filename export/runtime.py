@@ -1,0 +1,386 @@
+"""ONNX Runtime side of serving: a bounded LRU pool of per-task sessions and an asyncio micro-batcher.
+
+Torch-free by design: a serving box needs only onnxruntime(-gpu) and numpy.
+
+Process-wide settings (ONNX Runtime keeps them in its one ``Env``): with ``global_thread_pool=True`` the
+pool calls ``onnxruntime.set_global_thread_pool_sizes`` once, and every session it creates sets
+``use_per_session_threads = False``; with ``shared_allocator=True`` one CPU arena allocator is registered
+with ``create_and_register_allocator`` and sessions opt in with ``session.use_env_allocators=1``.
+Note that once the global thread pool exists, ONNX Runtime refuses to create *other* sessions in the same
+process unless they also set ``use_per_session_threads = False``: use :func:`session_options` for those.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from hatzoo.errors import HATError, InputError
+
+from .bundle import Bundle, TaskSpec
+
+_ENV_LOCK = threading.Lock()
+_ENV = {"global_threads": False, "allocator": False}
+_CUDA_USABLE: bool | None = None
+
+
+class ServingError(HATError):
+    """A request the runtime cannot serve: unknown model or task, or an overloaded queue."""
+
+
+class UnknownModelError(ServingError, KeyError):
+    """A model or task name that is not in any loaded bundle."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class OverloadedError(ServingError):
+    """The per-task request queue is full; the client should retry later."""
+
+
+def configure_environment(
+    *,
+    global_thread_pool: bool = True,
+    intra_op_threads: int = 0,
+    inter_op_threads: int = 0,
+    shared_allocator: bool = True,
+) -> None:
+    """Set ONNX Runtime's process-wide thread pool and shared CPU allocator, once per process."""
+    with _ENV_LOCK:
+        if global_thread_pool and not _ENV["global_threads"]:
+            ort.set_global_thread_pool_sizes(intra_op_threads, inter_op_threads)
+            _ENV["global_threads"] = True
+        if shared_allocator and not _ENV["allocator"]:
+            mem = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            # kSameAsRequested (1): grow the arena by what is asked, not by doubling; bounds resident memory
+            ort.create_and_register_allocator(mem, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+            _ENV["allocator"] = True
+
+
+def session_options() -> ort.SessionOptions:
+    """Session options matching the process environment (global threads / shared allocator if set)."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if _ENV["global_threads"]:
+        so.use_per_session_threads = False
+    if _ENV["allocator"]:
+        so.add_session_config_entry("session.use_env_allocators", "1")
+    return so
+
+
+def _cuda_driver_present() -> bool:
+    """True when the CUDA driver library loads and reports at least one device (no CUDA toolkit needed)."""
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    try:
+        if lib.cuInit(0) != 0:
+            return False
+        n = ctypes.c_int(0)
+        return lib.cuDeviceGetCount(ctypes.byref(n)) == 0 and n.value > 0
+    except AttributeError:
+        return False
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it *and* a GPU driver is present, then CPU."""
+    if "CUDAExecutionProvider" in ort.get_available_providers() and _CUDA_USABLE is not False:
+        if _cuda_driver_present():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _create_session(path: str, providers: Sequence[str]) -> ort.InferenceSession:
+    """Create a session; a CUDA provider that fails to load (missing cuDNN...) falls back quietly to CPU."""
+    global _CUDA_USABLE
+    if "CUDAExecutionProvider" not in providers or _CUDA_USABLE is not None:
+        provs = [p for p in providers if p != "CUDAExecutionProvider" or _CUDA_USABLE]
+        return ort.InferenceSession(path, session_options(), providers=provs or ["CPUExecutionProvider"])
+    ort.set_default_logger_severity(4)  # first CUDA try: hide ORT's error log if the libraries are absent
+    try:
+        sess = ort.InferenceSession(path, session_options(), providers=list(providers))
+    finally:
+        ort.set_default_logger_severity(2)
+    _CUDA_USABLE = "CUDAExecutionProvider" in sess.get_providers()
+    return sess
+
+
+@dataclass
+class _Entry:
+    """A loaded session and the bytes it is charged against the budget."""
+
+    session: ort.InferenceSession
+    cost: int
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class TaskSessionPool:
+    """One InferenceSession per (model, task), created on first use, least recently used closed first.
+
+    Budget: at most ``max_sessions`` sessions and at most ``max_bytes`` estimated bytes, where a session
+    costs ``bytes_per_file_byte`` times its graph file size (weights plus arena; the default 2.0 matches a
+    ViT-S with the shared allocator). ``None`` disables a limit. Thread-safe: ``run`` may be called from
+    many threads; a session evicted while running finishes its run (it is freed when the last user drops it).
+    """
+
+    def __init__(
+        self,
+        bundles: Iterable[Bundle],
+        *,
+        max_sessions: int | None = 16,
+        max_bytes: int | None = None,
+        bytes_per_file_byte: float = 2.0,
+        providers: Sequence[str] | None = None,
+        global_thread_pool: bool = True,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        shared_allocator: bool = True,
+    ) -> None:
+        self.bundles: dict[str, Bundle] = {}
+        for b in bundles:
+            if b.model in self.bundles:
+                raise ServingError(f"two bundles both name model {b.model!r}; model names must be unique")
+            self.bundles[b.model] = b
+        if max_sessions is not None and max_sessions < 1:
+            raise InputError(f"max_sessions must be >= 1 or None, got {max_sessions}")
+        self.max_sessions = max_sessions
+        self.max_bytes = max_bytes
+        self.bytes_per_file_byte = bytes_per_file_byte
+        configure_environment(
+            global_thread_pool=global_thread_pool,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+            shared_allocator=shared_allocator,
+        )
+        self.providers = list(providers) if providers is not None else default_providers()
+        self._lock = threading.Lock()
+        self._load_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._sessions: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self.loads = 0
+        self.evictions = 0
+
+    def spec(self, model: str, task: str) -> TaskSpec:
+        """The manifest entry for (model, task); UnknownModelError listing the known names otherwise."""
+        b = self.bundles.get(model)
+        if b is None:
+            raise UnknownModelError(f"unknown model {model!r}; known models: {sorted(self.bundles)}")
+        s = b.tasks.get(str(task))
+        if s is None:
+            raise UnknownModelError(f"model {model!r} has no task {task!r}; known tasks: {list(b.tasks)}")
+        return s
+
+    def loaded(self) -> list[tuple[str, str]]:
+        """Keys of the sessions currently open, least recently used first."""
+        with self._lock:
+            return list(self._sessions)
+
+    def loaded_bytes(self) -> int:
+        """Estimated bytes of the sessions currently open."""
+        with self._lock:
+            return sum(e.cost for e in self._sessions.values())
+
+    def session(self, model: str, task: str) -> ort.InferenceSession:
+        """The session for (model, task), loading it (and evicting LRU sessions) when needed."""
+        key = (model, str(task))
+        with self._lock:
+            e = self._sessions.get(key)
+            if e is not None:
+                self._sessions.move_to_end(key)
+                e.last_used = time.monotonic()
+                return e.session
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        spec = self.spec(model, str(task))
+        with load_lock:  # one load per key even when many requests arrive at once
+            with self._lock:
+                e = self._sessions.get(key)
+                if e is not None:
+                    self._sessions.move_to_end(key)
+                    return e.session
+            cost = int(spec.file_size * self.bytes_per_file_byte)
+            if self.max_bytes is not None and cost > self.max_bytes:
+                raise ServingError(
+                    f"{model}/{task} needs ~{cost} bytes, more than the session budget "
+                    f"max_bytes={self.max_bytes}; raise max_session_bytes"
+                )
+            sess = _create_session(str(spec.path), self.providers)
+            with self._lock:
+                self._sessions[key] = _Entry(sess, cost)
+                self.loads += 1
+                self._evict_locked(keep=key)
+            return sess
+
+    def _evict_locked(self, keep: tuple[str, str]) -> None:
+        """Close least recently used sessions until both budgets hold (never the one just loaded)."""
+
+        def over() -> bool:
+            n = len(self._sessions)
+            b = sum(e.cost for e in self._sessions.values())
+            return (self.max_sessions is not None and n > self.max_sessions) or (
+                self.max_bytes is not None and b > self.max_bytes
+            )
+
+        while over() and len(self._sessions) > 1:
+            key = next(k for k in self._sessions if k != keep)
+            del self._sessions[key]  # dropping the last reference releases the session
+            self.evictions += 1
+
+    def run(self, model: str, task: str, x: np.ndarray) -> np.ndarray:
+        """Run task's graph on a validated batch x [B, C, H, W]; returns logits [B, K]."""
+        spec = self.spec(model, task)
+        sess = self.session(model, task)
+        return sess.run([spec.output_name], {spec.input_name: x})[0]
+
+    def close(self) -> None:
+        """Close every session (they reload on the next request)."""
+        with self._lock:
+            self._sessions.clear()
+
+
+@dataclass
+class _Pending:
+    """One queued request: its rows and the future its caller awaits."""
+
+    x: np.ndarray
+    future: asyncio.Future
+
+
+@dataclass
+class BatchStats:
+    """Per-task micro-batching counters (read by /metrics)."""
+
+    batches: int = 0
+    rows: int = 0
+    requests: int = 0
+    max_rows: int = 0
+
+
+class MicroBatcher:
+    """Merge concurrent requests for the same task into one ``session.run`` (asyncio, bounded).
+
+    Each (model, task) has a queue and a worker coroutine. The worker takes the first waiting request,
+    then every request already queued, then waits up to ``max_wait_ms`` for more, until ``max_batch`` rows;
+    it runs the batch in a worker thread and hands each caller its slice. A request larger than
+    ``max_batch`` runs alone. A full queue (``max_queue`` requests) raises OverloadedError.
+    """
+
+    def __init__(
+        self,
+        pool: TaskSessionPool,
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 1.0,
+        max_queue: int = 1024,
+        workers: int = 4,
+    ) -> None:
+        if max_batch < 1 or max_wait_ms < 0 or max_queue < 1 or workers < 1:
+            raise InputError("max_batch, max_queue and workers must be >= 1 and max_wait_ms >= 0")
+        self.pool = pool
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hatzoo-ort")
+        self.stats: dict[tuple[str, str], BatchStats] = {}
+        self._queues: dict[tuple[str, str], asyncio.Queue[_Pending]] = {}
+        self._workers: dict[tuple[str, str], asyncio.Task] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _queue(self, key: tuple[str, str]) -> asyncio.Queue[_Pending]:
+        """The queue for key in the running loop, starting its worker on first use."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests, server restart): old workers are gone
+            self._loop, self._queues, self._workers = loop, {}, {}
+        q = self._queues.get(key)
+        if q is None:
+            q = self._queues[key] = asyncio.Queue(maxsize=self.max_queue)
+            self._workers[key] = loop.create_task(self._work(key, q), name=f"hatzoo-batch-{key[0]}-{key[1]}")
+        return q
+
+    async def predict(self, model: str, task: str, x: np.ndarray) -> np.ndarray:
+        """Logits for x [B, C, H, W] (already validated), batched with concurrent callers of this task."""
+        key = (model, str(task))
+        self.pool.spec(model, str(task))
+        q = self._queue(key)
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        try:
+            q.put_nowait(_Pending(x, fut))
+        except asyncio.QueueFull:
+            raise OverloadedError(
+                f"{model}/{task}: {self.max_queue} requests already queued; retry later"
+            ) from None
+        return await fut
+
+    async def _work(self, key: tuple[str, str], q: asyncio.Queue[_Pending]) -> None:
+        """Worker loop for one task: collect a batch, run it in a thread, distribute the slices."""
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await q.get()
+            batch, rows = [first], len(first.x)
+            deadline = loop.time() + self.max_wait
+            while rows < self.max_batch:
+                if q.empty():
+                    if self.max_wait <= 0:
+                        break
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        nxt = await asyncio.wait_for(q.get(), remaining)
+                    except TimeoutError:
+                        break
+                else:
+                    nxt = q.get_nowait()
+                if rows + len(nxt.x) > self.max_batch:
+                    await self._run(loop, key, batch)  # keep the newcomer for the next batch
+                    batch, rows = [nxt], len(nxt.x)
+                    deadline = loop.time() + self.max_wait
+                    continue
+                batch.append(nxt)
+                rows += len(nxt.x)
+            await self._run(loop, key, batch)
+
+    async def _run(
+        self, loop: asyncio.AbstractEventLoop, key: tuple[str, str], batch: list[_Pending]
+    ) -> None:
+        """Run one merged batch and resolve each caller's future with its rows (or the error)."""
+        batch = [p for p in batch if not p.future.done()]  # callers that gave up
+        if not batch:
+            return
+        xs = [p.x for p in batch]
+        x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
+        try:
+            y = await loop.run_in_executor(self.executor, self.pool.run, key[0], key[1], x)
+        except Exception as e:  # noqa: BLE001 - every caller gets the error
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e)
+            return
+        st = self.stats.setdefault(key, BatchStats())
+        st.batches += 1
+        st.rows += len(x)
+        st.requests += len(batch)
+        st.max_rows = max(st.max_rows, len(x))
+        i = 0
+        for p in batch:
+            n = len(p.x)
+            if not p.future.done():
+                p.future.set_result(y[i : i + n])
+            i += n
+
+    def close(self) -> None:
+        """Stop the workers and the thread pool."""
+        for t in self._workers.values():
+            t.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)

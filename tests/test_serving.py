@@ -1,0 +1,481 @@
+"""Serving tests: bundles, the session pool, micro-batching and the HTTP server, on the real ONNX Runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hatzoo.errors import HATError
+
+# Tasks of the two test models: (task id, number of classes, seed). Different weights per task, so routing
+# to the wrong task gives visibly wrong logits.
+MODEL_A = ("tiny-cnn", [(0, 3, 10), (1, 4, 11), (2, 5, 12)])
+MODEL_B = ("tiny-mlp", [(0, 2, 20), (5, 3, 21)])
+SHAPE = (1, 8, 8)
+
+
+def _net(kind: str, k: int, seed: int):
+    """A tiny torch model taking [B, 1, 8, 8] (tests may use torch; serving may not)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    if kind == "cnn":
+        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, k)).eval()
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, k)).eval()
+
+
+def export_graph(net, path: Path, shape: tuple[int, ...] = SHAPE) -> None:
+    """Export with a batch-2 example and a dynamic batch dimension, as one file."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(
+        net,
+        (torch.randn(2, *shape),),
+        str(path),
+        dynamo=True,
+        external_data=False,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch},),
+        opset_version=18,
+        verbose=False,
+    )
+
+
+def build_bundles(root: Path) -> list[Path]:
+    """Export both test models' tasks and write their manifests with write_manifest."""
+    from hatzoo.export.bundle import write_manifest
+
+    dirs = []
+    for (name, tasks), kind in ((MODEL_A, "cnn"), (MODEL_B, "mlp")):
+        d = root / name
+        d.mkdir(parents=True)
+        entries = {}
+        for tid, k, seed in tasks:
+            export_graph(_net(kind, k, seed), d / f"task{tid}.onnx")
+            entries[tid] = {
+                "file": f"task{tid}.onnx",
+                "input_shape": [None, *SHAPE],
+                "normalization": {"mean": [0.5], "std": [0.25]},
+                "labels": [f"{name}-t{tid}-c{i}" for i in range(k)],
+                "kept_units": {"conv": [3, 4]},
+                "flops_fraction": 0.75,
+                "max_abs_diff": 1e-7,
+            }
+        write_manifest(d, model=name, source={"repo_id": f"test/{name}", "revision": "abc"}, tasks=entries)
+        dirs.append(d)
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two bundles (tiny-cnn with tasks 0,1,2 and tiny-mlp with tasks 0,5), built once per session."""
+    return build_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+class Reference:
+    """Runs a task's graph directly with ONNX Runtime (the ground truth the server must match)."""
+
+    def __init__(self, dirs: list[Path]) -> None:
+        from hatzoo.export.bundle import read_bundle
+
+        self.bundles = {b.model: b for b in map(read_bundle, dirs)}
+        self._s: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str, task: str | int, x: np.ndarray) -> np.ndarray:
+        import onnxruntime as ort
+        from hatzoo.export.runtime import session_options
+
+        key = (model, str(task))
+        with self._lock:
+            if key not in self._s:
+                path = str(self.bundles[model].tasks[str(task)].path)
+                self._s[key] = ort.InferenceSession(
+                    path, session_options(), providers=["CPUExecutionProvider"]
+                )
+        return self._s[key].run(["logits"], {"x": x})[0]
+
+
+@pytest.fixture(scope="session")
+def reference(bundles: list[Path]) -> Reference:
+    return Reference(bundles)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(dirs: list[Path], **options) -> Iterator[tuple[str, object]]:
+    """A real uvicorn server on 127.0.0.1 in a thread of this process; yields (base_url, app)."""
+    import uvicorn
+    from hatzoo.export.server import create_app
+
+    options.setdefault("global_thread_pool", False)  # keep this pytest process's other ORT sessions legal
+    app = create_app(dirs, **options)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    while not server.started:
+        if time.monotonic() - t0 > 20 or not th.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        th.join(10)
+
+
+def post(url: str, body: bytes, ctype: str = "application/json") -> tuple[int, dict]:
+    """POST raw bytes; returns (status, decoded JSON) for success and error answers alike."""
+    import httpx
+
+    r = httpx.post(url, content=body, headers={"Content-Type": ctype}, timeout=30)
+    return r.status_code, r.json()
+
+
+def npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Value of one Prometheus sample (0 if absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    prefix = f"{name}{{{want}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+# --------------------------------------------------------------------------------------------- imports
+
+
+def test_serving_modules_do_not_import_torch(bundles: list[Path]) -> None:
+    """Fresh interpreter: importing and using the serving modules pulls in neither torch nor timm."""
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import hatzoo.export.bundle, hatzoo.export.runtime, hatzoo.export.server, hatzoo.export.client
+        import hatzoo.export.triton
+        from hatzoo.export.bundle import read_bundle
+        from hatzoo.export.runtime import TaskSessionPool
+        pool = TaskSessionPool([read_bundle({str(bundles[0])!r})])   # defaults: global pool + shared arena
+        y = pool.run("tiny-cnn", "1", np.zeros((3, 1, 8, 8), np.float32))
+        assert y.shape == (3, 4), y.shape
+        bad = [m for m in ("torch", "timm", "torchvision") if m in sys.modules]
+        print("PROVIDERS", pool.providers, "BAD", bad)
+        sys.exit(1 if bad else 0)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "BAD []" in r.stdout
+    assert "[E:onnxruntime" not in r.stderr, r.stderr  # no CUDA error log when there is no GPU
+
+
+# ---------------------------------------------------------------------------------------------- bundle
+
+
+def test_read_bundle_fields(bundles: list[Path]) -> None:
+    from hatzoo.export.bundle import FORMAT, FORMAT_VERSION, read_bundle
+
+    m = json.loads((bundles[0] / "manifest.json").read_text())
+    assert m["format"] == FORMAT and m["format_version"] == FORMAT_VERSION and m["opset"] == 18
+    b = read_bundle(bundles[0])
+    assert b.model == "tiny-cnn" and list(b.tasks) == ["0", "1", "2"]
+    assert b.source == {"repo_id": "test/tiny-cnn", "revision": "abc"}
+    t = b.tasks["1"]
+    assert (t.input_name, t.output_name, t.dtype) == ("x", "logits", "float32")
+    assert t.input_shape == (None, 1, 8, 8) and t.num_classes == 4 and t.mean == (0.5,) and t.std == (0.25,)
+    assert t.kept_units == {"conv": (3, 4)} and t.flops_fraction == 0.75 and t.max_abs_diff == 1e-7
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda d: (d / "task0.onnx").write_bytes((d / "task0.onnx").read_bytes() + b"x"), "sha256"),
+        (lambda d: (d / "task1.onnx").unlink(), "missing"),
+        (lambda d: (d / "manifest.json").unlink(), "manifest.json not found"),
+        (lambda d: (d / "manifest.json").write_text("{not json"), "not valid JSON"),
+        (lambda d: _edit(d, lambda m: m.update(format="other")), "'format'"),
+        (lambda d: _edit(d, lambda m: m.update(format_version=99)), "newer"),
+        (lambda d: _edit(d, lambda m: m["tasks"]["0"].update(dtype="int8")), "dtype"),
+        (lambda d: _edit(d, lambda m: m["tasks"]["0"].update(input_shape=[1, 1, 8, 8])), "input_shape"),
+        (lambda d: _edit(d, lambda m: m["tasks"]["0"].update(labels=[])), "labels"),
+    ],
+)
+def test_read_bundle_rejects_bad_bundles(bundles: list[Path], tmp_path: Path, corrupt, message: str) -> None:
+    from hatzoo.export.bundle import BundleError, read_bundle
+
+    d = tmp_path / "b"
+    shutil.copytree(bundles[0], d)
+    corrupt(d)
+    with pytest.raises(BundleError, match=message) as ei:
+        read_bundle(d)
+    assert isinstance(ei.value, HATError)
+
+
+def _edit(d: Path, fn) -> None:
+    m = json.loads((d / "manifest.json").read_text())
+    fn(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def test_write_manifest_errors(bundles: list[Path], tmp_path: Path) -> None:
+    from hatzoo.export.bundle import BundleError, write_manifest
+
+    with pytest.raises(BundleError, match="does not exist"):
+        write_manifest(tmp_path, model="m", source=None, tasks={0: {"file": "nope.onnx"}})
+    shutil.copy(bundles[0] / "task0.onnx", tmp_path / "t.onnx")
+    with pytest.raises(BundleError, match="labels"):
+        write_manifest(
+            tmp_path, model="m", source=None, tasks={0: {"file": "t.onnx", "input_shape": [None, 1, 8, 8]}}
+        )
+    with pytest.raises(BundleError, match="model name"):
+        write_manifest(tmp_path, model="a/b", source=None, tasks={0: {"file": "t.onnx"}})
+
+
+# ------------------------------------------------------------------------------------------------ pool
+
+
+def test_pool_lru_eviction_by_count_and_bytes(bundles: list[Path], reference: Reference) -> None:
+    from hatzoo.export.bundle import read_bundle
+    from hatzoo.export.runtime import TaskSessionPool
+
+    b = read_bundle(bundles[0])
+    pool = TaskSessionPool([b], max_sessions=2, global_thread_pool=False)
+    assert pool.providers == ["CPUExecutionProvider"] or pool.providers[0] == "CUDAExecutionProvider"
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
+    refs = weakref.WeakValueDictionary()
+    for t in ("0", "1", "2"):
+        np.testing.assert_allclose(
+            pool.run("tiny-cnn", t, x), reference("tiny-cnn", t, x), rtol=1e-6, atol=1e-6
+        )
+        refs[t] = pool.session("tiny-cnn", t)
+    assert pool.loaded() == [("tiny-cnn", "1"), ("tiny-cnn", "2")]
+    assert (pool.loads, pool.evictions) == (3, 1)
+    gc.collect()
+    assert "0" not in refs, "an evicted session must be released"
+    pool.run("tiny-cnn", "1", x)  # touch 1: now 2 is the least recently used
+    np.testing.assert_allclose(
+        pool.run("tiny-cnn", "0", x), reference("tiny-cnn", "0", x), rtol=1e-6, atol=1e-6
+    )
+    assert pool.loaded() == [("tiny-cnn", "1"), ("tiny-cnn", "0")]
+    assert (pool.loads, pool.evictions) == (4, 2)
+
+    cost = int(b.tasks["0"].file_size * 2.0)
+    bpool = TaskSessionPool([b], max_sessions=None, max_bytes=int(cost * 2.5), global_thread_pool=False)
+    for t in ("0", "1", "2", "0"):
+        bpool.run("tiny-cnn", t, x)
+        assert bpool.loaded_bytes() <= bpool.max_bytes
+    assert len(bpool.loaded()) == 2 and bpool.evictions == 2
+
+
+def test_pool_unknown_names(bundles: list[Path]) -> None:
+    from hatzoo.export.bundle import read_bundle
+    from hatzoo.export.runtime import TaskSessionPool, UnknownModelError
+
+    pool = TaskSessionPool([read_bundle(d) for d in bundles], global_thread_pool=False)
+    with pytest.raises(UnknownModelError, match="known models: \\['tiny-cnn', 'tiny-mlp'\\]"):
+        pool.spec("nope", "0")
+    with pytest.raises(UnknownModelError, match="known tasks: \\['0', '5'\\]"):
+        pool.spec("tiny-mlp", "1")
+
+
+def test_micro_batcher_merges_concurrent_requests(bundles: list[Path], reference: Reference) -> None:
+    from hatzoo.export.bundle import read_bundle
+    from hatzoo.export.runtime import MicroBatcher, TaskSessionPool
+
+    pool = TaskSessionPool([read_bundle(d) for d in bundles], global_thread_pool=False)
+    batcher = MicroBatcher(pool, max_batch=16, max_wait_ms=50)
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((n, 1, 8, 8)).astype(np.float32) for n in (1, 2, 3, 1, 4, 1, 2, 6)]  # 20 rows
+
+    async def main() -> list[np.ndarray]:
+        return await asyncio.gather(*(batcher.predict("tiny-cnn", "2", x) for x in xs))
+
+    outs = asyncio.run(main())
+    for x, y in zip(xs, outs, strict=True):
+        np.testing.assert_allclose(y, reference("tiny-cnn", "2", x), rtol=1e-6, atol=1e-6)
+    st = batcher.stats[("tiny-cnn", "2")]
+    assert st.requests == 8 and st.rows == 20
+    assert st.batches == 2 and st.max_rows <= 16  # 20 rows with max 16 per run: two runs, not eight
+    batcher.close()
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+
+def test_server_predict_routes_and_matches_direct(bundles: list[Path], reference: Reference) -> None:
+    from hatzoo.export.client import HatzooClient
+
+    rng = np.random.default_rng(2)
+    with running_server(bundles) as (url, _app):
+        c = HatzooClient(url)
+        assert c.health()["status"] == "ok"
+        models = {m["name"]: m for m in c.models()}
+        assert set(models) == {"tiny-cnn", "tiny-mlp"}
+        assert [t["id"] for t in models["tiny-mlp"]["tasks"]] == ["0", "5"]
+        assert models["tiny-cnn"]["tasks"][2]["input_shape"] == [None, 1, 8, 8]
+        assert models["tiny-cnn"]["tasks"][2]["labels"][0] == "tiny-cnn-t2-c0"
+        for model, tasks in (MODEL_A, MODEL_B):
+            for tid, k, _ in tasks:
+                x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
+                want = reference(model, tid, x)
+                for use_npy in (True, False):
+                    out = c.predict(model, tid, x, top_k=2, use_npy=use_npy)
+                    assert out["model"] == model and out["task"] == str(tid)
+                    assert out["logits"].shape == (3, k)
+                    np.testing.assert_allclose(out["logits"], want, rtol=1e-6, atol=1e-6)
+                    p = np.exp(want - want.max(1, keepdims=True))
+                    p /= p.sum(1, keepdims=True)
+                    for row, tops in zip(p, out["top_k"], strict=True):
+                        order = np.argsort(-row)[:2]
+                        assert [t["index"] for t in tops] == order.tolist()
+                        assert [t["label"] for t in tops] == [f"{model}-t{tid}-c{i}" for i in order]
+                        np.testing.assert_allclose([t["score"] for t in tops], row[order], rtol=1e-5)
+        # float64 .npy is accepted (cast to float32); so is a 3-D single image (the client adds the batch)
+        x = rng.standard_normal((1, 8, 8))
+        np.testing.assert_allclose(
+            c.predict("tiny-mlp", 5, x)["logits"],
+            reference("tiny-mlp", 5, x[None].astype(np.float32)),
+            atol=1e-6,
+        )
+        # top_k larger than the class count is clamped; 0 gives empty lists
+        assert len(c.predict("tiny-mlp", 0, x, top_k=50)["top_k"][0]) == 2
+        assert c.predict("tiny-mlp", 0, x, top_k=0)["top_k"] == [[]]
+
+
+def test_server_bad_inputs_answer_4xx_and_keep_serving(bundles: list[Path], reference: Reference) -> None:
+    from hatzoo.export.client import ClientError, HatzooClient
+
+    good = np.zeros((2, 1, 8, 8), np.float32)
+    with running_server(bundles, max_request_batch=8, max_body_bytes=64 << 10) as (url, _app):
+        base = f"{url}/v1/models/tiny-cnn/tasks/0:predict"
+        j = lambda a: json.dumps({"inputs": a}).encode()  # noqa: E731
+        cases = [
+            (f"{url}/v1/models/nope/tasks/0:predict", npy(good), "application/x-npy", 404, "tiny-cnn"),
+            (f"{url}/v1/models/tiny-cnn/tasks/9:predict", npy(good), "application/x-npy", 404, "known tasks"),
+            (f"{url}/v1/models/tiny-cnn/tasks/0:explain", npy(good), "application/x-npy", 404, ":predict"),
+            (base, npy(np.zeros((2, 8, 8), np.float32)), "application/x-npy", 400, "shape"),
+            (base, npy(np.zeros((2, 3, 8, 8), np.float32)), "application/x-npy", 400, "channels"),
+            (base, npy(np.zeros((2, 1, 9, 8), np.float32)), "application/x-npy", 400, "images of"),
+            (base, npy(np.zeros((2, 1, 8, 8), np.int64)), "application/x-npy", 400, "dtype"),
+            (base, npy(np.zeros((0, 1, 8, 8), np.float32)), "application/x-npy", 400, "empty batch"),
+            (base, npy(np.zeros((9, 1, 8, 8), np.float32)), "application/x-npy", 413, "limit of 8"),
+            (base, npy(np.full((1, 1, 8, 8), np.nan, np.float32)), "application/x-npy", 400, "NaN"),
+            (base, b"\x93NUMPY garbage", "application/x-npy", 400, ".npy"),
+            (base, b'{"inputs": [[[1, 2', "application/json", 400, "not valid JSON"),
+            (base, b'{"pixels": []}', "application/json", 400, "inputs"),
+            (base, j([[[1.0, 2.0], [3.0]]]), "application/json", 400, "rectangular"),
+            (base, j([[["a"] * 8] * 8]), "application/json", 400, "rectangular"),
+            (
+                base,
+                json.dumps({"inputs": good.tolist(), "top_k": -1}).encode(),
+                "application/json",
+                400,
+                "top_k",
+            ),
+            (base, npy(np.zeros((8, 1, 64, 64), np.float32)), "application/x-npy", 413, "over the limit"),
+            (base, b"hello", "text/plain", 415, "Content-Type"),
+        ]
+        for u, body, ctype, status, msg in cases:
+            code, doc = post(u, body, ctype)
+            assert code == status, (u, ctype, code, doc)
+            assert msg in doc["error"], (msg, doc)
+            out = HatzooClient(url).predict("tiny-cnn", 0, good)  # still serving, still right
+            np.testing.assert_allclose(out["logits"], reference("tiny-cnn", 0, good), atol=1e-6)
+        import httpx
+
+        assert httpx.get(f"{url}/v1/nothing").status_code == 404
+        with pytest.raises(ClientError, match="known models") as ei:
+            HatzooClient(url).predict("nope", 0, good)
+        assert ei.value.status == 404
+        with pytest.raises(ClientError, match="channels"):
+            HatzooClient(url).predict("tiny-cnn", 0, np.zeros((1, 2, 8, 8), np.float32), use_npy=False)
+        text = HatzooClient(url).metrics()
+        assert metric(text, "hatzoo_errors_total", model="tiny-cnn", task="0") >= 14
+        assert metric(text, "hatzoo_unrouted_requests_total", status="404") >= 3
+    with pytest.raises(ClientError, match="cannot reach"):
+        HatzooClient(url, timeout=2).models()
+
+
+def test_server_micro_batches_concurrent_requests(bundles: list[Path], reference: Reference) -> None:
+    from hatzoo.export.client import HatzooClient
+
+    n = 16
+    xs = [np.random.default_rng(100 + i).standard_normal((1, 1, 8, 8)).astype(np.float32) for i in range(n)]
+    outs: list[np.ndarray | None] = [None] * n
+    with running_server(bundles, micro_batch=64, max_wait_ms=30) as (url, app):
+        barrier = threading.Barrier(n)
+
+        def one(i: int) -> None:
+            c = HatzooClient(url)
+            barrier.wait()
+            outs[i] = c.predict("tiny-mlp", 5, xs[i])["logits"]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        text = HatzooClient(url).metrics()
+    for x, y in zip(xs, outs, strict=True):
+        np.testing.assert_allclose(y, reference("tiny-mlp", 5, x), rtol=1e-6, atol=1e-6)
+    batches = metric(text, "hatzoo_batches_total", model="tiny-mlp", task="5")
+    assert metric(text, "hatzoo_batched_requests_total", model="tiny-mlp", task="5") == n
+    assert metric(text, "hatzoo_requests_total", model="tiny-mlp", task="5", status="200") == n
+    assert 1 <= batches < n and metric(text, "hatzoo_batch_rows_max", model="tiny-mlp", task="5") > 1
+    assert metric(text, "hatzoo_request_latency_seconds_count", model="tiny-mlp", task="5") == n
+
+
+def test_server_lru_budget_reloads_correctly(bundles: list[Path], reference: Reference) -> None:
+    from hatzoo.export.client import HatzooClient
+
+    x = np.random.default_rng(3).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    with running_server(bundles, max_sessions=2) as (url, app):
+        c = HatzooClient(url)
+        order = [("tiny-cnn", 0), ("tiny-cnn", 1), ("tiny-mlp", 5), ("tiny-cnn", 0), ("tiny-mlp", 0)]
+        for model, t in order:
+            np.testing.assert_allclose(c.predict(model, t, x)["logits"], reference(model, t, x), atol=1e-6)
+            assert len(app.state.pool.loaded()) <= 2
+        text = c.metrics()
+        assert metric(text, "hatzoo_session_loads_total") == 5
+        assert metric(text, "hatzoo_session_evictions_total") == 3
+        assert app.state.pool.loaded() == [("tiny-cnn", "0"), ("tiny-mlp", "0")]
+
+
+def test_create_app_needs_bundles() -> None:
+    from hatzoo.export.server import create_app
+
+    with pytest.raises(HATError):
+        create_app([])
+    with pytest.raises(HATError, match="not a hatzoo bundle"):
+        create_app([os.devnull + "-missing"])

@@ -1,0 +1,115 @@
+"""Bounded load test: a real server process on 127.0.0.1, concurrent clients, several tasks, zero errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "_hatzoo_serving_helpers", Path(__file__).with_name("test_serving.py")
+)
+helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(helpers)
+
+CLIENTS = 8
+REQUESTS_PER_CLIENT = 50
+ROUTES = [("tiny-cnn", 0), ("tiny-cnn", 1), ("tiny-cnn", 2), ("tiny-mlp", 0), ("tiny-mlp", 5)]
+
+
+@pytest.fixture(scope="module")
+def load_bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return helpers.build_bundles(tmp_path_factory.mktemp("load_bundles"))
+
+
+def test_concurrent_load_zero_errors_and_exact_answers(load_bundles: list[Path]) -> None:
+    """8 client threads x 50 requests over 5 tasks against ``python -m hatzoo.export.server`` (defaults)."""
+    from hatzoo.export.client import ClientError, HatzooClient
+
+    port = helpers.free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "hatzoo.export.server",
+        *map(str, load_bundles),
+        "--port",
+        str(port),
+        "--max-sessions",
+        "4",
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        client = HatzooClient(url, timeout=5)
+        t0 = time.monotonic()
+        while True:
+            try:
+                client.health()
+                break
+            except ClientError:
+                if proc.poll() is not None or time.monotonic() - t0 > 30:
+                    raise RuntimeError(
+                        "server did not start: " + (proc.stdout.read() if proc.stdout else "")
+                    ) from None
+                time.sleep(0.1)
+
+        ref = helpers.Reference(load_bundles)
+        errors: list[str] = []
+        worst = [0.0]
+        done = [0]
+        lock = threading.Lock()
+
+        def worker(i: int) -> None:
+            rng = np.random.default_rng(1000 + i)
+            c = HatzooClient(url, timeout=30)
+            for j in range(REQUESTS_PER_CLIENT):
+                model, task = ROUTES[(i + j) % len(ROUTES)]
+                x = rng.standard_normal((int(rng.integers(1, 5)), 1, 8, 8)).astype(np.float32)
+                try:
+                    y = c.predict(model, task, x, top_k=1, use_npy=bool(j % 4))
+                    diff = float(np.abs(y["logits"] - ref(model, task, x)).max())
+                    with lock:
+                        worst[0] = max(worst[0], diff)
+                        done[0] += 1
+                    if diff > 1e-5 or y["task"] != str(task) or y["model"] != model:
+                        errors.append(f"{model}/{task}: wrong answer (max diff {diff})")
+                except Exception as e:  # noqa: BLE001 - collect every failure
+                    errors.append(f"{model}/{task}: {e}")
+
+        t1 = time.monotonic()
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        elapsed = time.monotonic() - t1
+        assert not errors, errors[:5]
+        assert done[0] == CLIENTS * REQUESTS_PER_CLIENT
+        assert worst[0] <= 1e-5
+        text = client.metrics()
+        total = sum(
+            helpers.metric(text, "hatzoo_requests_total", model=m, task=str(t), status="200")
+            for m, t in ROUTES
+        )
+        assert total == CLIENTS * REQUESTS_PER_CLIENT
+        assert all(helpers.metric(text, "hatzoo_errors_total", model=m, task=str(t)) == 0 for m, t in ROUTES)
+        assert helpers.metric(text, "hatzoo_sessions_loaded") <= 4
+        print(
+            f"\n{total} requests in {elapsed:.2f} s ({total / elapsed:.0f} req/s), max |diff| {worst[0]:.2e}"
+        )
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
