@@ -30,6 +30,7 @@ from hatzoo.hub.download import is_repo_id
 __all__ = ["Registry", "ZooEntry", "default_registry", "get_card", "list_models", "resolve"]
 
 _CARD_SUFFIXES = (".yaml", ".yml")
+CARDS_ENV = "HATZOO_CARDS"
 
 
 @dataclass(frozen=True)
@@ -100,14 +101,22 @@ def _looks_like_path(text: str) -> bool:
 
 
 class Registry:
-    """Zoo cards read from one folder (a Path or an importlib.resources Traversable), parsed on first use."""
+    """Zoo cards read from folders (Paths or importlib.resources Traversables), parsed on first use.
 
-    def __init__(self, cards_dir: str | os.PathLike[str] | Traversable | None = None) -> None:
+    ``extra_dirs`` are read after ``cards_dir``; a card there replaces a shipped card of the same name.
+    """
+
+    def __init__(
+        self,
+        cards_dir: str | os.PathLike[str] | Traversable | None = None,
+        extra_dirs: tuple[str | os.PathLike[str], ...] = (),
+    ) -> None:
         if cards_dir is None:
             cards_dir = default_cards_dir()
         self.cards_dir: Traversable = (
             Path(cards_dir) if isinstance(cards_dir, (str, os.PathLike)) else cards_dir
         )
+        self.extra_dirs = [Path(d) for d in extra_dirs]
         self._entries: dict[str, ZooEntry] | None = None
 
     def _load(self) -> dict[str, ZooEntry]:
@@ -115,9 +124,19 @@ class Registry:
         if self._entries is not None:
             return self._entries
         entries: dict[str, ZooEntry] = {}
-        if not self.cards_dir.is_dir():
-            raise HATError(f"the zoo cards folder {self.cards_dir} does not exist: reinstall hatzoo")
-        for item in sorted(self.cards_dir.iterdir(), key=lambda t: t.name):
+        for folder in [self.cards_dir, *self.extra_dirs]:
+            entries.update(self._read_folder(folder))
+        self._entries = entries
+        return entries
+
+    @staticmethod
+    def _read_folder(folder: Traversable) -> dict[str, ZooEntry]:
+        entries: dict[str, ZooEntry] = {}
+        if not folder.is_dir():
+            raise HATError(
+                f"the zoo cards folder {folder} does not exist (reinstall hatzoo, or fix {CARDS_ENV})"
+            )
+        for item in sorted(folder.iterdir(), key=lambda t: t.name):
             if not item.is_file() or not item.name.endswith(_CARD_SUFFIXES) or item.name.startswith("."):
                 continue
             source = str(item)
@@ -128,7 +147,6 @@ class Registry:
             if entry.name in entries:
                 raise _bad(source, f"the name {entry.name!r} is also used by {entries[entry.name].source}")
             entries[entry.name] = entry
-        self._entries = entries
         return entries
 
     def list_models(self) -> list[str]:
@@ -184,10 +202,14 @@ def default_cards_dir() -> Traversable:
     return Path(__file__).resolve().parent.parent / "cards"
 
 
-@functools.cache
 def default_registry() -> Registry:
-    """The registry of the zoo that ships with hatzoo (parsed once per process)."""
-    return Registry(default_cards_dir())
+    """The zoo that ships with hatzoo, plus the card folders named by HATZOO_CARDS (os.pathsep-separated)."""
+    return _registry_for(os.environ.get(CARDS_ENV, ""))
+
+
+@functools.cache
+def _registry_for(extra: str) -> Registry:
+    return Registry(default_cards_dir(), tuple(p for p in extra.split(os.pathsep) if p))
 
 
 def list_models() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -128,6 +129,12 @@ class HATModel(nn.Module):
         current = self.open_task()
         if current is not None:
             raise TaskError(f"task {current} is still open; call end_task({current}) before adding a task")
+        task = self._append_task(TaskInfo(num_classes=num_classes, labels=labels))
+        self._refresh_locks()
+        return task
+
+    def _append_task(self, info: TaskInfo) -> int:
+        """Create a task's parameters and mask rows (no checks, no lock refresh: for add_task and loading)."""
         task = len(self.tasks)
         device, dtype = self._device_dtype()
         source = self._latest_task() if self.config.norm_init == "copy" else None
@@ -135,15 +142,14 @@ class HATModel(nn.Module):
             module.add_task(source)
         for module in self.task_params.values():
             module.add_task(source)
-        self.heads.append(nn.Linear(self.spec.num_features, num_classes).to(device, dtype))
+        self.heads.append(nn.Linear(self.spec.num_features, info.num_classes).to(device, dtype))
         for g in self.groups.values():
             embedding = nn.Parameter(self._initial_embedding(g.size, device, dtype))
             embedding.register_hook(self._compensation(task, embedding))
             self.embeddings[group_key(g.name)].append(embedding)
             grown = torch.cat([self.masks(g.name), torch.zeros(1, g.size, dtype=torch.bool, device=device)])
             setattr(self, self._mask_buffer(g.name), grown)
-        self.tasks.append(TaskInfo(num_classes=num_classes, labels=labels))
-        self._refresh_locks()
+        self.tasks.append(info)
         return task
 
     def end_task(self, task: int) -> None:
@@ -269,6 +275,56 @@ class HATModel(nn.Module):
         """The parameters created for one task (head, gates, norms, tokens), for ``add_param_group``."""
         self._check_task(task, allow_open=True)
         return self._per_task_tensors(task)
+
+    # ----------------------------------------------------------------- checkpoints and the Hub
+    def save_pretrained(
+        self, directory: str | Path, *, card: str | None = None, metadata: dict[str, Any] | None = None
+    ) -> Path:
+        """Write model.safetensors, config.json and README.md (see hatzoo.checkpoint for the format)."""
+        from hatzoo.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, card=card, metadata=metadata)
+
+    @classmethod
+    def from_pretrained(
+        cls, repo_id_or_path: str | Path, revision: str | None = None, *, device: str = "cpu"
+    ) -> HATModel:
+        """Load the full HAT model from a local folder or a Hub repository (at a branch, tag or commit)."""
+        from hatzoo.checkpoint import load_pretrained
+        from hatzoo.hub.download import snapshot
+
+        return load_pretrained(snapshot(repo_id_or_path, revision), device=device)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        revision: str = "main",
+        commit_message: str = "Upload HAT model with hatzoo",
+        card: str | None = None,
+        git_mirror: str | Path | None = None,
+        remote_url: str | None = None,
+        tag: str | None = None,
+        token: str | None = None,
+    ) -> str:
+        """Publish to the Hub; returns the commit sha.
+
+        With ``git_mirror`` (a self-hosted mirror folder) or ``remote_url`` the repository is
+        published with git; otherwise through the Hub's HTTP API (huggingface.co needs a token).
+        """
+        from hatzoo.hub.push import push_model
+
+        return push_model(
+            self,
+            repo_id,
+            revision=revision,
+            commit_message=commit_message,
+            card=card,
+            git_mirror=git_mirror,
+            remote_url=remote_url,
+            tag=tag,
+            token=token,
+        )
 
     # ----------------------------------------------------------------- locks
     def _refresh_locks(self) -> None:

@@ -1,0 +1,189 @@
+"""The checkpoint format: exact round trips, bit-packed masks, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+import hatzoo
+from hatzoo.checkpoint import pack_mask, unpack_mask
+
+
+def train_tasks(model: hatzoo.HATModel, num_tasks: int, x: torch.Tensor, seed: int = 0) -> hatzoo.HATModel:
+    torch.manual_seed(seed)
+    for _ in range(num_tasks):
+        task = model.add_task(num_classes=2, labels=["left", "right"])
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        y = torch.randint(0, 2, (x.shape[0],))
+        for step in range(4):
+            scale = hatzoo.schedules.get_schedule("linear", 400)(step, 4)
+            loss = F.cross_entropy(model(x, task=task, scale=scale), y) + model.regularization(task=task)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.end_task(task)
+    return model.eval()
+
+
+def vit() -> hatzoo.HATModel:
+    return hatzoo.create_model("hat-vit-tiny", img_size=16, patch_size=4, in_chans=1, depth=2)
+
+
+def mlp() -> hatzoo.HATModel:
+    return hatzoo.hatify(nn.Sequential(nn.Flatten(), nn.Linear(256, 40), nn.ReLU(), nn.Linear(40, 10)))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    x = torch.randn(6, 1, 16, 16)
+    model = train_tasks(vit(), 3, x)
+    folder = model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "hat-vit-test")
+    return model, folder, x
+
+
+def test_round_trip_is_bitwise_and_task_models_match(saved):
+    model, folder, x = saved
+    loaded = hatzoo.HATModel.from_pretrained(folder)
+    assert [t.labels for t in loaded.tasks] == [["left", "right"]] * 3
+    with torch.no_grad():
+        for t in range(3):
+            assert torch.equal(loaded(x, task=t), model(x, task=t))
+            net = hatzoo.load(folder, task=t)
+            assert not net.training
+            assert (net(x) - model(x, task=t)).abs().max().item() <= 1e-5
+    assert loaded.capacity() == model.capacity()
+
+
+def test_file_stores_packed_masks_and_no_embeddings(saved):
+    model, folder, _ = saved
+    tensors = load_file(folder / "model.safetensors")
+    for group in model.groups.values():
+        packed = tensors[f"tasks.1.masks.{group.name}"]
+        assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(group.size / 8)
+        assert torch.equal(unpack_mask(packed, group.size, "x"), model.masks(group.name)[1])
+    assert not any(".embeddings." in key for key in tensors)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["hatzoo"]["format_version"] == 1
+    assert config["architecture"] == "vit_tiny_patch16_224"
+    assert [t["status"] for t in config["hatzoo"]["tasks"]] == ["ended"] * 3
+
+
+def test_per_task_storage_is_masks_heads_and_norms(saved):
+    model, folder, _ = saved
+    tensors = load_file(folder / "model.safetensors")
+    for t in range(3):
+        stored = sum(v.numel() * v.element_size() for k, v in tensors.items() if k.startswith(f"tasks.{t}."))
+        masks = sum(math.ceil(g.size / 8) for g in model.groups.values())
+        head = sum(p.numel() * 4 for p in model.heads[t].parameters())
+        norms = sum(p.numel() * 4 for p in model._per_task_tensors(t)) - head
+        norms -= sum(model.embedding(g, t).numel() * 4 for g in model.groups)  # embeddings are not stored
+        assert stored == masks + head + norms
+
+
+def test_plain_timm_loads_the_backbone_weights(saved):
+    model, folder, _ = saved
+    config = json.loads((folder / "config.json").read_text())
+    backbone = timm.create_model(config["architecture"], num_classes=0, **config["model_args"])
+    missing, unexpected = backbone.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
+    assert missing == []
+    assert all(key.startswith("tasks.") for key in unexpected)
+    shared = backbone.state_dict()["blocks.0.attn.qkv.weight"]
+    assert torch.equal(shared, model.backbone.blocks[0].attn.qkv.weight)
+
+
+def test_plain_sequential_round_trip(tmp_path):
+    x = torch.randn(6, 1, 16, 16)
+    model = train_tasks(mlp(), 2, x)
+    loaded = hatzoo.HATModel.from_pretrained(model.save_pretrained(tmp_path / "mlp"))
+    with torch.no_grad():
+        for t in range(2):
+            assert torch.equal(loaded(x, task=t), model(x, task=t))
+
+
+def test_mask_packing_round_trip_and_checks():
+    mask = torch.rand(37) > 0.5
+    packed = pack_mask(mask)
+    assert packed.numel() == 5
+    assert torch.equal(unpack_mask(packed, 37, "m"), mask)
+    with pytest.raises(hatzoo.CheckpointError, match="37 units"):
+        unpack_mask(packed[:4], 37, "m")
+    bad = packed.clone()
+    bad[-1] |= 0x80  # a bit beyond unit 36
+    with pytest.raises(hatzoo.CheckpointError, match="beyond"):
+        unpack_mask(bad, 37, "m")
+
+
+def copy_checkpoint(folder: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(folder, target)
+    return target
+
+
+def test_truncated_weights_are_a_clear_error(saved, tmp_path):
+    folder = copy_checkpoint(saved[1], tmp_path)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(hatzoo.CheckpointError, match="truncated or corrupted"):
+        hatzoo.HATModel.from_pretrained(folder)
+
+
+def test_unknown_format_version(saved, tmp_path):
+    folder = copy_checkpoint(saved[1], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["hatzoo"]["format_version"] = 99
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hatzoo.CheckpointError, match="version 99"):
+        hatzoo.HATModel.from_pretrained(folder)
+
+
+def test_config_from_another_architecture(saved, tmp_path):
+    folder = copy_checkpoint(saved[1], tmp_path)
+    other = mlp()
+    other.add_task(num_classes=2)
+    other.end_task(0)
+    other.save_pretrained(tmp_path / "other")
+    shutil.copy(tmp_path / "other" / "config.json", folder / "config.json")
+    with pytest.raises(hatzoo.CheckpointError, match="does not match"):
+        hatzoo.HATModel.from_pretrained(folder)
+
+
+def test_mask_of_the_wrong_size(saved, tmp_path):
+    folder = copy_checkpoint(saved[1], tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    key = next(k for k in tensors if ".masks." in k)
+    tensors[key] = torch.zeros(tensors[key].numel() + 3, dtype=torch.uint8)
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(hatzoo.CheckpointError, match="units"):
+        hatzoo.HATModel.from_pretrained(folder)
+
+
+def test_weights_that_do_not_match_config(saved, tmp_path):
+    folder = copy_checkpoint(saved[1], tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["blocks.0.attn.qkv.weight"] = torch.zeros(3, 3)
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(hatzoo.CheckpointError, match="blocks.0.attn.qkv.weight"):
+        hatzoo.HATModel.from_pretrained(folder)
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(hatzoo.CheckpointError, match="config.json"):
+        hatzoo.HATModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(hatzoo.CheckpointError, match="not valid JSON"):
+        hatzoo.HATModel.from_pretrained(tmp_path)
+
+
+def test_task_the_checkpoint_does_not_have(saved):
+    with pytest.raises(hatzoo.TaskError, match="task 7 does not exist"):
+        hatzoo.load(saved[1], task=7)
