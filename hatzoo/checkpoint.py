@@ -250,7 +250,8 @@ def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], path: Path)
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"{path} does not match its config.json: missing {_first(missing)}, unexpected {_first(unexpected)}"
+            f"{path} does not match its config.json: "
+            f"missing {_first(missing)}, unexpected {_first(unexpected)}"
         )
     for key, value in tensors.items():
         want = expected[key]

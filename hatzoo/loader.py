@@ -44,5 +44,6 @@ def _verify_checksum(path: Path, expected: str | None, name: str) -> None:
     if digest.hexdigest() != expected:
         raise CheckpointError(
             f"{path} has sha256 {digest.hexdigest()[:16]}..., "
-            f"but the zoo card of {name} pins {expected[:16]}...: the cached file is corrupted or the repository changed; delete it from the cache and load again"
+            f"but the zoo card of {name} pins {expected[:16]}...: the cached file is corrupted or the "
+            "repository changed; delete it from the cache and load again"
         )
