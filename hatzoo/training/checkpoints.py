@@ -1,0 +1,146 @@
+"""Per-task training checkpoints: the model (``save_pretrained``), optimizer state and progress, no pickle.
+
+Layout under ``out_dir/checkpoints/task-<i>/``: the model as ``save_pretrained`` writes it, the
+optimizer's tensors in ``optimizer.safetensors`` (keyed by parameter name, so the state maps back
+onto a rebuilt model), and ``training_state.json`` (written last: a folder without it is incomplete
+and ignored). A checkpoint is written to ``task-<i>.tmp`` and renamed, so an interruption never
+leaves a half-written ``task-<i>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from hatzoo.core.model import HATModel
+from hatzoo.errors import CheckpointError
+
+STATE_FILE = "training_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+OPTIMIZER_META = "optimizer.json"
+_FALLBACK_WEIGHTS = "training_weights.safetensors"
+_FALLBACK_CONFIG = "training_config.json"
+
+
+def checkpoint_dir(out_dir: str | os.PathLike[str], task: int) -> Path:
+    """Where task ``task``'s checkpoint lives."""
+    return Path(out_dir) / "checkpoints" / f"task-{task}"
+
+
+def latest_checkpoint(out_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]] | None:
+    """The complete checkpoint of the highest task in ``out_dir`` and its training state, or None."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    best: tuple[int, Path] | None = None
+    for item in root.iterdir():
+        name = item.name
+        if not name.startswith("task-") or not name[5:].isdigit() or not (item / STATE_FILE).is_file():
+            continue
+        if best is None or int(name[5:]) > best[0]:
+            best = (int(name[5:]), item)
+    if best is None:
+        return None
+    return best[1], json.loads((best[1] / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def save_model(model: HATModel, folder: Path) -> None:
+    """Write the model with ``save_pretrained`` (or a safetensors fallback while that API is missing)."""
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(folder)
+        return
+    folder.mkdir(parents=True, exist_ok=True)  # pragma: no cover - fallback for an older core
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, folder / _FALLBACK_WEIGHTS
+    )
+    config = {
+        "hat": model.config.to_dict(),
+        "tasks": [
+            {"num_classes": i.num_classes, "labels": i.labels, "status": i.status} for i in model.tasks
+        ],
+    }
+    (folder / _FALLBACK_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def load_model(folder: Path, build: Callable[[], HATModel]) -> HATModel:
+    """Read a model written by :func:`save_model`; ``build`` makes a fresh one for the fallback format."""
+    if not (folder / _FALLBACK_WEIGHTS).is_file():
+        if not hasattr(HATModel, "from_pretrained"):  # pragma: no cover
+            raise CheckpointError(f"{folder}: this hatzoo has no HATModel.from_pretrained to read it")
+        return HATModel.from_pretrained(str(folder))
+    config = json.loads((folder / _FALLBACK_CONFIG).read_text(encoding="utf-8"))  # pragma: no cover
+    model = build()
+    for info in config["tasks"]:
+        t = model.add_task(info["num_classes"], info["labels"])
+        if info["status"] != "open":
+            model.end_task(t)
+    model.load_state_dict(load_file(folder / _FALLBACK_WEIGHTS))
+    model._refresh_locks()  # snapshots must hold the loaded values, not the ones before loading
+    return model
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, folder: Path) -> None:
+    """Optimizer tensors as safetensors keyed ``<param name>::<state key>``; scalars and groups as JSON."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for param, state in optimizer.state.items():
+        name = names.get(id(param))
+        if name is None:
+            continue
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{name}::{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{name}::{key}"] = value
+    groups = [
+        {k: v for k, v in g.items() if k != "params" and isinstance(v, (int, float, bool, str, type(None)))}
+        | {"params": [names[id(p)] for p in g["params"] if id(p) in names]}
+        for g in optimizer.param_groups
+    ]
+    save_file(tensors, folder / OPTIMIZER_FILE)
+    meta = {"type": type(optimizer).__name__, "scalars": scalars, "param_groups": groups}
+    (folder / OPTIMIZER_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, folder: Path) -> bool:
+    """Restore what :func:`save_optimizer` wrote onto ``optimizer``; False when there is nothing to load."""
+    if not (folder / OPTIMIZER_FILE).is_file() or not (folder / OPTIMIZER_META).is_file():
+        return False
+    meta = json.loads((folder / OPTIMIZER_META).read_text(encoding="utf-8"))
+    if meta.get("type") != type(optimizer).__name__:
+        return False
+    params = dict(model.named_parameters())
+    tensors = load_file(folder / OPTIMIZER_FILE)
+    for full, value in [*tensors.items(), *meta["scalars"].items()]:
+        name, _, key = full.rpartition("::")
+        if name not in params:
+            raise CheckpointError(f"{folder}: optimizer state for unknown parameter {name!r}")
+        param = params[name]
+        if isinstance(value, torch.Tensor) and value.ndim > 0:
+            value = value.to(param.device, param.dtype)
+        optimizer.state[param][key] = value
+    return True
+
+
+def write_checkpoint(
+    out_dir: Path, task: int, model: HATModel, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> Path:
+    """Write task ``task``'s checkpoint atomically (temporary folder, then rename)."""
+    final = checkpoint_dir(out_dir, task)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp)
+    save_optimizer(optimizer, model, tmp)
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final

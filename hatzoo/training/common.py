@@ -1,0 +1,57 @@
+"""What the sequential and the joint trainer share: building the model, data and optimizer, seeding."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from hatzoo.core.model import HATModel
+from hatzoo.data import TaskSequence, get_benchmark
+from hatzoo.training.recipe import Recipe
+
+ModelFactory = Callable[[], HATModel]
+
+
+def derive_seed(base: int, *parts: int) -> int:
+    """An independent 63-bit seed for one purpose (model init, task t, epoch e shuffle, ...)."""
+    return int(np.random.SeedSequence([base, *parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def build_model(recipe: Recipe, factory: ModelFactory | None = None) -> HATModel:
+    """A fresh HAT model of the recipe's architecture (or from ``factory``), seeded by the recipe."""
+    torch.manual_seed(derive_seed(recipe.recipe.seed, 0))
+    if factory is not None:
+        return factory()
+    from hatzoo.zoo import create_model
+
+    return create_model(recipe.arch, config=dataclasses.replace(recipe.hat), **recipe.model_args)
+
+
+def load_benchmark(recipe: Recipe) -> TaskSequence:
+    """The recipe's task sequence (DataError from hatzoo.data passes through with its how-to-fix text)."""
+    b = recipe.benchmark
+    seq = get_benchmark(b.name, seed=b.seed, max_train_per_task=b.max_train_per_task, **b.options)
+    if b.max_tasks is not None and b.max_tasks < len(seq):
+        seq = dataclasses.replace(seq, tasks=seq.tasks[: b.max_tasks])
+    return seq
+
+
+def make_optimizer(recipe: Recipe, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """The recipe's optimizer over one first parameter group; tasks are added with add_param_group."""
+    r = recipe.recipe
+    params = list(params)
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+    if r.optimizer == "adam":
+        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+    return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+
+
+def shared_parameters(model: HATModel) -> list[nn.Parameter]:
+    """Parameters that belong to no task (the masked backbone weights), in registration order."""
+    per_task = {id(p) for t in range(model.num_tasks) for p in model.task_parameters(t)}
+    return [p for p in model.parameters() if id(p) not in per_task]

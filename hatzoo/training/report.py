@@ -1,0 +1,237 @@
+"""Plots and the Hub model card, generated from :class:`Results` (never typed by hand).
+
+``render_card`` writes the README.md the Hub shows: YAML front matter (library_name, tags, datasets,
+and a ``model-index`` with one accuracy metric per task plus average accuracy and BWT), then the
+description, the recipe, the accuracy matrix, the joint upper bound, capacity, and how to load it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hatzoo.training.metrics import FWT_REASON, Results
+from hatzoo.training.recipe import Recipe
+
+HUB_DATASETS = {
+    "split-fashion-mnist": ("zalando-datasets/fashion_mnist", "Split-Fashion-MNIST"),
+    "tv-fashion-mnist": ("zalando-datasets/fashion_mnist", "Split-Fashion-MNIST"),
+    "split-mnist": ("ylecun/mnist", "Split-MNIST"),
+    "tv-mnist": ("ylecun/mnist", "Split-MNIST"),
+    "permuted-mnist": ("ylecun/mnist", "Permuted-MNIST"),
+    "tv-cifar10": ("uoft-cs/cifar10", "Split-CIFAR-10"),
+    "tv-cifar100": ("uoft-cs/cifar100", "Split-CIFAR-100"),
+}
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{100 * value:.{digits}f}"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(results: Results, path: str | os.PathLike[str]) -> None:
+    """Heat map of the accuracy matrix R[i][j] (rows: after task i, columns: task j)."""
+    plt = _pyplot()
+    n = results.num_trained
+    cols = len(results.tasks)
+    grid = [[float("nan") if v is None else 100 * v for v in row[:cols]] for row in results.accuracy]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * cols, 1.0 + 0.8 * max(n, 1)))
+    image = ax.imshow(grid if grid else [[float("nan")]], vmin=50, vmax=100, cmap="viridis", aspect="auto")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if v == v:  # not NaN
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w" if v < 85 else "k", fontsize=8)
+    ax.set_xticks(range(cols), [f"T{j}" for j in range(cols)])
+    ax.set_yticks(range(n), [f"after T{i}" for i in range(n)])
+    ax.set_xlabel("evaluated task")
+    ax.set_title(f"{results.name}: test accuracy (%)  BWT={_pct(results.bwt)}")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_capacity(results: Results, path: str | os.PathLike[str]) -> None:
+    """Share of each mask group's units used by the tasks trained so far, after every task."""
+    plt = _pyplot()
+    used = results.capacity_used()
+    groups = list(used[0]) if used else []
+    fig, ax = plt.subplots(figsize=(1.8 + 0.9 * max(len(used), 1), 1.2 + 0.22 * max(len(groups), 1)))
+    grid = [[100 * used[i][g] for i in range(len(used))] for g in groups] or [[float("nan")]]
+    image = ax.imshow(grid, vmin=0, vmax=100, cmap="magma", aspect="auto")
+    ax.set_xticks(range(len(used)), [f"T{i}" for i in range(len(used))])
+    ax.set_yticks(range(len(groups)), groups, fontsize=7)
+    ax.set_xlabel("after task")
+    ax.set_title(f"{results.name}: units used (%)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def model_index(results: Results, recipe: Recipe) -> list[dict[str, Any]]:
+    """The Hub's ``model-index`` entry: one accuracy per task (final row), average accuracy and BWT."""
+    dataset_id, dataset_name = HUB_DATASETS.get(recipe.benchmark.name, (recipe.benchmark.name,) * 2)
+    metrics: list[dict[str, Any]] = [
+        {
+            "type": "accuracy",
+            "name": f"Task {j} ({' vs '.join(task['labels'])}) accuracy",
+            "value": round(100 * acc, 2),
+        }
+        for j, (task, acc) in enumerate(zip(results.tasks, results.final, strict=False))
+    ]
+    if results.average_accuracy is not None:
+        metrics.append(
+            {
+                "type": "accuracy",
+                "name": "Average accuracy",
+                "value": round(100 * results.average_accuracy, 2),
+            }
+        )
+    if results.bwt is not None:
+        metrics.append({"type": "bwt", "name": "Backward transfer", "value": round(100 * results.bwt, 4)})
+    return [
+        {
+            "name": recipe.name,
+            "results": [
+                {
+                    "task": {"type": "image-classification", "name": "Task-incremental continual learning"},
+                    "dataset": {"type": dataset_id, "name": dataset_name, "split": "test"},
+                    "metrics": metrics,
+                }
+            ],
+        }
+    ]
+
+
+def render_card(results: Results, recipe: Recipe) -> str:
+    """The model card README.md for ``results`` of ``recipe``."""
+    dataset_id, dataset_name = HUB_DATASETS.get(recipe.benchmark.name, (recipe.benchmark.name,) * 2)
+    front = {
+        "library_name": "hatzoo",
+        "license": "apache-2.0",
+        "tags": ["hat", "continual-learning", "image-classification", "timm"],
+        "datasets": [dataset_id],
+        "pipeline_tag": "image-classification",
+        "model-index": model_index(results, recipe),
+    }
+    lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
+    lines += [f"# {recipe.name}", "", recipe.description or f"A HAT model trained on {dataset_name}.", ""]
+    status = "" if results.complete else f" (partial: {results.num_trained} of {len(results.tasks)} tasks)"
+    lines += [
+        f"HAT (Hard Attention to the Task) `{recipe.arch}` trained task after task on **{dataset_name}**"
+        f"{status}, task-incremental (the task id is given at inference). Binary per-task masks and locked "
+        "weights make forgetting exactly zero.",
+        "",
+        "## Recipe",
+        "",
+        "| setting | value |",
+        "|---|---|",
+    ]
+    bench = recipe.benchmark
+    r = recipe.recipe
+    rows = [
+        ("architecture", f"`{recipe.arch}` {_inline(recipe.model_args)}"),
+        ("HAT", _inline(recipe.hat.to_dict())),
+        ("benchmark", f"`{bench.name}` seed {bench.seed}, {len(results.tasks)} tasks"),
+        (
+            "training data per task",
+            "all"
+            if bench.max_train_per_task is None
+            else f"seeded class-balanced subset of {bench.max_train_per_task}",
+        ),
+        ("optimizer", f"{r.optimizer} lr {r.lr}, momentum {r.momentum}, weight decay {r.weight_decay}"),
+        ("epochs per task / batch", f"{r.epochs} / {r.batch_size}"),
+        ("scale schedule", f"{r.schedule} up to smax {recipe.hat.smax}, clip grad {r.clip_grad}"),
+        ("seed", str(r.seed)),
+    ]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    lines += ["", "## Results", "", "Test accuracy (%) on task j (columns) after training task i (rows):", ""]
+    cols = len(results.tasks)
+    lines += ["| after \\ on | " + " | ".join(f"T{j}" for j in range(cols)) + " |"]
+    lines += ["|---" * (cols + 1) + "|"]
+    for i, row in enumerate(results.accuracy):
+        lines += [f"| T{i} | " + " | ".join("" if v is None else _pct(v) for v in row[:cols]) + " |"]
+    lines += ["", "| metric | value |", "|---|---|"]
+    lines += [
+        f"| average accuracy (last row) | {_pct(results.average_accuracy)} |",
+        f"| backward transfer (BWT) | {_pct(results.bwt)} |",
+        f"| forward transfer (FWT) | not defined: {FWT_REASON.split(': ', 1)[1]} |",
+    ]
+    if results.joint is not None:
+        gap = None if results.average_accuracy is None else results.joint_average - results.average_accuracy
+        lines += [
+            f"| joint-training upper bound (average) | {_pct(results.joint_average)} |",
+            f"| gap to joint (points) | {_pct(gap)} |",
+        ]
+    lines += [""]
+    if results.joint is not None:
+        lines += [
+            "Joint upper bound: the same backbone without HAT, one head per task, all tasks' data mixed, "
+            "same optimizer and epochs. Per task: "
+            + ", ".join(f"T{j} {_pct(a)}" for j, a in enumerate(results.joint)),
+            "",
+        ]
+    lines += [
+        "Per task: " + ", ".join(f"T{j} = {' vs '.join(t['labels'])}" for j, t in enumerate(results.tasks))
+    ]
+    lines += ["", "![accuracy matrix](accuracy.png)", "", "## Capacity", ""]
+    if results.capacity:
+        last = results.capacity[-1]
+        total = sum(c["size"] for c in last.values())
+        used = total - sum(c["free"] for c in last.values())
+        lines += [
+            f"After the last task {used} of {total} masked units ({_pct(used / total, 1)}%) are used; "
+            f"the rest is free for new tasks. Units used per task: "
+            + ", ".join(
+                f"T{t}: {sum(c['used'].get(str(t), 0) for c in last.values())}"
+                for t in range(results.num_trained)
+            )
+            + ".",
+            "",
+            "| group | size | used | free |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {g} | {c['size']} | {c['size'] - c['free']} | {c['free']} |" for g, c in last.items()]
+        lines += ["", "![capacity](capacity.png)", ""]
+    lines += [
+        "## How to load",
+        "",
+        "```python",
+        "import hatzoo",
+        f'model = hatzoo.load("{recipe.name}", task=0)   # one task, ready for inference',
+        f'full = hatzoo.load("{recipe.name}")            # the full HAT model: add and train new tasks',
+        "```",
+        "",
+        f"Trained with `hatzoo train --card cards/{recipe.name}.yaml`; "
+        f"Hub repository `{recipe.hub.repo_id}`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _inline(mapping: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in mapping.items()) or "defaults"
+
+
+def write_report(results: Results, recipe: Recipe, out_dir: str | os.PathLike[str]) -> Path:
+    """Write results.json, both plots and README.md into ``out_dir``; returns the README path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results.save(out / "results.json")
+    plot_accuracy(results, out / "accuracy.png")
+    plot_capacity(results, out / "capacity.png")
+    path = out / "README.md"
+    path.write_text(render_card(results, recipe), encoding="utf-8")
+    return path

@@ -1,0 +1,222 @@
+"""Training: recipes, the accuracy matrix and BWT, resume after an interruption, the card, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import hatzoo
+from hatzoo.training import Recipe, RecipeError, load_recipe, render_card, train_sequence
+from hatzoo.training.checkpoints import load_model
+from hatzoo.training.cli import train_command
+from hatzoo.training.metrics import backward_transfer
+
+CARDS = Path(__file__).resolve().parent.parent / "cards"
+
+
+def mlp() -> hatzoo.HATModel:
+    """A tiny HAT MLP for 1x28x28 inputs (fast enough to train three tasks in a second or two)."""
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2)
+    )
+    return hatzoo.hatify(net)
+
+
+def tiny_recipe(**recipe) -> Recipe:
+    return Recipe.from_dict(
+        {
+            "name": "tiny",
+            "arch": "hat-vit-tiny",  # replaced by the MLP factory; kept valid for the card
+            "benchmark": {
+                "name": "split-mnist",
+                "seed": 0,
+                "max_train_per_task": 200,
+                "max_tasks": 3,
+                "max_test_per_task": 200,
+            },
+            "recipe": {
+                "optimizer": "sgd",
+                "lr": 0.05,
+                "momentum": 0.9,
+                "epochs": 2,
+                "batch_size": 32,
+                "seed": 0,
+                "joint": False,
+                **recipe,
+            },
+            "hub": {"repo_id": "test-org/tiny"},
+            "description": "tiny test recipe",
+        },
+        "<test>",
+    )
+
+
+def task_logits(model: hatzoo.HATModel, x: torch.Tensor) -> list[torch.Tensor]:
+    model.eval()
+    with torch.no_grad():
+        return [model(x, task=t) for t in range(model.num_tasks)]
+
+
+@pytest.fixture(scope="module")
+def probe() -> torch.Tensor:
+    from hatzoo.data import get_benchmark
+
+    return get_benchmark("split-mnist", max_train_per_task=50)[0].train.tensors[0][:16]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("full")
+    return out, train_sequence(tiny_recipe(joint=True), out, progress=False, model_factory=mlp)
+
+
+def test_results_matrix_and_bwt(full_run):
+    out, results = full_run
+    assert len(results.accuracy) == 3 and all(len(row) == 3 for row in results.accuracy)
+    for i, row in enumerate(results.accuracy):
+        assert all(v is not None for v in row[: i + 1]) and all(v is None for v in row[i + 1 :])
+    matrix = results.accuracy
+    assert backward_transfer(matrix) == 0.0  # computed from the matrix: HAT forgets nothing
+    assert results.bwt == 0.0 and results.fwt is None
+    assert all(matrix[2][j] == matrix[j][j] for j in range(3))
+    assert results.average_accuracy == sum(matrix[2]) / 3 and results.average_accuracy > 0.85
+    assert results.joint is not None and len(results.joint) == 3
+    assert len(results.capacity) == 3 and set(results.capacity[-1]["1"]["used"]) == {"0", "1", "2"}
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["accuracy"] == matrix and saved["metrics"]["bwt"] == 0.0
+    assert (out / "accuracy.png").stat().st_size > 1000 and (out / "capacity.png").stat().st_size > 1000
+    events = [json.loads(line)["event"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert events.count("task_end") == 3 and "step" in events and "epoch" in events and "joint" in events
+
+
+def test_card_has_real_numbers(full_run):
+    out, results = full_run
+    card = (out / "README.md").read_text()
+    assert card == render_card(results, tiny_recipe(joint=True))
+    front = card.split("---")[1]
+    import yaml
+
+    meta = yaml.safe_load(front)
+    assert meta["library_name"] == "hatzoo" and {"hat", "continual-learning", "timm"} <= set(meta["tags"])
+    metrics = meta["model-index"][0]["results"][0]["metrics"]
+    assert [m["value"] for m in metrics[:3]] == [round(100 * a, 2) for a in results.final]
+    assert f"{100 * results.average_accuracy:.2f}" in card and "| backward transfer (BWT) | 0.00 |" in card
+    assert f"{100 * results.joint_average:.2f}" in card and 'hatzoo.load("tiny", task=0)' in card
+
+
+def test_resume_after_interruption(tmp_path, full_run, probe):
+    recipe = tiny_recipe(joint=True)
+    out = tmp_path / "run"
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(task, model, results):
+        if task == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_sequence(recipe, out, progress=False, model_factory=mlp, on_task_end=stop)
+    before = task_logits(load_model(out / "checkpoints" / "task-1", mlp), probe)
+    results = train_sequence(recipe, out, progress=False, model_factory=mlp)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["task"] for e in log if e["event"] == "task_end"] == [0, 1, 2]  # 0 and 1 not retrained
+    assert any(e["event"] == "resume" and e["completed"] == 2 for e in log)
+    final = load_model(out / "checkpoints" / "task-2", mlp)
+    after = task_logits(final, probe)
+    assert len(after) == 3 and all(torch.equal(a, b) for a, b in zip(before, after[:2], strict=False))
+    # optimizer state and per-task seeds are restored: the resumed run equals the uninterrupted one
+    full_out, full = full_run
+    assert results.accuracy == full.accuracy and results.bwt == 0.0
+    reference = task_logits(load_model(full_out / "checkpoints" / "task-2", mlp), probe)
+    assert all(torch.equal(a, b) for a, b in zip(after, reference, strict=True))
+    # a finished run resumes to nothing and keeps its results
+    again = train_sequence(recipe, out, progress=False, model_factory=mlp)
+    assert again.accuracy == results.accuracy and again.joint == results.joint
+
+
+def test_resume_refuses_other_recipe(tmp_path):
+    out = tmp_path / "run"
+    train_sequence(tiny_recipe(epochs=1), out, progress=False, model_factory=mlp, stop_after=0)
+    with pytest.raises(hatzoo.HATError, match="recipe.lr"):
+        train_sequence(tiny_recipe(epochs=1, lr=0.01), out, progress=False, model_factory=mlp)
+
+
+def test_recipe_cards_and_errors(tmp_path):
+    for name in ("hat-vit-small", "hat-vit-tiny", "hat-resnet18", "hat-vit-demo"):
+        recipe = load_recipe(CARDS / f"{name}.yaml")
+        assert recipe.name == name and recipe.benchmark.name in ("split-fashion-mnist", "split-mnist")
+        assert Recipe.from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
+    bad = tmp_path / "bad.yaml"
+    for text, key in (
+        ("name: x\narch: hat-vit-tiny\nrecipe: {epochz: 3}\n", "recipe.epochz"),
+        ("name: x\narch: hat-vit-tiny\nrecipe: {lr: -1}\n", "recipe.lr"),
+        ("name: x\narch: hat-vit-tiny\nrecipe: {optimizer: lion}\n", "recipe.optimizer"),
+        ("name: x\narch: hat-vit-huge\n", "arch"),
+        ("name: x\narch: hat-vit-tiny\nhat: {smax: 0}\n", "hat"),
+        ("name: x\narch: hat-vit-tiny\nbenchmark: {name: split-cifar}\n", "benchmark.name"),
+        ("name: x\narch: hat-vit-tiny\ncolour: red\n", "colour"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(RecipeError, match=key) as info:
+            load_recipe(bad)
+        assert str(bad) in str(info.value) and isinstance(info.value, hatzoo.HATError)
+
+
+def test_cli_bad_inputs(tmp_path, capsys):
+    assert train_command(["--card", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert train_command(["--card", str(CARDS / "hat-vit-demo.yaml"), "--benchmark", "split-cifar"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown benchmark" in err and "split-fashion-mnist" in err
+    assert train_command(["--arch", "hat-vit-tiny", "--epochs", "0"]) == 2
+    assert "recipe.epochs" in capsys.readouterr().err
+    assert train_command(["--epochs", "1"]) == 2
+    assert "--card" in capsys.readouterr().err
+    assert train_command(["--card", str(CARDS / "hat-vit-demo.yaml"), "--bogus"]) == 2
+
+
+def test_cli_missing_data_passes_message(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HATZOO_DATA", str(tmp_path / "empty"))
+    (tmp_path / "empty").mkdir()
+    code = train_command(
+        ["--card", str(CARDS / "hat-vit-demo.yaml"), "--out", str(tmp_path / "o"), "--no-progress"]
+    )
+    err = capsys.readouterr().err
+    from hatzoo.data import get_benchmark
+
+    with pytest.raises(hatzoo.DataError) as info:
+        get_benchmark("split-mnist")
+    assert code == 2 and str(info.value) in err
+
+
+def test_cli_trains_tiny_vit(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = [
+        "--arch",
+        "hat-vit-tiny",
+        "--model-args",
+        "{img_size: 28, patch_size: 7, in_chans: 1, embed_dim: 32, depth: 1, num_heads: 2}",
+        "--benchmark",
+        "split-mnist",
+        "--max-train-per-task",
+        "64",
+        "--max-tasks",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--no-joint",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+    assert train_command(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["tasks_trained"] == 2 and summary["bwt"] == 0.0
+    assert (out / "model" / "README.md").is_file() and (out / "checkpoints" / "task-1").is_dir()
