@@ -48,7 +48,7 @@ class LockGuard:
             snapshot = param.detach().clone()
             self._locks[id(param)] = _Lock(param, locked, snapshot, param._version)
             if id(param) not in self._hooked:
-                param.register_hook(self._gradient_filter(id(param)))
+                param.register_post_accumulate_grad_hook(self._gradient_filter(id(param)))
                 self._hooked.add(id(param))
 
     def set_clamps(self, clamps: list[tuple[nn.Parameter, float]]) -> None:
@@ -61,13 +61,14 @@ class LockGuard:
         )
 
     def _gradient_filter(self, key: int):
-        def hook(grad: torch.Tensor) -> torch.Tensor:
+        def hook(param: nn.Parameter) -> None:
             lock = self._locks.get(key)
-            if lock is None:
-                return grad
+            if lock is None or param.grad is None:
+                return
             if lock.locked is None:
-                return torch.zeros_like(grad)
-            return grad.masked_fill(lock.locked, 0.0)
+                param.grad.zero_()
+            else:
+                param.grad.masked_fill_(lock.locked, 0.0)
 
         return hook
 
@@ -81,7 +82,7 @@ class LockGuard:
             if lock.locked is None:
                 param.copy_(lock.snapshot)
             else:
-                param.copy_(torch.where(lock.locked, lock.snapshot, param))
+                torch.where(lock.locked, lock.snapshot, param, out=param)
             lock.version = param._version
         for param, bound in self._clamps:
             param.clamp_(-bound, bound)
