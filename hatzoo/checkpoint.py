@@ -124,6 +124,7 @@ def checkpoint_config(model: HATModel, extra: dict[str, Any] | None = None) -> d
             {"num_classes": i.num_classes, "labels": i.labels, "status": i.status} for i in model.tasks
         ],
         "default_task": model._latest_task(),
+        "data_config": model.data_config,
         "metadata": extra or {},
     }
     return config
@@ -214,6 +215,7 @@ def load_pretrained(directory: str | Path, *, device: str | torch.device = "cpu"
             TaskInfo(int(info["num_classes"]), [str(x) for x in info["labels"]], info["status"])
         )
     _load_tensors(model, tensors, directory / WEIGHTS_NAME)
+    model.data_config = dict(section.get("data_config") or {})
     model._refresh_locks()
     return model.to(device).eval()
 

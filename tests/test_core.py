@@ -325,3 +325,26 @@ def test_embedding_gradient_is_compensated():
         factor = 400.0 / 2.0 * (torch.cosh(2.0 * e) + 1) / (torch.cosh(e) + 1)
         torch.testing.assert_close(grads[0][g], grads[1][g] * factor)
         assert not torch.equal(grads[0][g], grads[1][g])
+
+
+def test_optimizer_state_of_locked_entries_is_zeroed_so_it_cannot_go_subnormal():
+    torch.manual_seed(9)
+    model = tiny_mlp()
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
+    _, optimizer = train_task(model, OPTIMIZERS["adam"], None, x, y)
+    task = model.add_task(num_classes=2)
+    optimizer.add_param_group({"params": model.task_parameters(task)})
+    model.train()
+    for _ in range(2):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x, task=task, scale=10.0), y).backward()
+        optimizer.step()
+    checked = 0
+    for lock in model._guard._locks.values():
+        state = optimizer.state.get(lock.param, {})
+        locked = torch.ones_like(lock.param, dtype=torch.bool) if lock.locked is None else lock.locked
+        for name in ("exp_avg", "exp_avg_sq"):
+            if name in state:
+                assert not state[name][locked].any(), f"{name} of locked entries is not zero"
+                checked += 1
+    assert checked > 0

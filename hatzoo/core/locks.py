@@ -36,12 +36,15 @@ class LockGuard:
         self._locks: dict[int, _Lock] = {}
         self._clamps: list[tuple[nn.Parameter, float]] = []
         self._hooked: set[int] = set()
+        self._generation = 0
+        self._cleaned: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = weakref.WeakKeyDictionary()
         _GUARDS.add(self)
         _install_optimizer_hook()
 
     def set_locks(self, locks: list[tuple[nn.Parameter, torch.Tensor | None]]) -> None:
         """Replace every lock: each parameter with a bool mask of locked entries, or None for all."""
         self._locks = {}
+        self._generation += 1
         for param, locked in locks:
             if locked is not None and not bool(locked.any()):
                 continue
@@ -88,9 +91,30 @@ class LockGuard:
             param.clamp_(-bound, bound)
 
 
+    @torch.no_grad()
+    def clear_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the per-entry optimizer state (momentum, Adam moments) of locked entries, once per change.
+
+        Locked entries get zero gradients, so that state only decays: left alone it sinks into
+        subnormal floats, which slow every later optimizer step several times over. Zero is also
+        what the state of an entry that was never updated holds, and it stays zero.
+        """
+        if self._cleaned.get(optimizer) == self._generation:
+            return
+        self._cleaned[optimizer] = self._generation
+        for lock in self._locks.values():
+            for value in optimizer.state.get(lock.param, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == lock.param.shape:
+                    if lock.locked is None:
+                        value.zero_()
+                    else:
+                        value.masked_fill_(lock.locked, 0.0)
+
+
 def _after_optimizer_step(optimizer, args, kwargs) -> None:
     for guard in list(_GUARDS):
         guard.enforce()
+        guard.clear_optimizer_state(optimizer)
 
 
 def _install_optimizer_hook() -> None:

@@ -72,6 +72,8 @@ class HATModel(nn.Module):
         self.tasks: list[TaskInfo] = []
         self._context = TaskContext()
         self._last_scale: dict[int, float] = {}
+        # how inputs are prepared (mean, std, input_shape, benchmark): stored in checkpoints, used by export
+        self.data_config: dict[str, Any] = {}
         self.backbone = backbone
         self.heads = nn.ModuleList()
         self.embeddings = nn.ModuleDict({group_key(g.name): nn.ParameterList() for g in spec.groups})

@@ -1,0 +1,125 @@
+"""Checkpoint storage per task, and load time from a warm Hub cache against plain timm, in one run.
+
+A HAT ViT-S (img 32, patch 4, 1 channel) with 5 tasks (masks keeping about half the units) is
+published into a local Hub (olah). Reported:
+- storage: model.safetensors minus the plain timm weights, per task, against what a task adds
+  (bit-packed masks + head + per-task norms and tokens);
+- load: ``hatzoo.load(repo, task=t)`` from the warm cache (HF_HUB_OFFLINE=1) against
+  ``timm.create_model`` plus loading the same backbone weights from a local safetensors file,
+  interleaved, median of N (target: at most 1.5x).
+
+    python bench/bench_hub.py [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import save_file
+
+import hatzoo
+from hatzoo.hub.local_hub import LocalHub
+
+ARCH = {"img_size": 32, "patch_size": 4, "in_chans": 1}
+REPO = "bench/hat-vit-small"
+TIMER = textwrap.dedent(
+    """
+    import statistics, sys, time
+    import timm, hatzoo
+    from safetensors.torch import load_file
+    repo, weights, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    hat_times, timm_times = [], []
+    hatzoo.load(repo, task=3); timm.create_model("vit_small_patch16_224", num_classes=0, img_size=32,
+                                                 patch_size=4, in_chans=1)  # warm-up
+    for _ in range(repeats):
+        start = time.perf_counter()
+        hatzoo.load(repo, task=3)
+        hat_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        model = timm.create_model("vit_small_patch16_224", num_classes=0, img_size=32, patch_size=4, in_chans=1)
+        model.load_state_dict(load_file(weights))
+        model.eval()
+        timm_times.append(time.perf_counter() - start)
+    print(statistics.median(hat_times), statistics.median(timm_times))
+    """
+)
+
+
+def five_task_model() -> hatzoo.HATModel:
+    torch.manual_seed(0)
+    model = hatzoo.create_model("hat-vit-small", **ARCH)
+    for t in range(5):
+        model.add_task(num_classes=2, labels=["a", "b"])
+        with torch.no_grad():
+            for g in model.groups:
+                model.embedding(g, t).copy_(torch.randn_like(model.embedding(g, t)))
+        model.end_task(t)
+    return model.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    model = five_task_model()
+    with tempfile.TemporaryDirectory() as tmp, LocalHub(Path(tmp) / "mirror") as hub:
+        tmp = Path(tmp)
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(tmp / "cache")}
+        model.push_to_hub(REPO, git_mirror=hub.mirror_root)
+        folder = model.save_pretrained(tmp / "local")
+        plain = timm.create_model("vit_small_patch16_224", num_classes=0, **ARCH)
+        plain.load_state_dict(
+            {k: v for k, v in model.backbone.state_dict().items() if ".tasks." not in k}
+            | _default_norms(model),
+            strict=False,
+        )
+        save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(tmp / "plain.safetensors"))
+        checkpoint = (folder / "model.safetensors").stat().st_size
+        weights = (tmp / "plain.safetensors").stat().st_size
+        masks = sum(math.ceil(g.size / 8) for g in model.groups.values())
+        head = sum(p.numel() * 4 for p in model.heads[0].parameters())
+        own = sum(p.numel() * 4 for p in model._per_task_tensors(0)) - head
+        own -= sum(model.embedding(g, 0).numel() * 4 for g in model.groups)
+        print("storage (5 tasks, ViT-S img 32 patch 4)")
+        print(f"  checkpoint {checkpoint:,} B, plain timm weights {weights:,} B")
+        print(f"  extra per task (incl. safetensors header) {(checkpoint - weights) / 5:,.0f} B")
+        print(
+            f"  a task adds: packed masks {masks:,} B + head {head:,} B + norms/tokens {own:,} B"
+            f" = {masks + head + own:,} B"
+        )
+        warm = subprocess.run(
+            [sys.executable, "-c", "import hatzoo; hatzoo.load(%r)" % REPO], env=env, check=True
+        )
+        del warm
+        timed = subprocess.run(
+            [sys.executable, "-c", TIMER, REPO, str(tmp / "plain.safetensors"), str(args.repeats)],
+            env={**env, "HF_HUB_OFFLINE": "1"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        hat_s, timm_s = map(float, timed.stdout.split())
+        print(f"load, warm cache, median of {args.repeats} (interleaved, one process)")
+        print(f"  hatzoo.load(repo, task=3)           {hat_s * 1e3:8.1f} ms")
+        print(f"  timm.create_model + load safetensors {timm_s * 1e3:8.1f} ms")
+        print(f"  ratio hatzoo / timm                  {hat_s / timm_s:8.2f}  (target <= 1.5)")
+
+
+def _default_norms(model: hatzoo.HATModel) -> dict[str, torch.Tensor]:
+    from hatzoo.checkpoint import checkpoint_tensors
+
+    return {k: v for k, v in checkpoint_tensors(model).items() if not k.startswith("tasks.")}
+
+
+if __name__ == "__main__":
+    main()
