@@ -80,7 +80,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
-    print(f"training step, batch {args.batch}, SGD momentum, {torch.get_num_threads()} threads, median of {args.repeats}")
+    threads = torch.get_num_threads()
+    print(f"training step, batch {args.batch}, SGD momentum, {threads} threads, median of {args.repeats}")
     print(f"{'model':<26} {'plain ms':>9} {'HAT ms':>9} {'HAT/plain':>10}")
     for name in ARCHS:
         plain, hat = measure(name, args.batch, args.repeats)

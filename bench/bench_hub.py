@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,9 @@ TIMER = textwrap.dedent(
         hatzoo.load(repo, task=3)
         hat_times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        model = timm.create_model("vit_small_patch16_224", num_classes=0, img_size=32, patch_size=4, in_chans=1)
+        model = timm.create_model(
+            "vit_small_patch16_224", num_classes=0, img_size=32, patch_size=4, in_chans=1
+        )
         model.load_state_dict(load_file(weights))
         model.eval()
         timm_times.append(time.perf_counter() - start)
@@ -98,7 +99,7 @@ def main() -> None:
             f" = {masks + head + own:,} B"
         )
         warm = subprocess.run(
-            [sys.executable, "-c", "import hatzoo; hatzoo.load(%r)" % REPO], env=env, check=True
+            [sys.executable, "-c", f"import hatzoo; hatzoo.load({REPO!r})"], env=env, check=True
         )
         del warm
         timed = subprocess.run(

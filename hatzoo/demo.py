@@ -192,7 +192,8 @@ class Demo:
         answer = client.predict(ZOO_NAME, DEMO_TASK, x[:8].numpy().astype(np.float32), top_k=1)
         labels = [row[0]["label"] for row in answer["top_k"]]
         truth = self._label_names(y[:8])
-        self.figures["server_answers_correct"] = f"{sum(a == b for a, b in zip(labels, truth))}/{len(labels)}"
+        correct = sum(a == b for a, b in zip(labels, truth, strict=True))
+        self.figures["server_answers_correct"] = f"{correct}/{len(labels)}"
         print(f"[demo] POST /v1/models/{ZOO_NAME}/tasks/{DEMO_TASK}:predict on 127.0.0.1:{port}")
         print(f"[demo] server answered {labels}\n[demo] truth          {truth}")
 

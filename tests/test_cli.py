@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from hatzoo.export.bundle import read_bundle
 
 from hatzoo.cli import main
-from hatzoo.export.bundle import read_bundle
 from tests.test_checkpoint import train_tasks, vit
 
 

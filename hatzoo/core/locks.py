@@ -90,7 +90,6 @@ class LockGuard:
         for param, bound in self._clamps:
             param.clamp_(-bound, bound)
 
-
     @torch.no_grad()
     def clear_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:
         """Zero the per-entry optimizer state (momentum, Adam moments) of locked entries, once per change.

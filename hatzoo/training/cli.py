@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         ("seed", int),
     ):
         p.add_argument(f"--{flag}", type=kind)
+    p.add_argument("--mask-lr", type=float, help="separate learning rate for the gate embeddings")
+    p.add_argument("--lr-schedule", help="within each task: constant or cosine")
+    p.add_argument("--scale-ramp", help="the 1/smax -> smax ramp spans each epoch or the whole task")
     p.add_argument("--optimizer", help="sgd, adam or adamw")
     p.add_argument("--schedule", help="mask-scale schedule: linear, exponential, cosine, constant")
     p.add_argument("--smax", type=float)
@@ -87,6 +90,9 @@ def _build_recipe(args: argparse.Namespace):
             "seed": args.seed,
             "optimizer": args.optimizer,
             "schedule": args.schedule,
+            "mask_lr": args.mask_lr,
+            "lr_schedule": args.lr_schedule,
+            "scale_ramp": args.scale_ramp,
         },
         "hat": {"smax": args.smax, "reg_c": args.reg_c},
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -49,6 +50,38 @@ def make_optimizer(recipe: Recipe, params: Iterable[nn.Parameter]) -> torch.opti
     if r.optimizer == "adam":
         return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
     return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+
+
+def task_param_groups(recipe: Recipe, model: HATModel, task: int) -> list[dict]:
+    """Task ``task``'s parameters as optimizer groups for ``add_param_group``.
+
+    With ``recipe.mask_lr`` set, the task's gate embeddings get their own group at that learning rate
+    (and no weight decay): with Adam an embedding moves only about lr per step, so at lr 1e-3 the masks
+    would stay at their random initialisation and the regularizer could not shape them.
+    """
+    params = model.task_parameters(task)
+    mask_lr = recipe.recipe.mask_lr
+    if mask_lr is None:
+        return [{"params": params, "base_lr": recipe.recipe.lr}]
+    gates = {id(model.embedding(g, task)) for g in model.groups}
+    rest = [p for p in params if id(p) not in gates]
+    embeddings = [p for p in params if id(p) in gates]
+    groups = [{"params": rest, "base_lr": recipe.recipe.lr}]
+    groups.append({"params": embeddings, "lr": mask_lr, "base_lr": mask_lr, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Scale every group's learning rate to ``factor`` times its ``base_lr`` (the within-task schedule)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
+
+
+def lr_factor(recipe: Recipe, step: int, total: int) -> float:
+    """The learning-rate multiplier at ``step`` of ``total`` steps: 1, or a cosine decay towards 0."""
+    if recipe.recipe.lr_schedule == "constant" or total <= 1:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * step / total))
 
 
 def shared_parameters(model: HATModel) -> list[nn.Parameter]:

@@ -2,9 +2,9 @@
 
 This is ordinary (non-continual) multi-head training with plain torch, no HAT gates: the backbone is
 rebuilt from the HAT model's architecture description with fresh weights, and trained with the same
-optimizer, learning rate, batch size and number of epochs over the union of the tasks' training
-sets (so the same number of examples is seen as in the sequential run). Its per-task test accuracy
-is what HAT is compared against.
+optimizer, learning rate (and lr schedule, over the whole run), batch size and number of epochs over
+the union of the tasks' training sets (so the same number of examples is seen as in the sequential
+run). Its per-task test accuracy is what HAT is compared against.
 """
 
 from __future__ import annotations
@@ -22,7 +22,15 @@ from hatzoo.core.model import HATModel
 from hatzoo.data import TaskSequence
 from hatzoo.policies.plain import strip_classifier
 from hatzoo.training import ddp
-from hatzoo.training.common import ModelFactory, build_model, derive_seed, load_benchmark, make_optimizer
+from hatzoo.training.common import (
+    ModelFactory,
+    build_model,
+    derive_seed,
+    load_benchmark,
+    lr_factor,
+    make_optimizer,
+    set_lr_factor,
+)
 from hatzoo.training.metrics import count_correct
 from hatzoo.training.recipe import Recipe
 
@@ -95,9 +103,11 @@ def train_joint(
     trainer = ddp.wrap(net, ctx, device)
     r = recipe.recipe
     start = time.perf_counter()
+    step = 0
     for epoch in range(r.epochs):
         gen = torch.Generator().manual_seed(derive_seed(r.seed, 8, epoch))
         batches = ddp.global_batches(len(y_all), r.batch_size, gen, ctx.world_size)
+        total = len(batches) * r.epochs
         net.train()
         bar = tqdm(
             batches,
@@ -106,6 +116,8 @@ def train_joint(
             dynamic_ncols=True,
         )
         for idx in bar:
+            set_lr_factor(optimizer, lr_factor(recipe, step, total))
+            step += 1
             local = ddp.shard(idx, ctx)
             loss = trainer(x_all[local].to(device), y_all[local].to(device), t_all[local].to(device))
             loss = loss * (ctx.world_size / len(idx))

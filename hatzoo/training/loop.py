@@ -35,15 +35,18 @@ from hatzoo.training.common import (
     build_model,
     derive_seed,
     load_benchmark,
+    lr_factor,
     make_optimizer,
+    set_lr_factor,
     shared_parameters,
+    task_param_groups,
 )
 from hatzoo.training.metrics import Results, count_correct, jsonable_capacity
 from hatzoo.training.recipe import Recipe
 
 TaskCallback = Callable[[int, HATModel, Results], None]
 LOG_FILE = "log.jsonl"
-_IGNORED_FOR_RESUME = ("description", "hub", "name")
+_IGNORED_FOR_RESUME = ("description", "hub", "name", "demo")
 
 
 class _Log:
@@ -105,7 +108,8 @@ def train_sequence(
 
     optimizer = make_optimizer(recipe, shared_parameters(model))
     for t in range(model.num_tasks):
-        optimizer.add_param_group({"params": model.task_parameters(t)})
+        for group in task_param_groups(recipe, model, t):
+            optimizer.add_param_group(group)
     if found is not None and not ckpt.load_optimizer(optimizer, model, found[0]):
         log("optimizer_restarted", reason="no optimizer state of this type in the checkpoint")
 
@@ -116,7 +120,8 @@ def train_sequence(
         tid = model.add_task(task.num_classes, labels=task.labels)
         if tid != t:
             raise HATError(f"the model got task id {tid} for task {t}; the checkpoint and data disagree")
-        optimizer.add_param_group({"params": model.task_parameters(t)})
+        for group in task_param_groups(recipe, model, t):
+            optimizer.add_param_group(group)
         _train_task(recipe, model, optimizer, task, t, len(seq), ctx, device, progress, log, log_every)
         model.end_task(t)
         seconds = time.perf_counter() - start
@@ -157,14 +162,17 @@ def _train_task(
     log: _Log,
     log_every: int,
 ) -> None:
-    """Train the open task ``t`` for the recipe's epochs with the scale schedule annealed per epoch."""
+    """Train the open task ``t`` for the recipe's epochs, the scale annealed per epoch (or per task)."""
     r = recipe.recipe
     schedule = get_schedule(r.schedule, recipe.hat.smax)
     net = ddp.wrap(model, ctx, device)
     x_all, y_all = task.train.tensors
+    step, total = 0, 0
     for epoch in range(r.epochs):
         gen = torch.Generator().manual_seed(derive_seed(r.seed, 2, t, epoch))
         batches = ddp.global_batches(len(y_all), r.batch_size, gen, ctx.world_size)
+        if epoch == 0:
+            total = len(batches) * r.epochs
         model.train()
         sums = [0.0, 0.0, 0.0, 0.0]  # ce sum, reg sum (x examples), correct, examples
         bar = tqdm(
@@ -175,7 +183,9 @@ def _train_task(
         )
         epoch_start = time.perf_counter()
         for b, idx in enumerate(bar):
-            scale = schedule(b, len(batches))
+            scale = schedule(step, total) if r.scale_ramp == "task" else schedule(b, len(batches))
+            set_lr_factor(optimizer, lr_factor(recipe, step, total))
+            step += 1
             local = ddp.shard(idx, ctx)
             xb, yb = x_all[local].to(device), y_all[local].to(device)
             logits = net(xb, task=t, scale=scale)

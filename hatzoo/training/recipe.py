@@ -12,6 +12,13 @@ its arguments), the HAT options, the benchmark and the optimisation recipe::
              schedule: linear, clip_grad: 10000, seed: 0}
     hub: {repo_id: hatzoo/hat-vit-small, revision: main, sha256: null}
     description: one line
+    results: {...}   # written by hatzoo.training.report.write_card_results from results.json
+    demo: true       # optional: a quick demo recipe rather than a zoo model
+
+``recipe`` may also hold ``mask_lr`` (a separate learning rate for the gate embeddings, which with
+Adam otherwise move only ~lr per step and stay at their random init), ``lr_schedule`` (``constant``
+or ``cosine`` decay within each task) and ``scale_ramp`` (``epoch``: the paper's 1/smax -> smax ramp
+in every epoch; ``task``: one ramp over all of a task's batches).
 
 ``benchmark`` may also hold ``max_tasks`` (train only the first N tasks) and any option that
 ``hatzoo.data.get_benchmark`` accepts for that benchmark (``max_test_per_task``, ``class_order``, ...).
@@ -32,7 +39,20 @@ from hatzoo.core.schedules import SCHEDULES
 from hatzoo.errors import HATError, InputError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-_TOP_KEYS = ("name", "arch", "model_args", "hat", "benchmark", "recipe", "hub", "description", "results")
+_TOP_KEYS = (
+    "name",
+    "arch",
+    "model_args",
+    "hat",
+    "benchmark",
+    "recipe",
+    "hub",
+    "description",
+    "results",
+    "demo",
+)
+LR_SCHEDULES = ("constant", "cosine")
+SCALE_RAMPS = ("epoch", "task")
 
 
 class RecipeError(InputError):
@@ -64,6 +84,9 @@ class TrainSpec:
     clip_grad: float | None = 10000.0
     seed: int = 0
     joint: bool = True  # also train the joint (all tasks at once) upper bound
+    mask_lr: float | None = None  # learning rate of the gate embeddings (None: the same as lr)
+    lr_schedule: str = "constant"  # within each task: constant, or cosine decay to 0 over the task
+    scale_ramp: str = "epoch"  # the 1/smax -> smax ramp restarts every epoch, or spans the whole task
 
 
 @dataclass
@@ -87,6 +110,7 @@ class Recipe:
     recipe: TrainSpec = field(default_factory=TrainSpec)
     hub: HubSpec = field(default_factory=HubSpec)
     description: str = ""
+    demo: bool = False  # a quick demo recipe, not a zoo model
     source: str = "<recipe>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,7 +120,7 @@ class Recipe:
         if bench["max_tasks"] is None:
             bench.pop("max_tasks")
         bench.update(options)
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "arch": self.arch,
             "model_args": dict(self.model_args),
@@ -106,6 +130,9 @@ class Recipe:
             "hub": dataclasses.asdict(self.hub),
             "description": self.description,
         }
+        if self.demo:
+            data["demo"] = True
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<recipe>") -> Recipe:
@@ -270,6 +297,9 @@ def _parse(data: Any, source: str) -> Recipe:
         ),
         seed=_positive(r.get("seed", defaults.seed), source, "recipe.seed", zero=True),
         joint=_typed(r.get("joint", defaults.joint), bool, source, "recipe.joint"),
+        mask_lr=_positive(r.get("mask_lr", defaults.mask_lr), source, "recipe.mask_lr", float, optional=True),
+        lr_schedule=_choice(r, "lr_schedule", LR_SCHEDULES, defaults.lr_schedule, source),
+        scale_ramp=_choice(r, "scale_ramp", SCALE_RAMPS, defaults.scale_ramp, source),
     )
 
     h = _mapping(data.get("hub"), source, "hub")
@@ -285,6 +315,7 @@ def _parse(data: Any, source: str) -> Recipe:
     description = data.get("description") or ""
     if not isinstance(description, str):
         raise _err(source, "description", "must be a string")
+    demo = _typed(data.get("demo", False), bool, source, "demo")
     return Recipe(
         name=data["name"].strip(),
         arch=arch,
@@ -294,5 +325,13 @@ def _parse(data: Any, source: str) -> Recipe:
         recipe=train,
         hub=hub,
         description=description.strip(),
+        demo=demo,
         source=source,
     )
+
+
+def _choice(r: dict[str, Any], key: str, allowed: tuple[str, ...], default: str, source: str) -> str:
+    value = _typed(r.get(key, default), str, source, f"recipe.{key}")
+    if value not in allowed:
+        raise _err(source, f"recipe.{key}", f"unknown value {value!r}; choose one of {list(allowed)}")
+    return value
