@@ -199,12 +199,16 @@ class Demo:
 
     # ------------------------------------------------------------------ helpers
     def _test_images(self):
+        """Task 3's test images, shuffled with a fixed seed (the split stores them sorted by class)."""
+        import torch
+
         from hatzoo.data import get_benchmark
 
         task = get_benchmark("split-mnist", seed=0)[DEMO_TASK]
         x, y = task.test.tensors
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
         self._labels = task.labels
-        return x, y
+        return x[order], y[order]
 
     def _label_names(self, y) -> list[str]:
         return [self._labels[i] for i in y.tolist()]
