@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import timm
 import torch
@@ -9,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import hatzoo
+from hatzoo.core.gates import soft_gate
 from hatzoo.core.schedules import get_schedule
 from hatzoo.core.specialize import ConstantBranch
 
@@ -307,24 +310,43 @@ def test_embeddings_stay_clamped_and_compensated():
 
 
 def test_embedding_gradient_is_compensated():
-    """The gradient equals the raw one times smax/s * (cosh(s e) + 1) / (cosh(e) + 1) (Serra et al.)."""
+    """d gate / d e = s sigmoid'(s e) * smax/s * (cosh(s e) + 1) / (cosh(e) + 1) (Serra et al.).
+
+    Reference in float64 with sigmoid'(z) = 1 / (2 + 2 cosh z); where float32 autograd would round
+    1 - sigmoid(z) to 0 (z > 17) the compensated gradient is still the formula's, not zero.
+    """
+    torch.manual_seed(8)
+    upstream = torch.randn(200)
+    for scale in (1 / 400, 0.5, 2.0, 40.0, 400.0):
+        e = (torch.randn(200) * 3).requires_grad_()
+        (soft_gate(e, scale, smax=400.0) * upstream).sum().backward()
+        x, z = e.detach().double(), scale * e.detach().double()
+        sigmoid_slope = scale / (2 + 2 * torch.cosh(z))
+        factor = 400.0 / scale * (torch.cosh(torch.clamp(z, -50, 50)) + 1) / (torch.cosh(x) + 1)
+        expected = upstream.double() * sigmoid_slope * factor
+        torch.testing.assert_close(e.grad.double(), expected, rtol=1e-5, atol=1e-30)
+        moderate = z.abs() < 8  # there float32 autograd of the sigmoid is accurate too
+        plain = e.detach().clone().requires_grad_()
+        (torch.sigmoid(scale * plain) * upstream).sum().backward()
+        torch.testing.assert_close(
+            e.grad[moderate], (plain.grad.double() * factor).float()[moderate], rtol=1e-4, atol=1e-6
+        )
+
+
+def test_a_deep_copy_keeps_locks_and_compensation():
+    torch.manual_seed(10)
+    model = tiny_mlp()
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
-    grads = []
-    for compensated in (True, False):
-        torch.manual_seed(8)
-        model = tiny_mlp()
-        task = model.add_task(num_classes=2)
-        model.train()
-        if not compensated:
-            for g in model.groups:
-                model.embedding(g, task)._backward_hooks.clear()
-        F.cross_entropy(model(x, task=task, scale=2.0), y).backward()
-        grads.append({g: model.embedding(g, task).grad for g in model.groups})
-        embeddings = {g: model.embedding(g, task).detach() for g in model.groups}
-    for g, e in embeddings.items():
-        factor = 400.0 / 2.0 * (torch.cosh(2.0 * e) + 1) / (torch.cosh(e) + 1)
-        torch.testing.assert_close(grads[0][g], grads[1][g] * factor)
-        assert not torch.equal(grads[0][g], grads[1][g])
+    train_task(model, OPTIMIZERS["adamw-decay"], None, x, y)
+    clone = copy.deepcopy(model)
+    clone.eval()
+    with torch.no_grad():
+        before = clone(x, task=0)
+    train_task(clone, OPTIMIZERS["adamw-decay"], None, x, y)
+    with torch.no_grad():
+        assert torch.equal(clone.eval()(x, task=0), before)
+        assert torch.equal(model.eval()(x, task=0), before)
+    assert clone.num_tasks == 2 and model.num_tasks == 1
 
 
 def test_optimizer_state_of_locked_entries_is_zeroed_so_it_cannot_go_subnormal():

@@ -10,6 +10,7 @@ Restoring copies stored bits, so earlier tasks stay bitwise identical.
 
 from __future__ import annotations
 
+import copy
 import weakref
 from dataclasses import dataclass
 
@@ -57,6 +58,14 @@ class LockGuard:
     def set_clamps(self, clamps: list[tuple[nn.Parameter, float]]) -> None:
         """Parameters (the open task's embeddings) kept within [-bound, bound] after each step."""
         self._clamps = clamps
+
+    def __deepcopy__(self, memo: dict) -> LockGuard:
+        """A guard over the copied parameters, with its gradient filters registered on them."""
+        self.enforce()
+        clone = LockGuard()
+        clone.set_locks([(copy.deepcopy(lk.param, memo), _copy(lk.locked)) for lk in self._locks.values()])
+        clone.set_clamps([(copy.deepcopy(p, memo), bound) for p, bound in self._clamps])
+        return clone
 
     def locked_count(self) -> int:
         return sum(
@@ -108,6 +117,10 @@ class LockGuard:
                         value.zero_()
                     else:
                         value.masked_fill_(lock.locked, 0.0)
+
+
+def _copy(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.clone()
 
 
 def _after_optimizer_step(optimizer, args, kwargs) -> None:

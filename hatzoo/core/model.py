@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hatzoo.core.config import HATConfig
+from hatzoo.core.gates import soft_gate
 from hatzoo.core.groups import MaskGroup, UnitSlice
 from hatzoo.core.locks import LockGuard
 from hatzoo.core.task_modules import TaskContext, TaskModule, TaskParameter
@@ -34,25 +35,26 @@ def group_key(name: str) -> str:
     return name.replace(".", "-")
 
 
-GATE_FLOOR = 1e-12
+class GateHook:
+    """Multiplies a module's output (or input) by the current gate of one group.
 
-
-def _soft_gate(embedding: torch.Tensor, scale: float) -> torch.Tensor:
-    """sigmoid(scale * e), with gates below GATE_FLOOR sent forward as exact zeros.
-
-    A nearly closed gate (sigmoid(-100) is subnormal) would fill the activations and their
-    gradients with subnormal floats, which slow CPU matrix products several times over. The
-    embedding still gets the gradient of the true sigmoid (straight-through), so learning is
-    unchanged; the forward pass differs by less than GATE_FLOOR per unit.
+    An object rather than a closure, so that ``copy.deepcopy`` of the model copies it along with
+    the context it reads.
     """
-    soft = torch.sigmoid(scale * embedding)
-    return soft + (soft.masked_fill(soft < GATE_FLOOR, 0.0) - soft).detach()
 
+    def __init__(self, context: TaskContext, group: str, dim: int) -> None:
+        self.context, self.group, self.dim = context, group, dim
 
-def _gate(x: torch.Tensor, gate: torch.Tensor, dim: int) -> torch.Tensor:
-    shape = [1] * x.ndim
-    shape[dim] = -1
-    return x * gate.to(x.dtype).view(shape)
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1] * x.ndim
+        shape[self.dim] = -1
+        return x * self.context.gates[self.group].to(x.dtype).view(shape)
+
+    def on_output(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+        return self._apply(output)
+
+    def on_input(self, module: nn.Module, args):
+        return (self._apply(args[0]), *args[1:])
 
 
 class HATModel(nn.Module):
@@ -99,15 +101,11 @@ class HATModel(nn.Module):
     def _install_gates(self, groups: list[MaskGroup]) -> None:
         for g in groups:
             module = self.backbone.get_submodule(g.gate.module)
-            name, dim = g.name, g.gate.dim
+            hook = GateHook(self._context, g.name, g.gate.dim)
             if g.gate.where == "output":
-                module.register_forward_hook(
-                    lambda m, args, out, n=name, d=dim: _gate(out, self._context.gates[n], d)
-                )
+                module.register_forward_hook(hook.on_output)
             else:
-                module.register_forward_pre_hook(
-                    lambda m, args, n=name, d=dim: (_gate(args[0], self._context.gates[n], d), *args[1:])
-                )
+                module.register_forward_pre_hook(hook.on_input)
 
     def _index_slices(self, groups: list[MaskGroup]) -> dict[str, list[tuple[str, UnitSlice]]]:
         """Map each backbone tensor ('module.tensor') to the (group, slice) pairs that touch it."""
@@ -162,7 +160,6 @@ class HATModel(nn.Module):
         self.heads.append(nn.Linear(self.spec.num_features, info.num_classes).to(device, dtype))
         for g in self.groups.values():
             embedding = nn.Parameter(self._initial_embedding(g.size, device, dtype))
-            embedding.register_hook(self._compensation(task, embedding))
             self.embeddings[group_key(g.name)].append(embedding)
             grown = torch.cat([self.masks(g.name), torch.zeros(1, g.size, dtype=torch.bool, device=device)])
             setattr(self, self._mask_buffer(g.name), grown)
@@ -232,7 +229,7 @@ class HATModel(nn.Module):
             if scale is None:
                 unit = self.binary_mask(g.name, task)
             else:
-                unit = _soft_gate(self.embedding(g.name, task), scale)
+                unit = self._soft_gate(g.name, task, scale)
             out[g.name] = unit.repeat_interleave(g.gate.expand) if g.gate.expand > 1 else unit
         return out
 
@@ -254,7 +251,7 @@ class HATModel(nn.Module):
         previous = self._used_units(exclude=task)
         numerators, denominators = [], []
         for g in self.groups.values():
-            gate = torch.sigmoid(scale * self.embedding(g.name, task))
+            gate = self._soft_gate(g.name, task, scale)
             free = (~previous[g.name]).to(gate.dtype)
             numerators.append((gate * free).sum())
             denominators.append(free.sum())
@@ -388,17 +385,8 @@ class HATModel(nn.Module):
             )
         return out
 
-    def _compensation(self, task: int, embedding: nn.Parameter):
-        """The paper's embedding-gradient compensation: gradients as if trained at s = smax."""
-
-        def hook(grad: torch.Tensor) -> torch.Tensor:
-            scale = self._last_scale.get(task, self.config.smax)
-            e = embedding.detach()
-            num = torch.cosh(torch.clamp(scale * e, -self.config.cosh_clamp, self.config.cosh_clamp)) + 1
-            den = torch.cosh(e) + 1
-            return grad * (self.config.smax / scale) * num / den
-
-        return hook
+    def _soft_gate(self, group: str, task: int, scale: float) -> torch.Tensor:
+        return soft_gate(self.embedding(group, task), scale, self.config.smax, self.config.cosh_clamp)
 
     # ----------------------------------------------------------------- checks and helpers
     def _task_modules(self) -> list[TaskModule]:
