@@ -190,8 +190,14 @@ def read_config(directory: Path) -> dict[str, Any]:
     return section
 
 
-def load_pretrained(directory: str | Path, *, device: str | torch.device = "cpu") -> HATModel:
-    """Rebuild a HAT model from a checkpoint folder; every tensor is checked before use."""
+def load_pretrained(
+    directory: str | Path, *, device: str | torch.device = "cpu", locks: bool = True
+) -> HATModel:
+    """Rebuild a HAT model from a checkpoint folder; every tensor is checked before use.
+
+    ``locks=False`` skips setting up the gradient locks: for a model that is only run or
+    specialized, never trained (they are built on the next add_task / end_task otherwise).
+    """
     directory = Path(directory)
     section = read_config(directory)
     tensors = _read_weights(directory / WEIGHTS_NAME)
@@ -216,8 +222,11 @@ def load_pretrained(directory: str | Path, *, device: str | torch.device = "cpu"
         )
     _load_tensors(model, tensors, directory / WEIGHTS_NAME)
     model.data_config = dict(section.get("data_config") or {})
-    model._refresh_locks()
-    return model.to(device).eval()
+    if torch.device(device) != torch.device("cpu"):
+        model.to(device)
+    if locks:
+        model._refresh_locks()
+    return model.eval()
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

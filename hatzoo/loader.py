@@ -9,6 +9,7 @@ from torch import nn
 
 from hatzoo.checkpoint import WEIGHTS_NAME, load_pretrained
 from hatzoo.core.model import HATModel
+from hatzoo.core.specialize import specialize
 from hatzoo.errors import CheckpointError
 from hatzoo.hub.download import snapshot
 from hatzoo.registry import default_registry
@@ -28,10 +29,10 @@ def load(
     folder = snapshot(target, resolved_revision)
     if isinstance(name_or_repo, str) and name_or_repo in registry and revision is None:
         _verify_checksum(folder / WEIGHTS_NAME, registry.get_card(name_or_repo).sha256, name_or_repo)
-    model: HATModel = load_pretrained(folder, device=device)
     if task is None:
-        return model
-    return model.specialize(task)
+        return load_pretrained(folder, device=device)
+    model: HATModel = load_pretrained(folder, device=device, locks=False)
+    return specialize(model, task, consume=True)
 
 
 def _verify_checksum(path: Path, expected: str | None, name: str) -> None:

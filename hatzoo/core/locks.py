@@ -67,10 +67,8 @@ class LockGuard:
         clone.set_clamps([(copy.deepcopy(p, memo), bound) for p, bound in self._clamps])
         return clone
 
-    def locked_count(self) -> int:
-        return sum(
-            lk.param.numel() if lk.locked is None else int(lk.locked.sum()) for lk in self._locks.values()
-        )
+    def has_locks(self) -> bool:
+        return bool(self._locks)
 
     def _gradient_filter(self, key: int):
         def hook(param: nn.Parameter) -> None:

@@ -350,13 +350,9 @@ class HATModel(nn.Module):
             for name, param in self.backbone.named_parameters():
                 if id(param) in per_task:
                     continue
-                locked = torch.ones(param.shape, dtype=torch.bool, device=param.device)
-                for group, s in self._slices.get(name, []):
-                    entries = s.entry_mask(used[group]).to(param.device)
-                    shape = [1] * param.ndim
-                    shape[s.dim] = -1
-                    locked &= entries.view(shape)
-                locks.append((param, None if bool(locked.all()) else locked))
+                lock = self._lock_mask(param, self._slices.get(name, []), used)
+                if lock is not False:
+                    locks.append((param, lock))
         for t in ended:
             locks += [(p, None) for p in self._per_task_tensors(t)]
         self._guard.set_locks(locks)
@@ -365,6 +361,31 @@ class HATModel(nn.Module):
             [] if current is None else [(self.embedding(g, current), self.config.clamp) for g in self.groups]
         )
         self._guard.set_clamps(clamps)
+
+    @staticmethod
+    def _lock_mask(
+        param: nn.Parameter, slices: list[tuple[str, UnitSlice]], used: dict[str, torch.Tensor]
+    ) -> torch.Tensor | None | bool:
+        """Locked entries of one shared tensor: None when all are, False when none, else a bool mask.
+
+        An entry is locked when every unit it touches (along each sliced dim) is used; dims that no
+        group slices count as used. Built from per-dim vectors, so fully locked tensors cost nothing.
+        """
+        per_dim: dict[int, torch.Tensor] = {}
+        for group, s in slices:
+            entries = s.entry_mask(used[group]).to(param.device)
+            per_dim[s.dim] = per_dim[s.dim] & entries if s.dim in per_dim else entries
+        if all(bool(v.all()) for v in per_dim.values()):
+            return None
+        if any(not bool(v.any()) for v in per_dim.values()):
+            return False
+        locked = None
+        for dim, entries in per_dim.items():
+            shape = [1] * param.ndim
+            shape[dim] = -1
+            view = entries.view(shape)
+            locked = view if locked is None else locked & view
+        return locked.expand(param.shape).contiguous()
 
     def _per_task_tensors(self, task: int) -> list[nn.Parameter]:
         params = list(self.heads[task].parameters())
@@ -458,8 +479,8 @@ class HATModel(nn.Module):
 
     def _apply(self, fn, recurse=True):
         module = super()._apply(fn, recurse)
-        if hasattr(self, "_guard"):
-            self._refresh_locks()
+        if getattr(self, "_guard", None) is not None and self._guard.has_locks():
+            self._refresh_locks()  # the stored values must follow the tensors to their device / dtype
         return module
 
     def extra_repr(self) -> str:

@@ -50,11 +50,15 @@ class TaskModel(nn.Module):
 
 
 @torch.no_grad()
-def specialize(model: HATModel, task: int) -> TaskModel:
-    """Task ``task`` of ``model`` as a pruned ``TaskModel`` in eval mode."""
+def specialize(model: HATModel, task: int, *, consume: bool = False) -> TaskModel:
+    """Task ``task`` of ``model`` as a pruned ``TaskModel`` in eval mode.
+
+    ``consume=True`` prunes the model's own backbone instead of a copy (the loader's fast path for
+    a model it throws away); the HAT model must not be used afterwards.
+    """
     model._check_task(task)
     model._guard.enforce()
-    backbone = copy.deepcopy(model.backbone)
+    backbone = model.backbone if consume else copy.deepcopy(model.backbone)
     _strip_hooks(backbone)
     _select_task(backbone, model, task)
     kept = {}
