@@ -93,8 +93,9 @@ def main() -> None:
         own -= sum(model.embedding(g, 0).numel() * 4 for g in model.groups)
         print("storage (5 tasks, ViT-S img 32 patch 4)")
         print(f"  checkpoint {checkpoint:,} B, plain timm weights {weights:,} B")
+        extra = (checkpoint - weights) / 5
         print(
-            f"  extra per task {(checkpoint - weights) / 5:,.0f} B (the rest: the safetensors header's key names)"
+            f"  extra per task {extra:,.0f} B (beyond what a task adds: the safetensors header's key names)"
         )
         print(
             f"  a task adds: packed masks {masks:,} B + head {head:,} B + norms/tokens {own:,} B"
