@@ -159,13 +159,15 @@ def _info(argv: list[str]) -> int:
     from hatzoo.registry import default_registry
 
     registry = default_registry()
-    results = registry.get_card(args.model).raw.get("results", {}) if args.model in registry else {}
-    accuracy = results.get("final_accuracy") or results.get("accuracy") or []
+    results = registry.get_card(args.model).raw.get("results") or {} if args.model in registry else {}
+    final = _final_accuracy(results.get("accuracy") or [])
     model = hatzoo.load(args.model, revision=args.revision)
     print(f"{args.model}: {model.num_tasks} tasks, architecture {model.spec.arch.get('name', 'sequential')}")
     for t, info in enumerate(model.tasks):
-        acc = f", accuracy {accuracy[t]:.2%}" if t < len(accuracy) and accuracy[t] is not None else ""
+        acc = f", test accuracy {final[t]:.2f}% (card)" if t < len(final) and final[t] is not None else ""
         print(f"  task {t} [{info.status}]: {', '.join(info.labels)}{acc}")
+    if results.get("average_accuracy") is not None:
+        print(f"average accuracy {results['average_accuracy']}%, backward transfer {results.get('bwt')}")
     capacity = model.capacity()
     size = sum(g["size"] for g in capacity.values())
     free = sum(g["free"] for g in capacity.values())
@@ -174,6 +176,11 @@ def _info(argv: list[str]) -> int:
         used = group["size"] - group["free"]
         print(f"  {name:<28} used {used:>5}/{group['size']:<5} per task {group['used']}")
     return 0
+
+
+def _final_accuracy(matrix: list) -> list:
+    """Accuracy per task after the last task: the last row of the card's accuracy matrix (percent)."""
+    return list(matrix[-1]) if matrix and isinstance(matrix[-1], list) else list(matrix)
 
 
 def _list(argv: list[str]) -> int:
