@@ -47,6 +47,11 @@ class ZooEntry:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     source: str = field(default="", repr=False, compare=False)
 
+    @property
+    def demo(self) -> bool:
+        """A demo recipe (``demo: true``): resolvable by name, but not listed as a zoo model."""
+        return bool(self.raw.get("demo"))
+
 
 def _bad(source: str, what: str) -> HATError:
     """The error for a malformed card, naming its file."""
@@ -149,9 +154,9 @@ class Registry:
             entries[entry.name] = entry
         return entries
 
-    def list_models(self) -> list[str]:
-        """The names of all zoo models, sorted."""
-        return sorted(self._load())
+    def list_models(self, include_demos: bool = False) -> list[str]:
+        """The names of the zoo models, sorted (demo recipes only with ``include_demos``)."""
+        return sorted(name for name, entry in self._load().items() if include_demos or not entry.demo)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._load()
@@ -212,9 +217,9 @@ def _registry_for(extra: str) -> Registry:
     return Registry(default_cards_dir(), tuple(p for p in extra.split(os.pathsep) if p))
 
 
-def list_models() -> list[str]:
-    """The names of the zoo's models."""
-    return default_registry().list_models()
+def list_models(include_demos: bool = False) -> list[str]:
+    """The names of the zoo's models (demo recipes only with ``include_demos``)."""
+    return default_registry().list_models(include_demos)
 
 
 def get_card(name: str) -> ZooEntry:

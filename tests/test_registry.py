@@ -125,13 +125,13 @@ def test_name_must_match_file_and_be_unique(tmp_path: Path) -> None:
 def test_default_registry_reads_the_shipped_cards() -> None:
     """The module-level API reads the shipped cards: hatzoo.cards when installed, else the repo's cards/."""
     cards_dir = registry.default_cards_dir()
-    if not cards_dir.is_dir():
-        pytest.skip("no zoo cards are shipped yet")
-    names = registry.list_models()
+    names = registry.list_models(include_demos=True)
     expected = sorted(
         p.name.rsplit(".", 1)[0] for p in cards_dir.iterdir() if p.name.endswith((".yaml", ".yml"))
     )
     assert names == expected
+    assert {"hat-vit-small", "hat-vit-tiny", "hat-resnet18"} <= set(registry.list_models())
+    assert "hat-vit-demo" not in registry.list_models()  # a demo recipe, not a zoo model
     for name in names:
         card = registry.get_card(name)
         assert registry.resolve(name)[0] == card.repo_id

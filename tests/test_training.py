@@ -220,3 +220,46 @@ def test_cli_trains_tiny_vit(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["tasks_trained"] == 2 and summary["bwt"] == 0.0
     assert (out / "model" / "README.md").is_file() and (out / "checkpoints" / "task-1").is_dir()
+
+
+def test_card_results_block_is_generated(tmp_path, full_run):
+    import yaml
+
+    from hatzoo.training import card_results, write_card_results
+
+    out, results = full_run
+    card = tmp_path / "tiny.yaml"
+    head = yaml.safe_dump(tiny_recipe(joint=True).to_dict(), sort_keys=False)
+    card.write_text(head + "results: {stale: 1}\n")
+    block = write_card_results(card, out / "results.json")
+    data = yaml.safe_load(card.read_text())
+    assert data["results"] == block == card_results(results) and "stale" not in card.read_text()
+    assert block["bwt"] == 0.0 and block["accuracy"][-1] == [round(100 * a, 2) for a in results.final]
+    assert block["average_accuracy"] == round(100 * results.average_accuracy, 2)
+    assert card.read_text().startswith(head) and load_recipe(card).name == "tiny"
+    write_card_results(card, results)  # idempotent: one results block
+    assert card.read_text().count("results:") == 1
+    card.write_text(yaml.safe_dump(tiny_recipe(lr=0.01).to_dict(), sort_keys=False))
+    with pytest.raises(RecipeError, match="recipe.lr"):
+        write_card_results(card, results)
+
+
+def test_mask_lr_groups_keep_old_tasks_exact(tmp_path, probe):
+    recipe = tiny_recipe(optimizer="adam", lr=0.003, mask_lr=0.05, scale_ramp="task", lr_schedule="cosine")
+    seen = {}
+
+    def check(task, model, results):
+        seen[task] = task_logits(model, probe)
+
+    results = train_sequence(recipe, tmp_path / "run", progress=False, model_factory=mlp, on_task_end=check)
+    assert results.bwt == 0.0 and results.average_accuracy > 0.85
+    for t in range(3):  # every ended task's logits are bitwise unchanged by later tasks
+        assert all(torch.equal(seen[t][j], seen[2][j]) for j in range(t + 1))
+    meta = json.loads((tmp_path / "run" / "checkpoints" / "task-2" / "optimizer.json").read_text())
+    lrs = sorted({g["base_lr"] for g in meta["param_groups"]})
+    assert lrs == [0.003, 0.05]
+    assert any(g["params"][0].startswith("embeddings.") for g in meta["param_groups"])
+    with pytest.raises(RecipeError, match="recipe.lr_schedule"):
+        tiny_recipe(lr_schedule="step")
+    demo = Recipe.from_dict({**tiny_recipe().to_dict(), "demo": True})
+    assert demo.demo and Recipe.from_dict(demo.to_dict()).demo and "demo" not in tiny_recipe().to_dict()

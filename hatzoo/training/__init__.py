@@ -11,7 +11,7 @@ from hatzoo.training.joint import JointResults, train_joint
 from hatzoo.training.loop import evaluate, train_sequence
 from hatzoo.training.metrics import Results, backward_transfer
 from hatzoo.training.recipe import Recipe, RecipeError, load_recipe
-from hatzoo.training.report import render_card, write_report
+from hatzoo.training.report import card_results, render_card, write_card_results, write_report
 
 __all__ = [
     "JointResults",
@@ -19,10 +19,12 @@ __all__ = [
     "RecipeError",
     "Results",
     "backward_transfer",
+    "card_results",
     "evaluate",
     "load_recipe",
     "render_card",
     "train_joint",
     "train_sequence",
+    "write_card_results",
     "write_report",
 ]

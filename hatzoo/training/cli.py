@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-joint", action="store_true", help="skip the joint-training upper bound")
     p.add_argument("--stop-after", type=int, help="stop after this task (0-based); rerun to continue")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (1 is much faster than 2 when another process shares the cores)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -116,6 +121,12 @@ def train_command(argv: list[str]) -> int:
         from hatzoo.training.loop import train_sequence
 
         recipe = _build_recipe(args)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise HATError(f"--threads must be >= 1, got {args.threads}")
+            import torch
+
+            torch.set_num_threads(args.threads)
         if args.card and not Path(args.card).is_file() and args.card.endswith((".yaml", ".yml")):
             raise HATError(f"card file {args.card} does not exist")
         out = Path(args.out) if args.out else Path("runs") / recipe.name

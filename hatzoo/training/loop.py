@@ -104,6 +104,7 @@ def train_sequence(
         _check_same_recipe(recipe, state, out)
         model = ckpt.load_model(folder, builder)
         log("resume", checkpoint=str(folder), completed=state["completed"], world_size=ctx.world_size)
+    model.data_config = data_config(seq)
     model.to(device)
 
     optimizer = make_optimizer(recipe, shared_parameters(model))
@@ -239,6 +240,16 @@ def evaluate(
     correct = count_correct(lambda xb: model(xb, task=t), x[rows], y[rows], 512, torch.device(device))
     correct, total = ctx.all_sum([correct, len(rows)])
     return correct / total
+
+
+def data_config(seq: TaskSequence) -> dict[str, Any]:
+    """How inputs were prepared, stored with the checkpoint (export puts it in bundle manifests)."""
+    return {
+        "mean": list(seq.mean),
+        "std": list(seq.std),
+        "input_shape": list(seq.input_shape),
+        "benchmark": seq.name,
+    }
 
 
 def _empty_state(recipe: Recipe, seq: TaskSequence) -> dict[str, Any]:

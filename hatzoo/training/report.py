@@ -151,9 +151,13 @@ def render_card(results: Results, recipe: Recipe) -> str:
             if bench.max_train_per_task is None
             else f"seeded class-balanced subset of {bench.max_train_per_task}",
         ),
-        ("optimizer", f"{r.optimizer} lr {r.lr}, momentum {r.momentum}, weight decay {r.weight_decay}"),
+        ("optimizer", _optimizer_text(recipe)),
         ("epochs per task / batch", f"{r.epochs} / {r.batch_size}"),
-        ("scale schedule", f"{r.schedule} up to smax {recipe.hat.smax}, clip grad {r.clip_grad}"),
+        (
+            "scale schedule",
+            f"{r.schedule} from 1/smax to smax {recipe.hat.smax} over each "
+            f"{'task' if r.scale_ramp == 'task' else 'epoch'}, clip grad {r.clip_grad}",
+        ),
         ("seed", str(r.seed)),
     ]
     lines += [f"| {k} | {v} |" for k, v in rows]
@@ -221,6 +225,18 @@ def render_card(results: Results, recipe: Recipe) -> str:
     return "\n".join(lines)
 
 
+def _optimizer_text(recipe: Recipe) -> str:
+    r = recipe.recipe
+    text = f"{r.optimizer} lr {r.lr}"
+    if r.mask_lr is not None:
+        text += f" (gate embeddings: lr {r.mask_lr})"
+    if r.lr_schedule != "constant":
+        text += f", {r.lr_schedule} decay within each task"
+    if r.optimizer == "sgd":
+        text += f", momentum {r.momentum}"
+    return text + f", weight decay {r.weight_decay}"
+
+
 def _inline(mapping: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in mapping.items()) or "defaults"
 
@@ -235,3 +251,87 @@ def write_report(results: Results, recipe: Recipe, out_dir: str | os.PathLike[st
     path = out / "README.md"
     path.write_text(render_card(results, recipe), encoding="utf-8")
     return path
+
+
+# ----------------------------------------------------------------------------- the card's results block
+_RECIPE_KEYS = ("arch", "model_args", "hat", "benchmark", "recipe")
+
+
+def card_results(results: Results) -> dict[str, Any]:
+    """The ``results`` block of a zoo card: the measured summary of one run, in percent (2 decimals)."""
+
+    def pct(v: float | None) -> float | None:
+        return None if v is None else round(100 * float(v), 2)
+
+    gap = (
+        None
+        if results.joint_average is None or results.average_accuracy is None
+        else results.joint_average - results.average_accuracy
+    )
+    return {
+        "complete": results.complete,
+        "tasks": [" vs ".join(t["labels"]) for t in results.tasks],
+        "train_per_task": [t["train"] for t in results.tasks],
+        "test_per_task": [t["test"] for t in results.tasks],
+        "accuracy": [[pct(v) for v in row if v is not None] for row in results.accuracy],
+        "average_accuracy": pct(results.average_accuracy),
+        "bwt": pct(results.bwt),
+        "joint": None if results.joint is None else [pct(v) for v in results.joint],
+        "joint_average_accuracy": pct(results.joint_average),
+        "gap_to_joint": pct(gap),
+        "train_seconds": round(sum(results.seconds), 1),
+        "joint_seconds": None if results.joint_seconds is None else round(results.joint_seconds, 1),
+    }
+
+
+def _same_recipe(card: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """Keys (section.key) in which a card's recipe and a run's recipe differ (the joint flag aside)."""
+    from hatzoo.training.recipe import Recipe
+
+    mine = Recipe.from_dict(card).to_dict()
+    diff = []
+    for key in _RECIPE_KEYS:
+        a, b = mine.get(key), run.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            skip = ("joint",) if key == "recipe" else ()
+            diff += [f"{key}.{k}" for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
+        elif a != b:
+            diff.append(key)
+    return diff
+
+
+def write_card_results(
+    card: str | os.PathLike[str], results: Results | str | os.PathLike[str]
+) -> dict[str, Any]:
+    """Replace the ``results:`` block of a zoo card with the summary of ``results`` (or a results.json).
+
+    The rest of the card is kept as written. The run must have used the card's recipe (architecture,
+    HAT options, benchmark and optimisation); otherwise this raises, so a card never shows the numbers
+    of another recipe. Returns the block written.
+    """
+    from hatzoo.training.recipe import RecipeError
+
+    path = Path(card)
+    if not isinstance(results, Results):
+        results = Results.load(results)
+    text = path.read_text(encoding="utf-8")
+    diff = _same_recipe(yaml.safe_load(text), results.recipe)
+    if diff:
+        raise RecipeError(
+            f"{path}: these results were trained with another recipe (differs in {', '.join(diff)}); "
+            "retrain with this card, or write them into the card of the recipe that produced them"
+        )
+    block = card_results(results)
+    kept: list[str] = []
+    skipping = False
+    for line in text.splitlines():
+        top_level = bool(line) and not line[0].isspace() and not line.startswith("#")
+        if top_level:
+            skipping = line.startswith("results:")
+        if not skipping:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    dumped = yaml.safe_dump({"results": block}, sort_keys=False, default_flow_style=None, width=110)
+    path.write_text("\n".join(kept) + "\n" + dumped, encoding="utf-8")
+    return block
