@@ -20,6 +20,14 @@ OPTIMIZERS = {
     "adam": lambda params: torch.optim.Adam(params, lr=2e-3),
     "adamw-decay": lambda params: torch.optim.AdamW(params, lr=2e-3, weight_decay=0.5),
 }
+MORE_OPTIMIZERS = {
+    "sgd-nesterov-decay": lambda params: torch.optim.SGD(
+        params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01
+    ),
+    "adam-amsgrad": lambda params: torch.optim.Adam(params, lr=2e-3, amsgrad=True),
+    "rmsprop": lambda params: torch.optim.RMSprop(params, lr=1e-3, momentum=0.5),
+    "adagrad": lambda params: torch.optim.Adagrad(params, lr=0.05),
+}
 
 
 def tiny_vit() -> hatzoo.HATModel:
@@ -91,15 +99,21 @@ def shared_parameters(model):
     return {n: p for n, p in model.backbone.named_parameters() if id(p) not in per_task}
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
-def test_locked_entries_bitwise_unchanged_and_free_ones_train(arch):
+@pytest.mark.parametrize(
+    ("arch", "optimizer_name"),
+    [(arch, "adamw-decay") for arch in ARCHS]
+    + [("resnet", name) for name in ("sgd-momentum", "adam")]
+    + [("mlp", name) for name in MORE_OPTIMIZERS],
+)
+def test_locked_entries_bitwise_unchanged_and_free_ones_train(arch, optimizer_name):
     torch.manual_seed(1)
     model = ARCHS[arch]()
+    factory = {**OPTIMIZERS, **MORE_OPTIMIZERS}[optimizer_name]
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
-    _, optimizer = train_task(model, OPTIMIZERS["adamw-decay"], None, x, y)
+    _, optimizer = train_task(model, factory, None, x, y)
     before = {n: p.detach().clone() for n, p in shared_parameters(model).items()}
     locks = {id(lk.param): lk for lk in model._guard._locks.values()}
-    train_task(model, OPTIMIZERS["adamw-decay"], optimizer, x, y)
+    train_task(model, factory, optimizer, x, y)
     changed_free = locked_total = 0
     for name, param in shared_parameters(model).items():
         lock = locks.get(id(param))  # no lock: task 0 used none of the units this tensor touches
@@ -370,3 +384,25 @@ def test_optimizer_state_of_locked_entries_is_zeroed_so_it_cannot_go_subnormal()
                 assert not state[name][locked].any(), f"{name} of locked entries is not zero"
                 checked += 1
     assert checked > 0
+
+
+def test_a_gradient_changed_after_backward_is_filtered_again_before_the_step():
+    torch.manual_seed(12)
+    model = tiny_mlp()
+    x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
+    _, optimizer = train_task(model, OPTIMIZERS["sgd-momentum"], None, x, y)
+    model.eval()
+    with torch.no_grad():
+        before = model(x, task=0)
+    task = model.add_task(num_classes=2)
+    optimizer.add_param_group({"params": model.task_parameters(task)})
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x, task=task, scale=10.0), y).backward()
+        for p in model.parameters():  # e.g. gradient noise added by the user after backward
+            if p.grad is not None:
+                p.grad.add_(torch.randn_like(p.grad))
+        optimizer.step()
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x, task=0), before)

@@ -2,10 +2,17 @@
 
 Zeroing the gradient of a locked weight is not enough: SGD momentum carried over from an earlier
 task, Adam's moment estimates and AdamW's weight decay all move a weight whose gradient is zero.
-So a ``LockGuard`` does two things: it zeroes locked gradient entries (the optimizer state and
-gradient clipping then see only free entries) and, after every optimizer step and before every
-forward pass, it writes back the exact stored value of every locked entry whose tensor changed.
-Restoring copies stored bits, so earlier tasks stay bitwise identical.
+So a ``LockGuard`` zeroes locked gradient entries (the optimizer state and gradient clipping then
+see only free entries), zeroes the optimizer's per-entry state of locked entries once per lock
+change, and, after every optimizer step and before every forward pass, writes back the exact
+stored value of every locked entry whose tensor changed. Restoring copies stored bits, so earlier
+tasks stay bitwise identical.
+
+One pass is skipped where it provably changes nothing: a step of SGD, Adam or AdamW without
+weight decay moves an entry whose gradient and state are exactly zero by exactly zero
+(p - lr * 0), so after such a step the locked entries are known to hold their stored bits. The
+gradients are checked to be still filtered (same tensor, unmodified since the filter ran) right
+before the step; anything else is restored.
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 _GUARDS: weakref.WeakSet[LockGuard] = weakref.WeakSet()
-_HOOK_HANDLE = None
+_HOOK_HANDLES: list = []
+# a step of these moves an entry with zero gradient and zero state by exactly zero (no weight decay)
+EXACT_ON_ZERO = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
 
 @dataclass
@@ -28,6 +37,7 @@ class _Lock:
     locked: torch.Tensor | None  # bool, same shape; None: the whole tensor is locked
     snapshot: torch.Tensor
     version: int
+    grad_mark: tuple[int, int] | None = None  # (id, version) of the gradient right after filtering
 
 
 class LockGuard:
@@ -39,6 +49,9 @@ class LockGuard:
         self._hooked: set[int] = set()
         self._generation = 0
         self._cleaned: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = weakref.WeakKeyDictionary()
+        self._exact_step: weakref.WeakKeyDictionary[torch.optim.Optimizer, list[_Lock]] = (
+            weakref.WeakKeyDictionary()
+        )
         _GUARDS.add(self)
         _install_optimizer_hook()
 
@@ -73,14 +86,36 @@ class LockGuard:
     def _gradient_filter(self, key: int):
         def hook(param: nn.Parameter) -> None:
             lock = self._locks.get(key)
-            if lock is None or param.grad is None:
-                return
-            if lock.locked is None:
-                param.grad.zero_()
-            else:
-                param.grad.masked_fill_(lock.locked, 0.0)
+            if lock is not None and param.grad is not None:
+                _filter(lock)
 
         return hook
+
+    @torch.no_grad()
+    def before_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make sure locked gradients are zero, and note which locks this step cannot move."""
+        self.enforce()
+        exact = type(optimizer) in EXACT_ON_ZERO and self._cleaned.get(optimizer) == self._generation
+        unmoved = []
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                lock = self._locks.get(id(param))
+                if lock is None or param.grad is None:
+                    continue
+                grad = param.grad
+                if lock.grad_mark != (id(grad), grad._version):
+                    _filter(lock)
+                if exact and not group.get("weight_decay"):
+                    unmoved.append(lock)
+        self._exact_step[optimizer] = unmoved
+
+    @torch.no_grad()
+    def after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Accept the exact steps, restore everything else, then clear the optimizer's locked state."""
+        for lock in self._exact_step.pop(optimizer, []):
+            lock.version = lock.param._version
+        self.enforce()
+        self.clear_optimizer_state(optimizer)
 
     @torch.no_grad()
     def enforce(self) -> None:
@@ -117,17 +152,30 @@ class LockGuard:
                         value.masked_fill_(lock.locked, 0.0)
 
 
+def _filter(lock: _Lock) -> None:
+    grad = lock.param.grad
+    if lock.locked is None:
+        grad.zero_()
+    else:
+        grad.masked_fill_(lock.locked, 0.0)
+    lock.grad_mark = (id(grad), grad._version)
+
+
 def _copy(tensor: torch.Tensor | None) -> torch.Tensor | None:
     return None if tensor is None else tensor.clone()
 
 
+def _before_optimizer_step(optimizer, args, kwargs) -> None:
+    for guard in list(_GUARDS):
+        guard.before_step(optimizer)
+
+
 def _after_optimizer_step(optimizer, args, kwargs) -> None:
     for guard in list(_GUARDS):
-        guard.enforce()
-        guard.clear_optimizer_state(optimizer)
+        guard.after_step(optimizer)
 
 
 def _install_optimizer_hook() -> None:
-    global _HOOK_HANDLE
-    if _HOOK_HANDLE is None:
-        _HOOK_HANDLE = register_optimizer_step_post_hook(_after_optimizer_step)
+    if not _HOOK_HANDLES:
+        _HOOK_HANDLES.append(register_optimizer_step_pre_hook(_before_optimizer_step))
+        _HOOK_HANDLES.append(register_optimizer_step_post_hook(_after_optimizer_step))
