@@ -14,8 +14,9 @@ import math
 import torch
 from torch import nn
 
+from hatzoo.core.gates import apply_gate
 from hatzoo.core.model import HATModel
-from hatzoo.core.specialize import _fold_batchnorm, _select_task, _strip_hooks
+from hatzoo.core.specialize import fold_batchnorm, select_task, strip_hooks
 from hatzoo.errors import InputError
 
 DEFAULT_IMAGE_SIZE = 224
@@ -31,7 +32,7 @@ class GatedOutput(nn.Module):
         self.register_buffer("gate", gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _apply_gate(self.inner(x), self.gate, self.dim)
+        return apply_gate(self.inner(x), self.gate, self.dim)
 
 
 class GatedInput(nn.Module):
@@ -44,7 +45,7 @@ class GatedInput(nn.Module):
         self.register_buffer("gate", gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(_apply_gate(x, self.gate, self.dim))
+        return self.inner(apply_gate(x, self.gate, self.dim))
 
 
 class DenseTaskModel(nn.Module):
@@ -60,19 +61,13 @@ class DenseTaskModel(nn.Module):
         return self.head(self.backbone(x))
 
 
-def _apply_gate(x: torch.Tensor, gate: torch.Tensor, dim: int) -> torch.Tensor:
-    shape = [1] * x.ndim
-    shape[dim] = -1
-    return x * gate.to(x.dtype).view(shape)
-
-
 @torch.no_grad()
 def dense_masked(model: HATModel, task: int) -> DenseTaskModel:
     """Task ``task`` as an unpruned module computing the HAT model's eval output (the export baseline)."""
     model._check_task(task)
     backbone = copy.deepcopy(model.backbone)
-    _strip_hooks(backbone)
-    _select_task(backbone, model, task)
+    strip_hooks(backbone)
+    select_task(backbone, model, task)
     gates = model.gates(task)
     for group in model.groups.values():
         site = group.gate
@@ -82,7 +77,7 @@ def dense_masked(model: HATModel, task: int) -> DenseTaskModel:
         gate = gates[group.name].detach().clone()
         setattr(host, child, wrap(getattr(host, child), gate, site.dim))
     for conv, norm in model.spec.fold_pairs:
-        _fold_batchnorm(backbone, conv, norm)
+        fold_batchnorm(backbone, conv, norm)
     for p in backbone.parameters():
         p.requires_grad_(False)
     head = copy.deepcopy(model.heads[task]).requires_grad_(False)

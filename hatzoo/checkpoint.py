@@ -35,7 +35,8 @@ from safetensors.torch import load_file, save_file
 
 from hatzoo.core.arch import build_backbone
 from hatzoo.core.config import HATConfig
-from hatzoo.core.model import HATModel, TaskInfo, group_key
+from hatzoo.core.groups import group_key
+from hatzoo.core.model import HATModel, TaskInfo
 from hatzoo.core.task_modules import TaskModule
 from hatzoo.errors import CheckpointError, HATError
 
@@ -71,7 +72,7 @@ def checkpoint_tensors(model: HATModel) -> dict[str, torch.Tensor]:
     """Every tensor the checkpoint stores, by key."""
     model._guard.enforce()
     tensors: dict[str, torch.Tensor] = {}
-    per_task_prefixes = _task_module_paths(model)
+    per_task_prefixes = list(_task_modules(model))
     for name, value in model.backbone.state_dict().items():
         if not any(name.startswith(prefix + ".") for prefix in per_task_prefixes):
             tensors[name] = value
@@ -296,7 +297,3 @@ def _first(keys: list[str], count: int = 5) -> str:
 
 def _task_modules(model: HATModel) -> dict[str, TaskModule]:
     return {n: m for n, m in model.backbone.named_modules() if isinstance(m, TaskModule)}
-
-
-def _task_module_paths(model: HATModel) -> list[str]:
-    return list(_task_modules(model))

@@ -38,6 +38,13 @@ class _CompensatedGate(torch.autograd.Function):
         return grad * slope, None, None, None
 
 
+def apply_gate(x: torch.Tensor, gate: torch.Tensor, dim: int) -> torch.Tensor:
+    """Multiply ``x`` by a per-unit gate vector along ``dim`` (broadcast over the other dims)."""
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    return x * gate.to(x.dtype).view(shape)
+
+
 def soft_gate(embedding: torch.Tensor, scale: float, smax: float, cosh_clamp: float = 50.0) -> torch.Tensor:
     """sigmoid(scale * embedding) with the compensated gradient and the subnormal floor."""
     return _CompensatedGate.apply(embedding, float(scale), float(smax), float(cosh_clamp))

@@ -14,6 +14,11 @@ import torch
 from torch import nn
 
 
+def group_key(name: str) -> str:
+    """A dotted name (mask group, per-task tensor) as a module key: module keys cannot contain dots."""
+    return name.replace(".", "-")
+
+
 @dataclass(frozen=True)
 class UnitSlice:
     """Where a group's units live in one tensor of one module.

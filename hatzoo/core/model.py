@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from hatzoo.core.config import HATConfig
-from hatzoo.core.gates import soft_gate
-from hatzoo.core.groups import MaskGroup, UnitSlice
+from hatzoo.core.gates import apply_gate, soft_gate
+from hatzoo.core.groups import MaskGroup, UnitSlice, group_key
 from hatzoo.core.locks import LockGuard
 from hatzoo.core.task_modules import TaskContext, TaskModule, TaskParameter
 from hatzoo.errors import InputError, TaskError
@@ -30,11 +30,6 @@ class TaskInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def group_key(name: str) -> str:
-    """A mask group's name as a module key (module keys cannot contain dots)."""
-    return name.replace(".", "-")
-
-
 class GateHook:
     """Multiplies a module's output (or input) by the current gate of one group.
 
@@ -45,16 +40,11 @@ class GateHook:
     def __init__(self, context: TaskContext, group: str, dim: int) -> None:
         self.context, self.group, self.dim = context, group, dim
 
-    def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        shape = [1] * x.ndim
-        shape[self.dim] = -1
-        return x * self.context.gates[self.group].to(x.dtype).view(shape)
-
     def on_output(self, module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
-        return self._apply(output)
+        return apply_gate(output, self.context.gates[self.group], self.dim)
 
     def on_input(self, module: nn.Module, args):
-        return (self._apply(args[0]), *args[1:])
+        return (apply_gate(args[0], self.context.gates[self.group], self.dim), *args[1:])
 
 
 class HATModel(nn.Module):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from hatzoo.core.groups import MaskGroup
+from hatzoo.core.groups import MaskGroup, group_key
 from hatzoo.core.task_modules import TaskModule
 
 if TYPE_CHECKING:
@@ -59,15 +59,15 @@ def specialize(model: HATModel, task: int, *, consume: bool = False) -> TaskMode
     model._check_task(task)
     model._guard.enforce()
     backbone = model.backbone if consume else copy.deepcopy(model.backbone)
-    _strip_hooks(backbone)
-    _select_task(backbone, model, task)
+    strip_hooks(backbone)
+    select_task(backbone, model, task)
     kept = {}
     for group in model.groups.values():
         keep = model.masks(group.name)[task].cpu()
         kept[group.name] = [int(keep.sum()), group.size]
         _prune_group(backbone, group, keep)
     for conv, norm in model.spec.fold_pairs:
-        _fold_batchnorm(backbone, conv, norm)
+        fold_batchnorm(backbone, conv, norm)
     for p in backbone.parameters():
         p.requires_grad_(False)
     head = copy.deepcopy(model.heads[task]).requires_grad_(False)
@@ -76,13 +76,13 @@ def specialize(model: HATModel, task: int, *, consume: bool = False) -> TaskMode
     return TaskModel(backbone, head, model.tasks[task].labels, task, kept).eval()
 
 
-def _strip_hooks(module: nn.Module) -> None:
+def strip_hooks(module: nn.Module) -> None:
     for m in module.modules():
         m._forward_hooks.clear()
         m._forward_pre_hooks.clear()
 
 
-def _select_task(backbone: nn.Module, model: HATModel, task: int) -> None:
+def select_task(backbone: nn.Module, model: HATModel, task: int) -> None:
     """Put the task's own norms and tokens where the wrappers were."""
     for module in list(backbone.modules()):
         for child_name, child in list(module.named_children()):
@@ -90,7 +90,7 @@ def _select_task(backbone: nn.Module, model: HATModel, task: int) -> None:
                 setattr(module, child_name, child.tasks[task])
     for host_name, attr in model.spec.per_task_params:
         host = backbone.get_submodule(host_name) if host_name else backbone
-        key = (f"{host_name}.{attr}" if host_name else attr).replace(".", "-")
+        key = group_key(f"{host_name}.{attr}" if host_name else attr)
         value = model.task_params[key].tasks[task].detach().clone()
         host.__dict__.pop(attr, None)
         host.register_parameter(attr, nn.Parameter(value))
@@ -154,7 +154,7 @@ def _tensor(root: nn.Module, path: str) -> torch.Tensor:
     return getattr(root.get_submodule(module), name)
 
 
-def _fold_batchnorm(backbone: nn.Module, conv_name: str, norm_name: str) -> None:
+def fold_batchnorm(backbone: nn.Module, conv_name: str, norm_name: str) -> None:
     """Fold an eval-mode BatchNorm into the conv before it (exact up to float rounding)."""
     conv = backbone.get_submodule(conv_name)
     norm = backbone.get_submodule(norm_name)
