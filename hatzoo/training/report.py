@@ -31,6 +31,14 @@ def _pct(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{100 * value:.{digits}f}"
 
 
+def task_title(task: dict[str, Any]) -> str:
+    """A task's name on cards: its labels ("Coat vs Sandal"), or its data set and class count when long."""
+    labels = task["labels"]
+    if len(labels) <= 3:
+        return " vs ".join(labels)
+    return f"{task.get('dataset') or task['name']} ({len(labels)} classes)"
+
+
 def _pyplot():
     import matplotlib
 
@@ -86,7 +94,7 @@ def model_index(results: Results, recipe: Recipe) -> list[dict[str, Any]]:
     metrics: list[dict[str, Any]] = [
         {
             "type": "accuracy",
-            "name": f"Task {j} ({' vs '.join(task['labels'])}) accuracy",
+            "name": f"Task {j} ({task_title(task)}) accuracy",
             "value": round(100 * acc, 2),
         }
         for j, (task, acc) in enumerate(zip(results.tasks, results.final, strict=False))
@@ -187,9 +195,7 @@ def render_card(results: Results, recipe: Recipe) -> str:
             + ", ".join(f"T{j} {_pct(a)}" for j, a in enumerate(results.joint)),
             "",
         ]
-    lines += [
-        "Per task: " + ", ".join(f"T{j} = {' vs '.join(t['labels'])}" for j, t in enumerate(results.tasks))
-    ]
+    lines += ["Per task: " + ", ".join(f"T{j} = {task_title(t)}" for j, t in enumerate(results.tasks))]
     lines += ["", "![accuracy matrix](accuracy.png)", "", "## Capacity", ""]
     if results.capacity:
         last = results.capacity[-1]
@@ -270,7 +276,7 @@ def card_results(results: Results) -> dict[str, Any]:
     )
     return {
         "complete": results.complete,
-        "tasks": [" vs ".join(t["labels"]) for t in results.tasks],
+        "tasks": [task_title(t) for t in results.tasks],
         "train_per_task": [t["train"] for t in results.tasks],
         "test_per_task": [t["test"] for t in results.tasks],
         "accuracy": [[pct(v) for v in row if v is not None] for row in results.accuracy],
