@@ -147,9 +147,10 @@ def test_resume_refuses_other_recipe(tmp_path):
 
 
 def test_recipe_cards_and_errors(tmp_path):
-    for name in ("hat-vit-small", "hat-vit-tiny", "hat-resnet18", "hat-vit-demo"):
+    for name in ("hat-vit-small", "hat-vit-tiny", "hat-resnet18", "hat-resnet18-mixed", "hat-vit-demo"):
         recipe = load_recipe(CARDS / f"{name}.yaml")
-        assert recipe.name == name and recipe.benchmark.name in ("split-fashion-mnist", "split-mnist")
+        assert recipe.name == name
+        assert recipe.benchmark.name in ("split-fashion-mnist", "split-mnist", "mixed")
         assert Recipe.from_dict(recipe.to_dict()).to_dict() == recipe.to_dict()
     bad = tmp_path / "bad.yaml"
     for text, key in (
@@ -242,6 +243,15 @@ def test_card_results_block_is_generated(tmp_path, full_run):
     card.write_text(yaml.safe_dump(tiny_recipe(lr=0.01).to_dict(), sort_keys=False))
     with pytest.raises(RecipeError, match="recipe.lr"):
         write_card_results(card, results)
+
+
+def test_task_titles_name_pairs_or_data_sets():
+    from hatzoo.training.report import task_title
+
+    assert task_title({"name": "split/5-6", "labels": ["Coat", "Sandal"]}) == "Coat vs Sandal"
+    digits = {"name": "mixed/mnist", "dataset": "mnist", "labels": [str(d) for d in range(10)]}
+    assert task_title(digits) == "mnist (10 classes)"
+    assert task_title({"name": "permuted/3", "labels": digits["labels"]}) == "permuted/3 (10 classes)"
 
 
 def test_mask_lr_groups_keep_old_tasks_exact(tmp_path, probe):
