@@ -192,7 +192,11 @@ def read_config(directory: Path) -> dict[str, Any]:
 
 
 def load_pretrained(
-    directory: str | Path, *, device: str | torch.device = "cpu", locks: bool = True
+    directory: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    locks: bool = True,
 ) -> HATModel:
     """Rebuild a HAT model from a checkpoint folder; every tensor is checked before use.
 
@@ -223,8 +227,8 @@ def load_pretrained(
         )
     _load_tensors(model, tensors, directory / WEIGHTS_NAME)
     model.data_config = dict(section.get("data_config") or {})
-    if torch.device(device) != torch.device("cpu"):
-        model.to(device)
+    if torch.device(device) != torch.device("cpu") or dtype is not None:
+        model.to(device=device, dtype=dtype)
     if locks:
         model._refresh_locks()
     return model.eval()

@@ -281,23 +281,26 @@ class HATModel(nn.Module):
         return self._per_task_tensors(task)
 
     # ----------------------------------------------------------------- checkpoints and the Hub
-    def save_pretrained(
-        self, directory: str | Path, *, card: str | None = None, metadata: dict[str, Any] | None = None
-    ) -> Path:
-        """Write model.safetensors, config.json and README.md (see hatzoo.checkpoint for the format)."""
+    def save_pretrained(self, directory: str | Path, **options: Any) -> Path:
+        """Write model.safetensors, config.json and README.md; options: see hatzoo.checkpoint.save_pretrained."""
         from hatzoo.checkpoint import save_pretrained
 
-        return save_pretrained(self, directory, card=card, metadata=metadata)
+        return save_pretrained(self, directory, **options)
 
     @classmethod
     def from_pretrained(
-        cls, repo_id_or_path: str | Path, revision: str | None = None, *, device: str = "cpu"
+        cls,
+        repo_id_or_path: str | Path,
+        revision: str | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
     ) -> HATModel:
         """Load the full HAT model from a local folder or a Hub repository (at a branch, tag or commit)."""
         from hatzoo.checkpoint import load_pretrained
         from hatzoo.hub.download import snapshot
 
-        return load_pretrained(snapshot(repo_id_or_path, revision), device=device)
+        return load_pretrained(snapshot(repo_id_or_path, revision), device=device, dtype=dtype)
 
     def push_to_hub(
         self,
