@@ -26,9 +26,9 @@ _LAZY = {
     "HATConfig": "hatzoo.core.config",
     "TaskModel": "hatzoo.core.specialize",
     "hatify": "hatzoo.core.hatify",
-    "create_model": "hatzoo.zoo",
+    "create_model": "hatzoo.architectures",
     "load": "hatzoo.loader",
-    "list_models": "hatzoo.registry",
+    "list_models": "hatzoo.zoo",
     "schedules": "hatzoo.core.schedules",
 }
 
@@ -52,14 +52,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from hatzoo.architectures import create_model
     from hatzoo.core import schedules
     from hatzoo.core.config import HATConfig
     from hatzoo.core.hatify import hatify
     from hatzoo.core.model import HATModel
     from hatzoo.core.specialize import TaskModel
     from hatzoo.loader import load
-    from hatzoo.registry import list_models
-    from hatzoo.zoo import create_model
+    from hatzoo.zoo import list_models
 
 
 def __getattr__(name: str):

@@ -1,8 +1,9 @@
-"""Register hatzoo's architectures with timm as soon as both are imported, in either order.
+"""Register hatzoo's architectures with timm once both are imported, in either order.
 
-``import hatzoo`` stays free of torch (the serving runtime needs only onnxruntime), so the
-registration cannot run at import time unconditionally. If timm is already imported it runs now;
-otherwise a meta-path finder runs it right after timm finishes importing.
+Why a meta-path finder: ``timm.create_model("hat_vit_small_patch16_224")`` after ``import hatzoo``
+must find the HAT entries, but ``import hatzoo`` must not import torch or timm (a serving box has only
+onnxruntime and numpy). So when timm is not imported yet, a finder waits for exactly one import, timm's,
+registers after it and removes itself; it answers nothing for any other module.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import sys
 
 
 def _register() -> None:
-    importlib.import_module("hatzoo.zoo")
+    importlib.import_module("hatzoo.architectures")
 
 
 class _AfterTimmImport(importlib.abc.MetaPathFinder):
-    """Wraps timm's loader so that hatzoo.zoo is imported once timm's module has executed."""
+    """Wraps timm's loader so that hatzoo.architectures is imported once timm's module has executed."""
 
     def find_spec(self, fullname, path, target=None):
         if fullname != "timm":
@@ -26,18 +27,18 @@ class _AfterTimmImport(importlib.abc.MetaPathFinder):
         spec = importlib.util.find_spec("timm")
         if spec is None or spec.loader is None:
             return spec
-        loader = spec.loader
-        original = loader.exec_module
+        original = spec.loader.exec_module
 
         def exec_module(module):
             original(module)
             _register()
 
-        loader.exec_module = exec_module
+        spec.loader.exec_module = exec_module
         return spec
 
 
 def install() -> None:
+    """Register now if timm is imported, else once it is."""
     if "timm" in sys.modules:
         _register()
     elif not any(isinstance(f, _AfterTimmImport) for f in sys.meta_path):

@@ -123,10 +123,10 @@ def _export(argv: list[str]) -> int:
     import hatzoo
     from hatzoo.export.onnx_export import export_bundle
     from hatzoo.hub.download import snapshot_commit
-    from hatzoo.registry import default_registry
+    from hatzoo.zoo import resolve
 
     model = hatzoo.load(args.model, revision=args.revision)
-    target, revision = default_registry().resolve(args.model, args.revision)
+    target, revision = resolve(args.model, args.revision)
     commit = snapshot_commit(target) if Path(target).is_dir() else None
     name = args.name or Path(str(args.model)).name
     out = export_bundle(
@@ -156,18 +156,18 @@ def _info(argv: list[str]) -> int:
     p.add_argument("--revision")
     args = p.parse_args(argv)
     import hatzoo
-    from hatzoo.registry import default_registry
+    from hatzoo.zoo import default_zoo
 
-    registry = default_registry()
-    results = registry.get_card(args.model).raw.get("results") or {} if args.model in registry else {}
-    final = _final_accuracy(results.get("accuracy") or [])
+    zoo = default_zoo()
+    results = zoo.get_card(args.model).results if args.model in zoo else None
+    final = results.final if results else []
     model = hatzoo.load(args.model, revision=args.revision)
     print(f"{args.model}: {model.num_tasks} tasks, architecture {model.spec.arch.get('name', 'sequential')}")
     for t, info in enumerate(model.tasks):
         acc = f", test accuracy {final[t]:.2f}% (card)" if t < len(final) and final[t] is not None else ""
         print(f"  task {t} [{info.status}]: {', '.join(info.labels)}{acc}")
-    if results.get("average_accuracy") is not None:
-        print(f"average accuracy {results['average_accuracy']}%, backward transfer {results.get('bwt')}")
+    if results and results.average_accuracy is not None:
+        print(f"average accuracy {results.average_accuracy}%, backward transfer {results.bwt}")
     capacity = model.capacity()
     size = sum(g["size"] for g in capacity.values())
     free = sum(g["free"] for g in capacity.values())
@@ -178,19 +178,14 @@ def _info(argv: list[str]) -> int:
     return 0
 
 
-def _final_accuracy(matrix: list) -> list:
-    """Accuracy per task after the last task: the last row of the card's accuracy matrix (percent)."""
-    return list(matrix[-1]) if matrix and isinstance(matrix[-1], list) else list(matrix)
-
-
 def _list(argv: list[str]) -> int:
     argparse.ArgumentParser(prog="hatzoo list", description="The zoo's models.").parse_args(argv)
-    from hatzoo.registry import default_registry
+    from hatzoo.zoo import default_zoo
 
-    registry = default_registry()
-    for name in registry.list_models():
-        card = registry.get_card(name)
-        print(f"{name:<18} {card.repo_id}@{card.revision}  {card.description}")
+    zoo = default_zoo()
+    for name in zoo.list_models():
+        card = zoo.get_card(name)
+        print(f"{name:<18} {card.hub.repo_id}@{card.hub.revision}  {card.description}")
     return 0
 
 

@@ -1,78 +1,143 @@
-"""The zoo architectures: ``hatzoo.create_model("hat-vit-small", ...)`` and timm registry entries.
+"""The zoo: the cards of the trained models, read from folders, and names resolved to where they load from.
 
-Each zoo architecture is a timm architecture turned into a HAT model. They are also registered in
-timm's registry (``timm.create_model("hat_vit_small_patch16_224")``) once hatzoo is imported.
+The shipped cards come first (``hatzoo.cards`` when installed, else the repository's ``cards/``), then
+the folders named by ``HATZOO_CARDS`` (os.pathsep-separated), whose cards replace shipped ones of the
+same name. Files that are not ``*.yaml`` / ``*.yml`` (Hub READMEs, ``__init__.py``) are ignored.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import importlib.resources
+import os
+from importlib.resources.abc import Traversable
+from pathlib import Path
 
-from hatzoo.core.config import HATConfig
-from hatzoo.core.hatify import hatify
-from hatzoo.core.model import HATModel
-from hatzoo.errors import InputError
+from hatzoo.card import Card, CardError, parse_card
+from hatzoo.errors import HubError
+from hatzoo.hub.download import is_repo_id
 
-ARCHITECTURES: dict[str, str] = {
-    "hat-vit-tiny": "vit_tiny_patch16_224",
-    "hat-vit-small": "vit_small_patch16_224",
-    "hat-vit-base": "vit_base_patch16_224",
-    "hat-resnet18": "resnet18",
-    "hat-resnet34": "resnet34",
-    "hat-resnet50": "resnet50",
-}
-_HAT_OPTIONS = {"smax", "reg_c", "reg_mode", "mask_init", "clamp", "cosh_clamp", "norm_init"}
+__all__ = ["CARDS_ENV", "Zoo", "default_zoo", "get_card", "list_models", "resolve"]
+
+CARDS_ENV = "HATZOO_CARDS"
+_CARD_SUFFIXES = (".yaml", ".yml")
 
 
-def create_model(name: str, config: HATConfig | None = None, **kwargs: Any) -> HATModel:
-    """A fresh (untrained) zoo architecture; kwargs go to timm (img_size, in_chans, ...) or HATConfig."""
-    timm_name = ARCHITECTURES.get(name) or _from_timm_name(name)
-    if timm_name is None:
-        raise InputError(
-            f"unknown zoo architecture {name!r}; known: {sorted(ARCHITECTURES)}. "
-            "For trained weights from the Hub use hatzoo.load(name)."
+class Zoo:
+    """Cards read from folders (Paths or importlib.resources Traversables), parsed on first use."""
+
+    def __init__(self, *folders: str | os.PathLike[str] | Traversable) -> None:
+        self.folders = [Path(f) if isinstance(f, (str, os.PathLike)) else f for f in folders]
+        self._cards: dict[str, Card] | None = None
+
+    def cards(self) -> dict[str, Card]:
+        """Every card by name; a later folder's card replaces an earlier one of the same name."""
+        if self._cards is None:
+            self._cards = {}
+            for folder in self.folders:
+                self._cards.update(_read_folder(folder))
+        return self._cards
+
+    def list_models(self, include_demos: bool = False) -> list[str]:
+        """The names of the zoo models, sorted (demo recipes only with ``include_demos``)."""
+        return sorted(name for name, card in self.cards().items() if include_demos or not card.demo)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.cards()
+
+    def get_card(self, name: str) -> Card:
+        """The card of zoo model ``name``; an unknown name is a HubError listing the known ones."""
+        if name not in self:
+            raise HubError(f"{name!r} is not a zoo model; known zoo models: {self._known()}")
+        return self.cards()[name]
+
+    def resolve(
+        self, name_or_repo_id: str | os.PathLike[str], revision: str | None = None
+    ) -> tuple[str, str | None]:
+        """Where to load from: ``(local folder or repo id, revision)`` for a folder, zoo name or repo id.
+
+        An existing local folder wins (as in ``from_pretrained``), then a zoo name (its card's pinned
+        repo and revision; ``revision`` overrides), then an ``org/name`` repo id.
+        """
+        text = os.fspath(name_or_repo_id)
+        local = Path(text).expanduser()
+        if local.is_dir():
+            return str(local.resolve()), None
+        if text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1:
+            raise HubError(f"the folder {text!r} does not exist: check the path")
+        if text in self:
+            hub = self.cards()[text].hub
+            return hub.repo_id, revision if revision is not None else hub.revision
+        if is_repo_id(text):
+            return text, revision
+        raise HubError(
+            f"{text!r} is not a zoo model, a Hub repo id ('org/name') or a local folder; "
+            f"known zoo models: {self._known()}"
         )
-    import timm
 
-    hat_options = {k: kwargs.pop(k) for k in list(kwargs) if k in _HAT_OPTIONS}
-    if config is not None and hat_options:
-        raise InputError("pass either a HATConfig or HAT keyword options, not both")
-    kwargs.pop("num_classes", None)
+    def _known(self) -> str:
+        return ", ".join(self.list_models(include_demos=True)) or "none"
+
+
+def _read_folder(folder: Traversable) -> dict[str, Card]:
+    if not folder.is_dir():
+        raise CardError(
+            f"the zoo cards folder {folder} does not exist (reinstall hatzoo, or fix {CARDS_ENV})"
+        )
+    cards: dict[str, Card] = {}
+    for item in sorted(folder.iterdir(), key=lambda t: t.name):
+        if not item.is_file() or not item.name.endswith(_CARD_SUFFIXES) or item.name.startswith("."):
+            continue
+        card = parse_card(item.read_text(encoding="utf-8"), str(item))
+        stem = item.name.rsplit(".", 1)[0]
+        if card.name != stem:
+            raise CardError(f"{item}: name: {card.name!r} differs from the file name {stem!r}; rename one")
+        if card.name in cards:
+            raise CardError(f"{item}: name: {card.name!r} is also used by {cards[card.name].source}")
+        cards[card.name] = card
+    return cards
+
+
+def shipped_cards_dir() -> Traversable:
+    """The installed ``hatzoo.cards`` package data, or the repository's ``cards/`` when run from source."""
     try:
-        backbone = timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
-    except TypeError as error:
-        raise InputError(f"{name}: timm rejected the arguments {kwargs}: {error}") from error
-    arch = {"source": "timm", "name": timm_name, "kwargs": _jsonable(kwargs)}
-    return hatify(backbone, config or HATConfig.from_dict(hat_options), arch=arch)
+        cards = importlib.resources.files("hatzoo.cards")
+        if cards.is_dir():
+            return cards
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "cards"
 
 
-def _from_timm_name(name: str) -> str | None:
-    """Accept the timm registry spelling too: 'hat_vit_small_patch16_224' -> 'vit_small_patch16_224'."""
-    if name.startswith("hat_") and name[4:] in ARCHITECTURES.values():
-        return name[4:]
-    return None
+def default_zoo() -> Zoo:
+    """The shipped cards plus those in the folders named by HATZOO_CARDS."""
+    return _zoo_for(os.environ.get(CARDS_ENV, ""))
 
 
-def _jsonable(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+@functools.cache
+def _zoo_for(extra: str) -> Zoo:
+    return Zoo(shipped_cards_dir(), *(p for p in extra.split(os.pathsep) if p))
 
 
-def _register_with_timm() -> None:
-    from timm.models import register_model
-
-    for zoo_name, timm_name in ARCHITECTURES.items():
-
-        def factory(pretrained: bool = False, _zoo=zoo_name, **kwargs: Any) -> HATModel:
-            if pretrained:
-                raise InputError(f"pretrained HAT weights come from the Hub: use hatzoo.load({_zoo!r})")
-            for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-                kwargs.pop(key, None)
-            return create_model(_zoo, **kwargs)
-
-        factory.__name__ = f"hat_{timm_name}"
-        factory.__qualname__ = factory.__name__
-        factory.__module__ = __name__
-        register_model(factory)
+def list_models(include_demos: bool = False) -> list[str]:
+    """The names of the zoo's models (demo recipes only with ``include_demos``)."""
+    return default_zoo().list_models(include_demos)
 
 
-_register_with_timm()
+def get_card(name: str) -> Card:
+    """The card of one zoo model (HATZOO_CARDS honoured)."""
+    return default_zoo().get_card(name)
+
+
+def resolve(name_or_repo_id: str | os.PathLike[str], revision: str | None = None) -> tuple[str, str | None]:
+    """Where to load a zoo name, repo id or local folder from: ``(folder or repo id, revision)``."""
+    return default_zoo().resolve(name_or_repo_id, revision)
+
+
+def __getattr__(name: str):
+    """Transitional: ``create_model`` is in hatzoo.architectures; hatzoo.training.common imports it here."""
+    if name == "create_model":
+        from hatzoo.architectures import create_model
+
+        return create_model
+    raise AttributeError(f"module 'hatzoo.zoo' has no attribute {name!r}")

@@ -1,14 +1,22 @@
-"""The zoo registry: cards parsed from a folder, names resolved to Hub repos or local folders."""
+"""Cards, the zoo of cards, and the one registry idiom (architectures, policies, schedules, optimizers)."""
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from torch import nn
 
-from hatzoo import registry
-from hatzoo.errors import HATError, HubError
-from hatzoo.registry import Registry, ZooEntry, parse_card
+import hatzoo
+from hatzoo._registry import Registry
+from hatzoo.card import CardError, HubPin, read_card, update_card
+from hatzoo.training import load_recipe
+from hatzoo.zoo import Zoo
+
+SHIPPED = Path(__file__).resolve().parent.parent / "cards"
+ZOO_MODELS = ["hat-resnet18", "hat-resnet18-mixed", "hat-vit-small", "hat-vit-tiny"]
 
 VIT_CARD = """\
 name: hat-vit-small
@@ -16,23 +24,40 @@ arch: hat_vit_small_patch16_224
 model_args: {img_size: 32, patch_size: 4, in_chans: 1}
 hub: {repo_id: hatzoo/hat-vit-small, revision: main, sha256: null}
 description: A HAT ViT-S.
-benchmark: {name: split-fmnist, tasks: 5}
-results: {acc: [0.9, 0.8]}
+benchmark: {name: split-mnist, seed: 1}
 """
 
 RESNET_CARD = """\
 name: hat-resnet18
-arch: hat_resnet18
+arch: hat-resnet18
+recipe:
+  optimizer: adam
+  lr: 0.001
 hub:
   repo_id: hatzoo/hat-resnet18
   revision: v1.0
   sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 """
 
+RESULTS = {
+    "complete": True,
+    "tasks": ["0 vs 1", "2 vs 3"],
+    "train_per_task": [100, 100],
+    "test_per_task": [50, 50],
+    "accuracy": [[99.0], [99.0, 97.5]],
+    "average_accuracy": 98.25,
+    "bwt": 0.0,
+    "joint": None,
+    "joint_average_accuracy": None,
+    "gap_to_joint": None,
+    "train_seconds": 1.5,
+    "joint_seconds": None,
+}
+
 
 @pytest.fixture
 def cards(tmp_path: Path) -> Path:
-    """A cards folder with two zoo models and files the registry must ignore."""
+    """A cards folder with two zoo models and files the zoo must ignore."""
     folder = tmp_path / "cards"
     folder.mkdir()
     (folder / "hat-vit-small.yaml").write_text(VIT_CARD)
@@ -44,94 +69,175 @@ def cards(tmp_path: Path) -> Path:
     return folder
 
 
-def test_list_and_get(cards: Path) -> None:
-    reg = Registry(cards)
-    assert reg.list_models() == ["hat-resnet18", "hat-vit-small"]
-    assert "hat-vit-small" in reg and "nope" not in reg
-    vit = reg.get_card("hat-vit-small")
-    assert vit == ZooEntry(
-        name="hat-vit-small",
-        arch="hat_vit_small_patch16_224",
-        model_args={"img_size": 32, "patch_size": 4, "in_chans": 1},
-        repo_id="hatzoo/hat-vit-small",
-        revision="main",
-        sha256=None,
-        description="A HAT ViT-S.",
+# ---------------------------------------------------------------------------- the zoo
+def test_the_shipped_zoo() -> None:
+    assert hatzoo.list_models() == ZOO_MODELS
+    assert "hat-vit-demo" in hatzoo.list_models(include_demos=True)  # a demo recipe: loadable, not listed
+    card = load_recipe("hat-vit-small")
+    assert (card.arch, card.benchmark.name, card.recipe.optimizer) == (
+        "hat-vit-small",
+        "split-fashion-mnist",
+        "adam",
     )
-    assert vit.raw["benchmark"] == {"name": "split-fmnist", "tasks": 5}  # training keys kept, not interpreted
-    resnet = reg.get_card("hat-resnet18")
-    assert (resnet.model_args, resnet.revision, resnet.sha256[:8]) == ({}, "v1.0", "9f86d081")
-    with pytest.raises(
-        HubError, match="'nope' is not a zoo model; known zoo models: hat-resnet18, hat-vit-small"
-    ):
-        reg.get_card("nope")
+    assert card.hub.repo_id == "hatzoo/hat-vit-small" and len(card.hub.revision) == 40
+    assert len(card.results.final) == 5 and all(90 < a <= 100 for a in card.results.final)
+    assert card.results.average_accuracy == pytest.approx(sum(card.results.final) / 5, abs=0.01)
 
 
-def test_resolve(cards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_list_get_and_resolve(cards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    reg = Registry(cards)
-    assert reg.resolve("hat-vit-small") == ("hatzoo/hat-vit-small", "main")
-    assert reg.resolve("hat-resnet18") == ("hatzoo/hat-resnet18", "v1.0")
-    assert reg.resolve("hat-resnet18", revision="abc123") == ("hatzoo/hat-resnet18", "abc123")
-    assert reg.resolve("someone/their-model") == ("someone/their-model", None)
-    assert reg.resolve("someone/their-model", "v2") == ("someone/their-model", "v2")
-    local = tmp_path / "saved"
-    local.mkdir()
-    assert reg.resolve(local) == (str(local.resolve()), None)
-    assert reg.resolve("saved") == (str(local.resolve()), None)  # relative folder
+    zoo = Zoo(cards)
+    assert zoo.list_models() == ["hat-resnet18", "hat-vit-small"]
+    vit = zoo.get_card("hat-vit-small")
+    assert (vit.arch, vit.model_args, vit.benchmark.seed) == (
+        "hat_vit_small_patch16_224",
+        {"img_size": 32, "patch_size": 4, "in_chans": 1},
+        1,
+    )
+    resnet = zoo.get_card("hat-resnet18")
+    assert (resnet.recipe.optimizer, resnet.recipe.lr, resnet.recipe.epochs) == ("adam", 0.001, 3)
+    assert resnet.hub == HubPin(
+        "hatzoo/hat-resnet18", "v1.0", "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    )
+    assert zoo.resolve("hat-resnet18") == ("hatzoo/hat-resnet18", "v1.0")
+    assert zoo.resolve("hat-resnet18", revision="abc123") == ("hatzoo/hat-resnet18", "abc123")
+    assert zoo.resolve("someone/their-model", "v2") == ("someone/their-model", "v2")
     (tmp_path / "hat-vit-small").mkdir()  # a local folder wins over a zoo name, as in from_pretrained
-    assert reg.resolve("hat-vit-small") == (str((tmp_path / "hat-vit-small").resolve()), None)
+    assert zoo.resolve("hat-vit-small") == (str((tmp_path / "hat-vit-small").resolve()), None)
     with pytest.raises(
-        HubError, match="'vit-tiny' is not a zoo model.*known zoo models: hat-resnet18, hat-vit-small"
+        hatzoo.HubError, match="'vit-tiny' is not a zoo model.*known zoo models: hat-resnet18, hat-vit-small"
     ):
-        reg.resolve("vit-tiny")
-    with pytest.raises(HubError, match="the folder './missing/dir' does not exist"):
-        reg.resolve("./missing/dir")
+        zoo.resolve("vit-tiny")
+    with pytest.raises(hatzoo.HubError, match="the folder './missing/dir' does not exist"):
+        zoo.resolve("./missing/dir")
+
+
+def test_hatzoo_cards_reaches_the_zoo_and_training_alike(
+    cards: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HATZOO_CARDS", str(cards))
+    assert "hat-vit-small" in hatzoo.list_models()
+    assert (
+        load_recipe("hat-vit-small").model_args["img_size"] == 32
+    )  # the folder's card replaces the shipped one
+    assert load_recipe(cards / "hat-resnet18.yml").hub.revision == "v1.0"  # a path from anywhere
+    with pytest.raises(CardError, match="neither a card file nor a zoo name.*hat-vit-demo"):
+        load_recipe("hat-nope")
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
+    ("text", "key"),
     [
         ("name: [unclosed", "invalid YAML"),
-        ("- a\n- b\n", "top level must be a mapping"),
-        ("arch: x\nhub: {repo_id: a/b}\n", "'name' must be a non-empty string"),
-        ("name: m\nhub: {repo_id: a/b}\n", "'arch' must be a non-empty string"),
-        ("name: m\narch: x\n", "'hub' must be a mapping with a 'repo_id'"),
-        ("name: m\narch: x\nhub: {repo_id: not-a-repo}\n", "is not of the form 'org/name'"),
-        ("name: m\narch: x\nmodel_args: [1]\nhub: {repo_id: a/b}\n", "'model_args' must be a mapping"),
-        ("name: m\narch: x\nhub: {repo_id: a/b, revision: 3}\n", "hub.revision must be a string"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("arch: hat-vit-tiny\n", "name: must be a non-empty string"),
+        ("name: m\narch: hat-vit-huge\n", "arch: unknown architecture 'hat-vit-huge'"),
+        (
+            "name: m\narch: hat-vit-tiny\nhub: {repo_id: not-a-repo}\n",
+            "hub.repo_id: must look like 'org/name'",
+        ),
+        ("name: m\narch: hat-vit-tiny\nhub: {repo_id: a/b, revision: 3}\n", "hub.revision: must be a string"),
+        ("name: m\narch: hat-vit-tiny\nmodel_args: [1]\n", "model_args: must be a mapping"),
+        (
+            "name: m\narch: hat-vit-tiny\nrecipe: {optimizer: lion}\n",
+            "recipe.optimizer: unknown value 'lion'",
+        ),
+        ("name: m\narch: hat-vit-tiny\nrecipe: {schedule: step}\n", "recipe.schedule: unknown value 'step'"),
+        ("name: m\narch: hat-vit-tiny\nresults: {acc: 1}\n", "results.acc: unknown key"),
     ],
 )
-def test_malformed_cards_name_the_file(tmp_path: Path, text: str, message: str) -> None:
+def test_malformed_cards_name_the_file_and_the_key(tmp_path: Path, text: str, key: str) -> None:
     folder = tmp_path / "cards"
     folder.mkdir()
     (folder / "m.yaml").write_text(text)
-    with pytest.raises(HATError, match=rf"zoo card .*m\.yaml is malformed: .*{message}"):
-        Registry(folder).list_models()
-    with pytest.raises(HATError, match=message):
-        parse_card(text, "m.yaml")
+    with pytest.raises(CardError, match=rf"m\.yaml: .*{key}"):
+        Zoo(folder).list_models()
+    with pytest.raises(CardError, match=key):
+        read_card(folder / "m.yaml")
 
 
-def test_name_must_match_file_and_be_unique(tmp_path: Path) -> None:
+def test_name_must_match_file_and_folder_must_exist(tmp_path: Path) -> None:
     folder = tmp_path / "cards"
     folder.mkdir()
     (folder / "other.yaml").write_text(VIT_CARD)
-    with pytest.raises(HATError, match=r"other\.yaml is malformed: its name 'hat-vit-small' differs"):
-        Registry(folder).list_models()
-    with pytest.raises(HATError, match="cards folder .* does not exist"):
-        Registry(tmp_path / "nowhere").list_models()
+    with pytest.raises(
+        CardError, match=r"other\.yaml: name: 'hat-vit-small' differs from the file name 'other'"
+    ):
+        Zoo(folder).list_models()
+    with pytest.raises(CardError, match="cards folder .* does not exist"):
+        Zoo(tmp_path / "nowhere").list_models()
 
 
-def test_default_registry_reads_the_shipped_cards() -> None:
-    """The module-level API reads the shipped cards: hatzoo.cards when installed, else the repo's cards/."""
-    cards_dir = registry.default_cards_dir()
-    names = registry.list_models(include_demos=True)
-    expected = sorted(
-        p.name.rsplit(".", 1)[0] for p in cards_dir.iterdir() if p.name.endswith((".yaml", ".yml"))
+# ---------------------------------------------------------------------------- the one writer
+def test_rewriting_a_shipped_card_gives_the_same_bytes(tmp_path: Path) -> None:
+    for path in sorted(SHIPPED.glob("*.yaml")):
+        card = read_card(path)
+        copy = tmp_path / path.name
+        shutil.copy(path, copy)
+        update_card(copy, hub=card.hub, results=card.results and asdict(card.results))
+        assert copy.read_bytes() == path.read_bytes(), path.name
+
+
+def test_pins_and_results_are_written_in_place_and_byte_stable(cards: Path) -> None:
+    path = cards / "hat-resnet18.yml"
+    pin = HubPin("hatzoo/hat-resnet18", "a" * 40, "b" * 64)
+    update_card(path, hub=pin, results=RESULTS)
+    first = path.read_bytes()
+    update_card(path, hub=pin, results=RESULTS)
+    assert path.read_bytes() == first
+    text = first.decode()
+    assert text.startswith(RESNET_CARD.split("hub:")[0])  # the recipe is kept as written (block style)
+    assert f"hub: {{repo_id: hatzoo/hat-resnet18, revision: {'a' * 40}, sha256: {'b' * 64}}}\n" in text
+    assert "  accuracy:\n  - [99.0]\n  - [99.0, 97.5]\n" in text and text.count("results:") == 1
+    card = read_card(path)
+    assert card.hub == pin and card.results.final == [99.0, 97.5] and card.recipe.lr == 0.001
+
+
+def test_a_pin_can_go_to_a_copy_and_a_bad_value_writes_nothing(cards: Path, tmp_path: Path) -> None:
+    source = cards / "hat-vit-small.yaml"
+    copy = update_card(
+        source, hub=HubPin("me/vit", "c" * 40, None), to=tmp_path / "out" / "hat-vit-small.yaml"
     )
-    assert names == expected
-    assert {"hat-vit-small", "hat-vit-tiny", "hat-resnet18"} <= set(registry.list_models())
-    assert "hat-vit-demo" not in registry.list_models()  # a demo recipe, not a zoo model
-    for name in names:
-        card = registry.get_card(name)
-        assert registry.resolve(name)[0] == card.repo_id
+    assert copy.hub.repo_id == "me/vit" and source.read_text() == VIT_CARD
+    with pytest.raises(CardError, match="hub.repo_id"):
+        update_card(source, hub=HubPin("no-org", None, None))
+    assert source.read_text() == VIT_CARD
+
+
+# ---------------------------------------------------------------------------- one registry idiom
+def test_registry_decorator_order_and_errors() -> None:
+    colours: Registry[str] = Registry("colour")
+    colours.register("red", "warm")("#f00")
+    colours.register("blue")("#00f")
+    colours.register("green", first=True)("#0f0")
+    assert list(colours) == ["green", "red", "blue"] and colours.get("red") == "#f00"
+    assert "red" in colours and "pink" not in colours and colours.help()["red"] == "warm"
+    with pytest.raises(hatzoo.InputError, match="unknown colour 'pink'; choose one of green, red, blue"):
+        colours.get("pink")
+    with pytest.raises(hatzoo.InputError, match="'red' is already registered"):
+        colours.register("red")("#e00")
+
+
+def test_named_choices_share_the_idiom() -> None:
+    from hatzoo.architectures import ARCHITECTURES
+    from hatzoo.core.schedules import SCHEDULES
+    from hatzoo.policies import POLICIES
+    from hatzoo.training.optimizers import OPTIMIZERS
+
+    assert list(ARCHITECTURES)[:3] == ["hat-vit-tiny", "hat-vit-small", "hat-vit-base"]
+    assert list(SCHEDULES) == ["linear", "exponential", "cosine", "constant"]
+    assert list(POLICIES)[-3:] == ["timm-vit", "timm-resnet", "torch-sequential"]
+    assert list(OPTIMIZERS) == ["sgd", "adam", "adamw"]
+    with pytest.raises(hatzoo.InputError, match="unknown mask-scale schedule 'step'"):
+        hatzoo.schedules.get_schedule("step")
+
+
+def test_a_registered_policy_is_tried_first() -> None:
+    from hatzoo.policies import Policy, find_policy, register_policy
+
+    class Tagged(nn.Sequential):
+        pass
+
+    mine = register_policy(Policy("test-tagged", lambda m: isinstance(m, Tagged), lambda m: None))
+    assert find_policy(Tagged(nn.Linear(2, 2))) is mine
+    assert find_policy(nn.Sequential(nn.Linear(2, 2))).name == "torch-sequential"

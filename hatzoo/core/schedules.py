@@ -10,7 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hatzoo._registry import Registry
 from hatzoo.errors import InputError
+
+SCHEDULES: Registry[type[ScaleSchedule]] = Registry("mask-scale schedule")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class ScaleSchedule:
         raise NotImplementedError
 
 
+@SCHEDULES.register("linear")
 class LinearScale(ScaleSchedule):
     """The paper's schedule: s = 1/smax + (smax - 1/smax) * progress."""
 
@@ -43,6 +47,7 @@ class LinearScale(ScaleSchedule):
         return low + (self.smax - low) * progress
 
 
+@SCHEDULES.register("exponential")
 class ExponentialScale(ScaleSchedule):
     """Geometric growth from 1/smax to smax: equal time at every order of magnitude."""
 
@@ -50,6 +55,7 @@ class ExponentialScale(ScaleSchedule):
         return self.smax ** (2.0 * progress - 1.0)
 
 
+@SCHEDULES.register("cosine")
 class CosineScale(ScaleSchedule):
     """Half-cosine ramp from 1/smax to smax: slow at both ends."""
 
@@ -58,6 +64,7 @@ class CosineScale(ScaleSchedule):
         return low + (self.smax - low) * (1.0 - math.cos(math.pi * progress)) / 2.0
 
 
+@SCHEDULES.register("constant")
 class ConstantScale(ScaleSchedule):
     """Always smax: hard-ish gates from the first batch (useful for fine-tuning a reopened task)."""
 
@@ -65,16 +72,6 @@ class ConstantScale(ScaleSchedule):
         return self.smax
 
 
-SCHEDULES: dict[str, type[ScaleSchedule]] = {
-    "linear": LinearScale,
-    "exponential": ExponentialScale,
-    "cosine": CosineScale,
-    "constant": ConstantScale,
-}
-
-
 def get_schedule(name: str, smax: float = 400.0) -> ScaleSchedule:
     """Build a schedule by name (linear, exponential, cosine, constant)."""
-    if name not in SCHEDULES:
-        raise InputError(f"unknown mask-scale schedule {name!r}; choose one of {sorted(SCHEDULES)}")
-    return SCHEDULES[name](smax=smax)
+    return SCHEDULES.get(name)(smax=smax)

@@ -13,8 +13,9 @@ from typing import Any
 
 import yaml
 
+from hatzoo.card import update_card
 from hatzoo.training.metrics import FWT_REASON, Results
-from hatzoo.training.recipe import Recipe
+from hatzoo.training.recipe import Recipe, RecipeError
 
 HUB_DATASETS = {
     "split-fashion-mnist": ("zalando-datasets/fashion_mnist", "Split-Fashion-MNIST"),
@@ -290,11 +291,9 @@ def card_results(results: Results) -> dict[str, Any]:
     }
 
 
-def _same_recipe(card: dict[str, Any], run: dict[str, Any]) -> list[str]:
+def _same_recipe(card: Recipe, run: dict[str, Any]) -> list[str]:
     """Keys (section.key) in which a card's recipe and a run's recipe differ (the joint flag aside)."""
-    from hatzoo.training.recipe import Recipe
-
-    mine = Recipe.from_dict(card).to_dict()
+    mine = card.to_dict()
     diff = []
     for key in _RECIPE_KEYS:
         a, b = mine.get(key), run.get(key)
@@ -309,35 +308,22 @@ def _same_recipe(card: dict[str, Any], run: dict[str, Any]) -> list[str]:
 def write_card_results(
     card: str | os.PathLike[str], results: Results | str | os.PathLike[str]
 ) -> dict[str, Any]:
-    """Replace the ``results:`` block of a zoo card with the summary of ``results`` (or a results.json).
+    """Write the summary of ``results`` (or a results.json) into a zoo card's ``results`` block.
 
-    The rest of the card is kept as written. The run must have used the card's recipe (architecture,
-    HAT options, benchmark and optimisation); otherwise this raises, so a card never shows the numbers
-    of another recipe. Returns the block written.
+    The run must have used the card's recipe (architecture, HAT options, benchmark and optimisation);
+    otherwise this raises, so a card never shows the numbers of another recipe. Returns the block.
     """
-    from hatzoo.training.recipe import RecipeError
-
-    path = Path(card)
     if not isinstance(results, Results):
         results = Results.load(results)
-    text = path.read_text(encoding="utf-8")
-    diff = _same_recipe(yaml.safe_load(text), results.recipe)
-    if diff:
-        raise RecipeError(
-            f"{path}: these results were trained with another recipe (differs in {', '.join(diff)}); "
-            "retrain with this card, or write them into the card of the recipe that produced them"
-        )
+
+    def check(updated: Recipe) -> None:
+        diff = _same_recipe(updated, results.recipe)
+        if diff:
+            raise RecipeError(
+                f"{card}: these results were trained with another recipe (differs in {', '.join(diff)}); "
+                "retrain with this card, or write them into the card of the recipe that produced them"
+            )
+
     block = card_results(results)
-    kept: list[str] = []
-    skipping = False
-    for line in text.splitlines():
-        top_level = bool(line) and not line[0].isspace() and not line.startswith("#")
-        if top_level:
-            skipping = line.startswith("results:")
-        if not skipping:
-            kept.append(line)
-    while kept and not kept[-1].strip():
-        kept.pop()
-    dumped = yaml.safe_dump({"results": block}, sort_keys=False, default_flow_style=None, width=110)
-    path.write_text("\n".join(kept) + "\n" + dumped, encoding="utf-8")
+    update_card(card, results=block, check=check)
     return block

@@ -1,0 +1,123 @@
+"""The zoo architectures: ``hatzoo.create_model("hat-vit-small", ...)``, also in timm's registry.
+
+Each one is a timm backbone turned into a HAT model, registered with ``@register_architecture`` under
+its zoo name and, by its function name, in timm's registry (``timm.create_model("hat_resnet18")``).
+Trained weights come from ``hatzoo.load``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from timm.models import register_model
+
+from hatzoo._registry import Registry
+from hatzoo.core.config import HATConfig
+from hatzoo.core.hatify import hatify
+from hatzoo.core.model import HATModel
+from hatzoo.errors import InputError
+
+Architecture = Callable[..., HATModel]
+ARCHITECTURES: Registry[Architecture] = Registry("zoo architecture")
+_TIMM_NAMES: dict[str, str] = {}  # timm spelling -> zoo name
+
+
+def register_architecture(name: str) -> Callable[[Architecture], Architecture]:
+    """Decorator: a zoo architecture under ``name``, and under its function name in timm's registry."""
+
+    def add(fn: Architecture) -> Architecture:
+        ARCHITECTURES.register(name, (fn.__doc__ or "").strip())(fn)
+        _TIMM_NAMES[fn.__name__] = name
+        register_model(_timm_entry(name, fn.__name__))
+        return fn
+
+    return add
+
+
+def list_architectures() -> list[str]:
+    """The zoo architecture names ``create_model`` takes (timm's ``hat_*`` spellings work too)."""
+    return list(ARCHITECTURES)
+
+
+def is_architecture(name: str) -> bool:
+    """True for a zoo architecture name in either spelling."""
+    return _TIMM_NAMES.get(name, name) in ARCHITECTURES
+
+
+def create_model(name: str, config: HATConfig | None = None, **kwargs: Any) -> HATModel:
+    """A fresh (untrained) zoo architecture; kwargs go to timm (img_size, in_chans, ...) or HATConfig."""
+    if not is_architecture(name):
+        raise InputError(
+            f"unknown zoo architecture {name!r}; known: {', '.join(ARCHITECTURES)}. "
+            "For trained weights from the Hub use hatzoo.load(name)."
+        )
+    return ARCHITECTURES.get(_TIMM_NAMES.get(name, name))(config=config, **kwargs)
+
+
+def _hatified(timm_name: str, config: HATConfig | None = None, **kwargs: Any) -> HATModel:
+    """The timm backbone ``timm_name`` (no classifier) as a HAT model; HAT options may come as kwargs."""
+    import timm
+
+    hat_options = {k: kwargs.pop(k) for k in list(kwargs) if k in HATConfig.__dataclass_fields__}
+    if config is not None and hat_options:
+        raise InputError("pass either a HATConfig or HAT keyword options, not both")
+    kwargs.pop("num_classes", None)
+    try:
+        backbone = timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
+    except TypeError as error:
+        raise InputError(f"{timm_name}: timm rejected the arguments {kwargs}: {error}") from error
+    jsonable = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    arch = {"source": "timm", "name": timm_name, "kwargs": jsonable}
+    return hatify(backbone, config or HATConfig.from_dict(hat_options), arch=arch)
+
+
+def _timm_entry(zoo_name: str, timm_name: str) -> Callable[..., HATModel]:
+    """The timm registry's entry point: no pretrained weights through timm, timm's extra options dropped."""
+
+    def entry(pretrained: bool = False, **kwargs: Any) -> HATModel:
+        if pretrained:
+            raise InputError(f"pretrained HAT weights come from the Hub: use hatzoo.load({zoo_name!r})")
+        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+            kwargs.pop(key, None)
+        return create_model(zoo_name, **kwargs)
+
+    entry.__name__ = entry.__qualname__ = timm_name
+    entry.__module__ = __name__
+    return entry
+
+
+@register_architecture("hat-vit-tiny")
+def hat_vit_tiny_patch16_224(**kwargs: Any) -> HATModel:
+    """HAT ViT-Tiny/16."""
+    return _hatified("vit_tiny_patch16_224", **kwargs)
+
+
+@register_architecture("hat-vit-small")
+def hat_vit_small_patch16_224(**kwargs: Any) -> HATModel:
+    """HAT ViT-Small/16."""
+    return _hatified("vit_small_patch16_224", **kwargs)
+
+
+@register_architecture("hat-vit-base")
+def hat_vit_base_patch16_224(**kwargs: Any) -> HATModel:
+    """HAT ViT-Base/16."""
+    return _hatified("vit_base_patch16_224", **kwargs)
+
+
+@register_architecture("hat-resnet18")
+def hat_resnet18(**kwargs: Any) -> HATModel:
+    """HAT ResNet-18."""
+    return _hatified("resnet18", **kwargs)
+
+
+@register_architecture("hat-resnet34")
+def hat_resnet34(**kwargs: Any) -> HATModel:
+    """HAT ResNet-34."""
+    return _hatified("resnet34", **kwargs)
+
+
+@register_architecture("hat-resnet50")
+def hat_resnet50(**kwargs: Any) -> HATModel:
+    """HAT ResNet-50."""
+    return _hatified("resnet50", **kwargs)

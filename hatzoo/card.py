@@ -1,0 +1,381 @@
+"""Zoo cards: one YAML file per model (``cards/<name>.yaml``), read into one typed :class:`Card`.
+
+A card decides a zoo model: the architecture (a ``hatzoo.create_model`` name and its arguments), the
+HAT options, the benchmark, the optimisation recipe, the Hub pin, and the measured results::
+
+    name: hat-vit-small
+    arch: hat-vit-small
+    model_args: {img_size: 28, patch_size: 7, in_chans: 1}
+    hat: {smax: 400, reg_c: 0.75, reg_mode: global, mask_init: normal}
+    benchmark: {name: split-fashion-mnist, seed: 0, max_train_per_task: null}
+    recipe: {optimizer: adam, lr: 0.0005, mask_lr: 0.05, epochs: 2, batch_size: 64, scale_ramp: task}
+    hub: {repo_id: hatzoo/hat-vit-small, revision: <commit>, sha256: <sha256 of model.safetensors>}
+    description: one line
+    results: {...}   # written by update_card from a finished run
+    demo: true       # optional: a quick demo recipe, resolvable by name but not listed as a zoo model
+
+``recipe`` keys are the fields of :class:`TrainSpec`. ``benchmark`` may also hold ``max_tasks`` (train
+only the first N tasks) and any option ``hatzoo.data.get_benchmark`` takes for that benchmark.
+:func:`read_card` is the one parser and :func:`update_card` the one writer (pins and results).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hatzoo.core.config import HATConfig
+from hatzoo.errors import HATError, InputError
+
+LR_SCHEDULES = ("constant", "cosine")
+SCALE_RAMPS = ("epoch", "task")
+
+
+class CardError(InputError):
+    """A card value that is missing, unknown or out of range; the message names the file and the key."""
+
+
+@dataclass
+class BenchmarkSpec:
+    """Which task sequence to train on: a ``hatzoo.data`` benchmark name, its seed and size limits."""
+
+    name: str = "split-fashion-mnist"
+    seed: int = 0
+    max_train_per_task: int | None = None
+    max_tasks: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # further get_benchmark keyword options
+
+
+@dataclass
+class TrainSpec:
+    """How to optimise each task: optimizer, learning rate, epochs, global batch, scale schedule."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = 3
+    batch_size: int = 64
+    schedule: str = "linear"
+    clip_grad: float | None = 10000.0
+    seed: int = 0
+    joint: bool = True  # also train the joint (all tasks at once) upper bound
+    mask_lr: float | None = None  # learning rate of the gate embeddings (None: the same as lr)
+    lr_schedule: str = "constant"  # within each task: constant, or cosine decay to 0 over the task
+    scale_ramp: str = "epoch"  # the 1/smax -> smax ramp restarts every epoch, or spans the whole task
+
+
+@dataclass
+class HubPin:
+    """Where the trained model is published: repo id, and the pinned commit and weights digest."""
+
+    repo_id: str = "hatzoo/unnamed"
+    revision: str | None = "main"
+    sha256: str | None = None
+
+
+@dataclass
+class CardResults:
+    """A finished run's summary on the card, in percent; ``accuracy[i][j]``: task j after task i."""
+
+    complete: bool = False
+    tasks: list[str] = field(default_factory=list)
+    train_per_task: list[int] = field(default_factory=list)
+    test_per_task: list[int] = field(default_factory=list)
+    accuracy: list[list[float]] = field(default_factory=list)
+    average_accuracy: float | None = None
+    bwt: float | None = None
+    joint: list[float] | None = None
+    joint_average_accuracy: float | None = None
+    gap_to_joint: float | None = None
+    train_seconds: float | None = None
+    joint_seconds: float | None = None
+
+    @property
+    def final(self) -> list[float]:
+        """Each task's accuracy after the last task (the matrix's last row)."""
+        return list(self.accuracy[-1]) if self.accuracy else []
+
+
+@dataclass
+class Card:
+    """Everything about one zoo model: how to build and train it, where it is published, how it did."""
+
+    name: str
+    arch: str
+    model_args: dict[str, Any] = field(default_factory=dict)
+    hat: HATConfig = field(default_factory=HATConfig)
+    benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
+    recipe: TrainSpec = field(default_factory=TrainSpec)
+    hub: HubPin = field(default_factory=HubPin)
+    description: str = ""
+    demo: bool = False  # a quick demo recipe, not a zoo model
+    results: CardResults | None = None
+    source: str = "<card>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe part of the card, every value spelled out (what ``from_dict`` reads back)."""
+        bench = dataclasses.asdict(self.benchmark)
+        bench.update(bench.pop("options"))
+        if bench["max_tasks"] is None:
+            bench.pop("max_tasks")
+        data: dict[str, Any] = {
+            "name": self.name,
+            "arch": self.arch,
+            "model_args": dict(self.model_args),
+            "hat": self.hat.to_dict(),
+            "benchmark": bench,
+            "recipe": dataclasses.asdict(self.recipe),
+            "hub": dataclasses.asdict(self.hub),
+            "description": self.description,
+        }
+        if self.demo:
+            data["demo"] = True
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<card>") -> Card:
+        """Build and validate a card from its mapping; errors name the key and ``source``."""
+        return _Parser(source).card(data)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Card:
+        """Read a card file (same as :func:`read_card`)."""
+        return read_card(path)
+
+    def replace(self, **sections: Any) -> Card:
+        """A copy with some values changed, e.g. ``replace(recipe={"epochs": 1})``; validated again."""
+        data = self.to_dict()
+        for key, value in sections.items():
+            both = isinstance(value, dict) and isinstance(data.get(key), dict)
+            data[key] = {**data[key], **value} if both else value
+        return Card.from_dict(data, self.source)
+
+
+def read_card(path: str | os.PathLike[str]) -> Card:
+    """Read and validate one card file; a missing file or bad YAML is a CardError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CardError(f"card file {path} does not exist; zoo cards live in cards/<name>.yaml")
+    return parse_card(path.read_text(encoding="utf-8"), str(path))
+
+
+def parse_card(text: str, source: str) -> Card:
+    """The one card parser: YAML text to a validated Card; ``source`` names the file in errors."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise CardError(f"{source}: invalid YAML ({err})") from err
+    return Card.from_dict(data, source)
+
+
+def update_card(
+    path: str | os.PathLike[str],
+    *,
+    hub: HubPin | None = None,
+    results: dict[str, Any] | None = None,
+    to: str | os.PathLike[str] | None = None,
+    check: Callable[[Card], None] | None = None,
+) -> Card:
+    """Write a Hub pin and/or a results block into the card at ``path`` (or a copy at ``to``).
+
+    The one writer of cards: every other line stays as written, the new blocks are short flow-style
+    mappings in the card's key order, and writing the same values twice gives the same bytes. The
+    result is parsed, and given to ``check`` (which may raise), before anything is written.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CardError(f"card file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    for key, value in (("hub", hub and dataclasses.asdict(hub)), ("results", results)):
+        if value is not None:
+            text = _set_block(text, key, value)
+    target = Path(to) if to is not None else path
+    card = parse_card(text, str(target))
+    if check is not None:
+        check(card)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    return card
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    """A card's YAML style: block style at the top, flow style for mappings and lists of scalars."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=1 << 16, allow_unicode=True)
+
+
+def _set_block(text: str, key: str, value: Any) -> str:
+    """``text`` with its top-level ``key:`` block replaced by ``value`` (appended when missing)."""
+    block = dump_yaml({key: value}).splitlines()
+    out: list[str] = []
+    skipping = placed = False
+    for line in text.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            skipping = line.split(":", 1)[0] == key
+            if skipping and not placed:
+                out += block
+                placed = True
+        if not skipping:
+            out.append(line)
+    while not placed and out and not out[-1].strip():
+        out.pop()
+    return "\n".join(out + ([] if placed else block)) + "\n"
+
+
+class _Parser:
+    """Checks a card mapping key by key; every error names the file and the key."""
+
+    TOP_KEYS = tuple(f.name for f in dataclasses.fields(Card) if f.name != "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, key: str, what: str) -> CardError:
+        return CardError(f"{self.source}: {key}: {what}")
+
+    def card(self, data: Any) -> Card:
+        if not isinstance(data, dict):
+            raise CardError(f"{self.source}: the card must be a mapping with keys {list(self.TOP_KEYS)}")
+        self.known(data, self.TOP_KEYS, "")
+        for key in ("name", "arch"):
+            if not isinstance(data.get(key), str) or not data[key].strip():
+                raise self.error(key, "must be a non-empty string")
+        name = data["name"].strip()
+        description = self.typed(data.get("description") or "", str, "description")
+        return Card(
+            name=name,
+            arch=self.arch(data["arch"].strip()),
+            model_args=self.mapping(data.get("model_args"), "model_args"),
+            hat=self.hat(self.mapping(data.get("hat"), "hat")),
+            benchmark=self.benchmark(self.mapping(data.get("benchmark"), "benchmark")),
+            recipe=self.train(self.mapping(data.get("recipe"), "recipe")),
+            hub=self.hub(self.mapping(data.get("hub"), "hub"), name),
+            description=description.strip(),
+            demo=self.typed(data.get("demo", False), bool, "demo"),
+            results=self.results(data.get("results")),
+            source=self.source,
+        )
+
+    def arch(self, arch: str) -> str:
+        from hatzoo.architectures import is_architecture, list_architectures
+
+        if not is_architecture(arch):
+            raise self.error("arch", f"unknown architecture {arch!r}; known: {list_architectures()}")
+        return arch
+
+    def hat(self, data: dict[str, Any]) -> HATConfig:
+        self.known(data, [f.name for f in dataclasses.fields(HATConfig)], "hat")
+        try:
+            return HATConfig.from_dict(data)
+        except (HATError, TypeError) as err:
+            raise self.error("hat", str(err)) from err
+
+    def benchmark(self, b: dict[str, Any]) -> BenchmarkSpec:
+        from hatzoo.data import list_benchmarks
+
+        name = b.pop("name", BenchmarkSpec.name)
+        if not isinstance(name, str) or name.strip().lower().replace("_", "-") not in list_benchmarks():
+            raise self.error(
+                "benchmark.name", f"unknown benchmark {name!r}; known: {', '.join(list_benchmarks())}"
+            )
+        return BenchmarkSpec(
+            name=name,
+            seed=self.number(b.pop("seed", 0), "benchmark.seed", zero=True),
+            max_train_per_task=self.number(
+                b.pop("max_train_per_task", None), "benchmark.max_train_per_task", optional=True
+            ),
+            max_tasks=self.number(b.pop("max_tasks", None), "benchmark.max_tasks", optional=True),
+            options=b,  # checked by get_benchmark when the data is built
+        )
+
+    def train(self, r: dict[str, Any]) -> TrainSpec:
+        from hatzoo.core.schedules import SCHEDULES
+        from hatzoo.training.optimizers import OPTIMIZERS
+
+        self.known(r, [f.name for f in dataclasses.fields(TrainSpec)], "recipe")
+        d = TrainSpec()
+        get = lambda key: r.get(key, getattr(d, key))  # noqa: E731
+        momentum = self.number(get("momentum"), "recipe.momentum", float, zero=True)
+        if momentum >= 1:
+            raise self.error("recipe.momentum", f"must be in [0, 1), got {momentum}")
+        return TrainSpec(
+            optimizer=self.choice(
+                self.typed(get("optimizer"), str, "recipe.optimizer").lower(),
+                list(OPTIMIZERS),
+                "recipe.optimizer",
+            ),
+            lr=self.number(get("lr"), "recipe.lr", float),
+            momentum=momentum,
+            weight_decay=self.number(get("weight_decay"), "recipe.weight_decay", float, zero=True),
+            epochs=self.number(get("epochs"), "recipe.epochs"),
+            batch_size=self.number(get("batch_size"), "recipe.batch_size"),
+            schedule=self.choice(get("schedule"), list(SCHEDULES), "recipe.schedule"),
+            clip_grad=self.number(get("clip_grad"), "recipe.clip_grad", float, optional=True),
+            seed=self.number(get("seed"), "recipe.seed", zero=True),
+            joint=self.typed(get("joint"), bool, "recipe.joint"),
+            mask_lr=self.number(get("mask_lr"), "recipe.mask_lr", float, optional=True),
+            lr_schedule=self.choice(get("lr_schedule"), LR_SCHEDULES, "recipe.lr_schedule"),
+            scale_ramp=self.choice(get("scale_ramp"), SCALE_RAMPS, "recipe.scale_ramp"),
+        )
+
+    def hub(self, h: dict[str, Any], name: str) -> HubPin:
+        from hatzoo.hub.download import is_repo_id
+
+        self.known(h, [f.name for f in dataclasses.fields(HubPin)], "hub")
+        repo_id = self.typed(h.get("repo_id", f"hatzoo/{name}"), str, "hub.repo_id")
+        if not is_repo_id(repo_id):
+            raise self.error("hub.repo_id", f"must look like 'org/name', got {repo_id!r}")
+        return HubPin(
+            repo_id=repo_id,
+            revision=self.typed(h.get("revision", "main"), str, "hub.revision", optional=True),
+            sha256=self.typed(h.get("sha256"), str, "hub.sha256", optional=True),
+        )
+
+    def results(self, data: Any) -> CardResults | None:
+        if data is None:
+            return None
+        data = self.mapping(data, "results")
+        self.known(data, [f.name for f in dataclasses.fields(CardResults)], "results")
+        return CardResults(**data)
+
+    # ------------------------------------------------------------------ value checks
+    def mapping(self, data: Any, key: str) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise self.error(key, f"must be a mapping, got {type(data).__name__}")
+        return dict(data)
+
+    def known(self, data: dict[str, Any], known: Any, key: str) -> None:
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            where = f"{key}." if key else ""
+            of = f" of {key}" if key else ""
+            raise self.error(f"{where}{unknown[0]}", f"unknown key; known keys{of}: {list(known)}")
+
+    def typed(self, value: Any, kind: type, key: str, *, optional: bool = False) -> Any:
+        if value is None and optional:
+            return None
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            names = {int: "an int", float: "a number", str: "a string", bool: "true/false"}
+            raise self.error(key, f"must be {names[kind]}{' or null' if optional else ''}, got {value!r}")
+        return value
+
+    def number(self, value: Any, key: str, kind: type = int, *, optional=False, zero=False) -> Any:
+        value = self.typed(value, kind, key, optional=optional)
+        if value is not None and (value < 0 or (value == 0 and not zero)):
+            raise self.error(key, f"must be {'>= 0' if zero else '> 0'}, got {value!r}")
+        return value
+
+    def choice(self, value: Any, allowed: Any, key: str) -> str:
+        if value not in allowed:
+            raise self.error(key, f"unknown value {value!r}; choose one of {list(allowed)}")
+        return value
