@@ -45,7 +45,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +77,7 @@ class TaskSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     labels: tuple[str, ...]
+    root: Path | None = None
     kept_units: dict[str, tuple[int, int]] = field(default_factory=dict)
     flops_fraction: float | None = None
     max_abs_diff: float | None = None
@@ -114,6 +115,35 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def confined_path(root: Path, file: str) -> Path:
+    """``root/file`` resolved; refuses paths leaving the bundle folder (``..``, absolute, symlinks out)."""
+    rel = Path(file)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise BundleError(
+            f"graph file {file!r} must be a path inside the bundle folder (no absolute path, no '..')"
+        )
+    base = root.resolve()
+    path = (base / rel).resolve()
+    if not path.is_relative_to(base):
+        raise BundleError(f"graph file {file!r} is a symlink to {path}, outside the bundle folder {base}")
+    return path
+
+
+def read_graph(spec: TaskSpec) -> bytes:
+    """The task's graph bytes, re-confined and checked against the manifest sha256 (what a session loads)."""
+    path = confined_path(spec.root or spec.path.parent, spec.file)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise BundleError(f"task {spec.task_id}: cannot read graph file {spec.file}: {e}") from e
+    if hashlib.sha256(data).hexdigest() != spec.sha256:
+        raise BundleError(
+            f"task {spec.task_id}: sha256 of {spec.file} does not match the manifest "
+            "(file changed or corrupted); re-export the bundle"
+        )
+    return data
+
+
 def _graph_facts(path: Path) -> dict[str, Any]:
     """Input/output names, element type and opset read from an ONNX file (export side only: needs onnx)."""
     try:
@@ -137,11 +167,16 @@ def _task_entry(root: Path, tid: str, spec: Mapping[str, Any], facts_cache: dict
     """Validate one caller-given task entry, fill defaults from the graph, and add its checksum."""
     if "file" not in spec:
         raise BundleError(f"task {tid}: 'file' (graph path relative to the bundle folder) is required")
-    path = root / spec["file"]
+    if not isinstance(spec["file"], str):
+        raise BundleError(f"task {tid}: 'file' must be a path string, got {spec['file']!r}")
+    path = confined_path(root, spec["file"])
     if not path.is_file():
         raise BundleError(
             f"task {tid}: graph file {path} does not exist; write the graphs before the manifest"
         )
+    labels = spec.get("labels")
+    if not isinstance(labels, (list, tuple)):
+        raise BundleError(f"task {tid}: 'labels' must be a list of names (one per output), got {labels!r}")
     need = [k for k in ("input_name", "output_name", "dtype") if spec.get(k) is None]
     facts = facts_cache.setdefault(str(path), _graph_facts(path)) if need else {}
     entry = {
@@ -151,7 +186,7 @@ def _task_entry(root: Path, tid: str, spec: Mapping[str, Any], facts_cache: dict
         "input_shape": list(spec.get("input_shape") or []),
         "dtype": spec.get("dtype") or facts.get("dtype"),
         "normalization": dict(spec.get("normalization") or {}),
-        "labels": [str(x) for x in spec.get("labels") or []],
+        "labels": [str(x) for x in labels],
         "kept_units": {str(k): [int(v[0]), int(v[1])] for k, v in dict(spec.get("kept_units") or {}).items()},
         "flops_fraction": None if spec.get("flops_fraction") is None else float(spec["flops_fraction"]),
         "max_abs_diff": None if spec.get("max_abs_diff") is None else float(spec["max_abs_diff"]),
@@ -206,11 +241,16 @@ def write_manifest(
         "tasks": entries,
     }
     out = root / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest.", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:  # write then rename: readers never see half a file
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, out)
+    tmp = root / f".manifest.{os.getpid()}.{secrets.token_hex(4)}.json"
+    # mode 0o666 filtered by the umask (0644 usually), like any file the user writes; mkstemp would give 0600
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:  # write then rename: readers never see half a file
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -236,8 +276,10 @@ def _check_task(tid: str, e: Mapping[str, Any], err: Callable[[str], Exception])
         not isinstance(norm.get(k), list) or len(norm[k]) != c for k in ("mean", "std")
     ):
         raise err(f"{where}: 'normalization' must be {{'mean': [{c} floats], 'std': [{c} floats]}}")
-    if any(not isinstance(s, (int, float)) or s <= 0 for s in norm["std"]):
-        raise err(f"{where}: normalization std values must be positive")
+    if any(not _real(m) for m in norm["mean"]):
+        raise err(f"{where}: normalization mean values must be finite numbers, got {norm['mean']!r}")
+    if any(not _real(s) or s <= 0 for s in norm["std"]):
+        raise err(f"{where}: normalization std values must be finite and positive, got {norm['std']!r}")
     labels = e.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise err(f"{where}: 'labels' must be a non-empty list of strings (one per output logit)")
@@ -250,6 +292,11 @@ def _check_task(tid: str, e: Mapping[str, Any], err: Callable[[str], Exception])
         v = e.get(key)
         if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
             raise err(f"{where}: '{key}' must be a non-negative number or null, got {v!r}")
+
+
+def _real(v: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def read_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
@@ -287,7 +334,10 @@ def read_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> B
         if not isinstance(e, dict):
             raise BundleError(f"{mpath}: task {tid} must be an object")
         _check_task(tid, e, lambda msg: BundleError(f"{mpath}: {msg}"))
-        path = (root / e["file"]).resolve()
+        try:
+            path = confined_path(root, e["file"])
+        except BundleError as err:
+            raise BundleError(f"{mpath}: task {tid}: {err}") from None
         if not path.is_file():
             raise BundleError(f"{mpath}: task {tid}: graph file {path} is missing")
         if verify and sha256_file(path) != e["sha256"]:
@@ -306,6 +356,7 @@ def read_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> B
             mean=tuple(float(x) for x in e["normalization"]["mean"]),
             std=tuple(float(x) for x in e["normalization"]["std"]),
             labels=tuple(e["labels"]),
+            root=root.resolve(),
             kept_units={k: (int(v[0]), int(v[1])) for k, v in e.get("kept_units", {}).items()},
             flops_fraction=e.get("flops_fraction"),
             max_abs_diff=e.get("max_abs_diff"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -26,11 +27,16 @@ import onnxruntime as ort
 
 from hatzoo.errors import HATError, InputError
 
-from .bundle import Bundle, TaskSpec
+from .bundle import Bundle, BundleError, TaskSpec, read_graph
+from .serve_config import ServeConfig
 
 _ENV_LOCK = threading.Lock()
 _ENV = {"global_threads": False, "allocator": False}
 _CUDA_USABLE: bool | None = None
+# Graphs are loaded from their verified bytes; ONNX Runtime would then look for external data files in the
+# current folder. Pointing it at an empty folder makes a graph with external data fail to load instead.
+_NO_EXTERNAL_DATA = tempfile.mkdtemp(prefix="hatzoo-no-external-data-")
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
 class ServingError(HATError):
@@ -77,6 +83,7 @@ def session_options() -> ort.SessionOptions:
         so.use_per_session_threads = False
     if _ENV["allocator"]:
         so.add_session_config_entry("session.use_env_allocators", "1")
+    so.add_session_config_entry("session.model_external_initializers_file_folder_path", _NO_EXTERNAL_DATA)
     return so
 
 
@@ -103,19 +110,64 @@ def default_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _create_session(path: str, providers: Sequence[str]) -> ort.InferenceSession:
+def _open(spec: TaskSpec, providers: Sequence[str], so: ort.SessionOptions) -> ort.InferenceSession:
+    """A session over the task's verified graph bytes; BundleError when ONNX Runtime cannot load it."""
+    data = read_graph(spec)
+    try:
+        return ort.InferenceSession(data, so, providers=list(providers))
+    except Exception as e:  # noqa: BLE001 - ORT raises its own pybind types
+        hint = (
+            "; bundles must be self-contained: export with external_data=False"
+            if "External data" in str(e)
+            else ""
+        )
+        raise BundleError(f"task {spec.task_id}: ONNX Runtime cannot load {spec.file}: {e}{hint}") from None
+
+
+def _create_session(spec: TaskSpec, providers: Sequence[str]) -> ort.InferenceSession:
     """Create a session; a CUDA provider that fails to load (missing cuDNN...) falls back quietly to CPU."""
     global _CUDA_USABLE
     if "CUDAExecutionProvider" not in providers or _CUDA_USABLE is not None:
         provs = [p for p in providers if p != "CUDAExecutionProvider" or _CUDA_USABLE]
-        return ort.InferenceSession(path, session_options(), providers=provs or ["CPUExecutionProvider"])
+        return _open(spec, provs or ["CPUExecutionProvider"], session_options())
     ort.set_default_logger_severity(4)  # first CUDA try: hide ORT's error log if the libraries are absent
     try:
-        sess = ort.InferenceSession(path, session_options(), providers=list(providers))
+        sess = _open(spec, providers, session_options())
     finally:
         ort.set_default_logger_severity(2)
     _CUDA_USABLE = "CUDAExecutionProvider" in sess.get_providers()
     return sess
+
+
+def check_task_graph(spec: TaskSpec) -> str | None:
+    """What is wrong between a task's manifest entry and its graph (None when they agree).
+
+    Loads the graph on the CPU without optimizations and compares the input name, shape and element
+    type, and the output name, element type and width (the label count).
+    """
+    so = session_options()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = _open(spec, ["CPUExecutionProvider"], so)
+    except BundleError as e:
+        return str(e)
+    where = f"task {spec.task_id} ({spec.file})"
+    ins = {i.name: i for i in sess.get_inputs()}
+    outs = {o.name: o for o in sess.get_outputs()}
+    if spec.input_name not in ins or len(ins) != 1:
+        return f"{where}: the manifest's input {spec.input_name!r} is not the graph's one input {list(ins)}"
+    if spec.output_name not in outs:
+        return f"{where}: the manifest's output {spec.output_name!r} is not a graph output {list(outs)}"
+    i, o = ins[spec.input_name], outs[spec.output_name]
+    if _ORT_DTYPES.get(i.type) != spec.dtype or _ORT_DTYPES.get(o.type) != spec.dtype:
+        return f"{where}: the manifest says {spec.dtype} but the graph takes {i.type} and gives {o.type}"
+    fixed = [d if isinstance(d, int) else None for d in i.shape]
+    if len(fixed) != len(spec.input_shape) or fixed != list(spec.input_shape):
+        return f"{where}: the manifest's input shape {list(spec.input_shape)} is not the graph's {i.shape}"
+    width = o.shape[-1] if o.shape else None
+    if len(o.shape) != 2 or width != spec.num_classes:
+        return f"{where}: {spec.num_classes} labels for a graph output of shape {o.shape}"
+    return None
 
 
 @dataclass
@@ -172,6 +224,19 @@ class TaskSessionPool:
         self.loads = 0
         self.evictions = 0
 
+    @classmethod
+    def from_config(cls, bundles: Iterable[Bundle], config: ServeConfig) -> TaskSessionPool:
+        """A pool with the session budget and ONNX Runtime settings of a ServeConfig."""
+        return cls(
+            bundles,
+            max_sessions=config.max_sessions,
+            max_bytes=config.max_session_bytes,
+            providers=config.providers,
+            global_thread_pool=config.global_thread_pool,
+            intra_op_threads=config.intra_op_threads,
+            shared_allocator=config.shared_allocator,
+        )
+
     def spec(self, model: str, task: str) -> TaskSpec:
         """The manifest entry for (model, task); UnknownModelError listing the known names otherwise."""
         b = self.bundles.get(model)
@@ -215,7 +280,7 @@ class TaskSessionPool:
                     f"{model}/{task} needs ~{cost} bytes, more than the session budget "
                     f"max_bytes={self.max_bytes}; raise max_session_bytes"
                 )
-            sess = _create_session(str(spec.path), self.providers)
+            sess = _create_session(spec, self.providers)
             with self._lock:
                 self._sessions[key] = _Entry(sess, cost)
                 self.loads += 1

@@ -13,9 +13,8 @@ fi
 echo "[bootstrap] installing hatzoo with its serve and test extras"
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -m pip install -q -e ".[serve,test]" 2>&1 | grep -v "is ignored" || true
-# Triton's model-config protobuf, to validate generated Triton repositories in the tests; without
-# --no-deps its ml-dtypes pin would downgrade the one torch and onnx use.
-.venv/bin/python -m pip install -q --no-deps "tritonclient==2.73.0" 2>&1 | grep -v "is ignored" || true
+# The test extra brings tritonclient[http] with its dependencies (the real KServe v2 client, and Triton's
+# model-config protobuf); its ml-dtypes pin resolves to 0.5.4, which onnx and torch's exporter accept.
 .venv/bin/python -c "import torch, timm, onnxruntime, hatzoo" \
     || { echo "[bootstrap] the install did not complete; see pip's messages above" >&2; exit 1; }
 

@@ -1,0 +1,116 @@
+"""Protection around the app: an API key check, a concurrency limit, and a header timeout for slow clients."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+# Probes and docs answer without a key: they reveal no model, task or data.
+OPEN_PATHS = frozenset({"/healthz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"})
+HEALTH_PATHS = frozenset({"/healthz", "/v2/health/live", "/v2/health/ready", "/metrics"})
+
+
+async def _answer(send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Guard:
+    """ASGI middleware: requires the API key (compared in constant time) when one is set, and answers 503
+    beyond ``max_concurrency`` requests in flight (health, metrics and docs are not counted)."""
+
+    def __init__(self, app: Any, *, api_key: str | None, max_concurrency: int) -> None:
+        self.app = app
+        self.key = api_key.encode() if api_key else None
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
+
+    def _authorized(self, scope: dict[str, Any]) -> bool:
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-api-key")
+        auth = headers.get(b"authorization", b"")
+        if given is None and auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        return given is not None and hmac.compare_digest(given, self.key)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if self.key is not None and path not in OPEN_PATHS and not self._authorized(scope):
+            return await _answer(
+                send,
+                401,
+                "this server needs an API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                [(b"www-authenticate", b"Bearer")],
+            )
+        if path in HEALTH_PATHS or path in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.max_concurrency:
+            return await _answer(
+                send,
+                503,
+                f"{self.max_concurrency} requests already in progress; retry later",
+                [(b"retry-after", b"1")],
+            )
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def header_timeout_protocol(seconds: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol that closes a connection whose next request line and headers do not
+    arrive within ``seconds`` (from connecting, or from the end of the previous response)."""
+
+    class HeaderTimeoutH11(H11Protocol):
+        _timer: asyncio.TimerHandle | None = None
+        _waiting_after: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._timer is not None and self.cycle is not self._waiting_after:
+                self._timer.cancel()  # the request's headers are complete
+                self._timer = None
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if self._timer is None and not self.transport.is_closing():
+                self._waiting_after = self.cycle
+                self._timer = self.loop.call_later(seconds, self._expire)
+
+        def _expire(self) -> None:
+            self._timer = None
+            if self.cycle is self._waiting_after:
+                self.transport.close()
+
+    return HeaderTimeoutH11

@@ -1,0 +1,140 @@
+"""Request and response models of every route (pydantic): they validate request envelopes and make the
+OpenAPI schema at /openapi.json. Pixel arrays stay plain JSON and are checked by ``decode.number_array``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer."""
+
+    error: str = Field(description="what was wrong and what to do")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    models: int
+    sessions_loaded: int
+
+
+class Normalization(BaseModel):
+    mean: list[float]
+    std: list[float]
+
+
+class TaskInfo(BaseModel):
+    id: str
+    labels: list[str]
+    num_classes: int
+    input_shape: list[int | None] = Field(description="[batch (null: any), C, H, W]")
+    dtype: Literal["float32", "float16"]
+    normalization: Normalization
+    flops_fraction: float | None
+    kept_units: dict[str, tuple[int, int]]
+    v2_name: str = Field(description="the task's model name on the /v2 routes and in a Triton repository")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    source: dict[str, str | None] = Field(description="Hub repo id and revision the bundle was exported from")
+    opset: int | None
+    tasks: list[TaskInfo]
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class PredictRequest(_Strict):
+    """JSON body of :predict. Also accepted: a .npy body, a PNG/JPEG body, or a multipart form with
+    'file' parts (images) and an optional 'top_k' field."""
+
+    inputs: list[Any] = Field(description="[B, C, H, W] nested lists of numbers")
+    top_k: StrictInt = Field(5, ge=0, description="labels to return per image (clamped to the class count)")
+    normalized: StrictBool | None = Field(
+        None,
+        description="true: inputs are already (x - mean) / std; false: float pixels in [0, 1] that the "
+        "server normalizes. Omitted: treated as true, with a warning in the answer when every value "
+        "lies in [0, 1]. Ignored for uint8 pixels, which are always normalized by the server.",
+    )
+    dtype: Literal["float", "uint8"] = Field("float", description="uint8: inputs are 0-255 pixels")
+
+
+class TopK(BaseModel):
+    label: str
+    index: int
+    score: float = Field(description="softmax probability")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    task: str
+    logits: list[list[float]]
+    top_k: list[list[TopK]]
+    warnings: list[str] = Field(default_factory=list)
+
+
+class V2Health(BaseModel):
+    live: bool | None = None
+    ready: bool | None = None
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2InferInput(BaseModel):
+    name: str
+    shape: list[StrictInt]
+    datatype: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: list[Any] | None = Field(None, description="row-major values, flat or nested")
+
+
+class V2RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class V2InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[V2InferInput]
+    outputs: list[V2RequestedOutput] | None = None
+
+
+class V2InferOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[float] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[V2InferOutput]

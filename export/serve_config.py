@@ -1,0 +1,113 @@
+"""The server's options in one place: ``ServeConfig`` feeds ``create_app``, the session pool and argparse."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from hatzoo.errors import InputError
+
+API_KEY_ENV = "HATZOO_API_KEY"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _opt(help_text: str, default: Any, *, flag: str | None = None, metavar: str | None = None) -> Any:
+    """A dataclass field carrying its command-line help."""
+    return field(default=default, metadata={"help": help_text, "flag": flag, "metavar": metavar})
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Every option of ``hatzoo serve``; field metadata holds the command-line help."""
+
+    host: str = _opt("interface to listen on; anything but loopback needs an API key", "127.0.0.1")
+    port: int = _opt("TCP port", 8000)
+    log_level: str = _opt("uvicorn log level (the startup lines print at 'warning' too)", "warning")
+    max_sessions: int | None = _opt("most ONNX Runtime sessions kept open (least recently used closed)", 16)
+    max_session_bytes: int | None = _opt(
+        "estimated bytes of open sessions before the least recently used is closed (none: no limit)", None
+    )
+    max_request_batch: int = _opt("most images one request may send", 256)
+    max_body_bytes: int | None = _opt(
+        "largest request body; none: what --max-request-batch images take as JSON (or 64 MiB, if less)", None
+    )
+    max_concurrency: int = _opt("predict/infer requests handled at once; more answer 503", 64)
+    micro_batch: int = _opt("rows merged into one session run per task (1 turns merging off)", 32)
+    max_wait_ms: float = _opt("how long the micro-batcher waits for more requests", 1.0)
+    max_queue: int = _opt("requests queued per task before answering 503", 1024)
+    run_threads: int = _opt("threads running sessions", 4)
+    parse_threads: int = _opt("threads decoding request bodies (off the event loop)", 2)
+    header_timeout_s: float = _opt("seconds a client has to send its request line and headers", 10.0)
+    body_timeout_s: float = _opt("seconds a client has to send its whole body (408 after)", 30.0)
+    api_key: str | None = _opt(
+        f"require this key (header 'Authorization: Bearer KEY' or 'X-API-Key'); default: ${API_KEY_ENV}",
+        None,
+    )
+    allow_no_api_key: bool = _opt(
+        "serve without a key on a non-loopback host (anyone who can reach the port can use it)", False
+    )
+    global_thread_pool: bool = _opt("one ONNX Runtime thread pool for every session", True)
+    shared_allocator: bool = _opt("one CPU memory arena for every session", True)
+    intra_op_threads: int = _opt("ONNX Runtime intra-op threads (0: one per core)", 0)
+    providers: tuple[str, ...] | None = _opt(
+        "ONNX Runtime execution providers in order (default: CUDA when usable, then CPU)",
+        None,
+        metavar="PROVIDER",
+    )
+    verify: bool = _opt("check every graph's sha256 at startup (also checked on every session load)", True)
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_batch", "max_concurrency", "micro_batch", "max_queue", "run_threads"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.parse_threads < 1 or self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise InputError("parse_threads must be >= 1 and the timeouts positive")
+        if self.max_body_bytes is not None and self.max_body_bytes < 1:
+            raise InputError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+
+    def key(self) -> str | None:
+        """The API key in force: the option, else the environment variable, else none."""
+        return self.api_key or os.environ.get(API_KEY_ENV) or None
+
+    def body_limit(self, image_values: int) -> int:
+        """Request body bound: the option, else ``max_request_batch`` images of ``image_values`` values
+        as JSON (at most 24 bytes a number, plus 64 KiB of envelope), capped at 64 MiB."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return min(64 << 20, self.max_request_batch * image_values * 24 + (64 << 10))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One command-line option per ServeConfig field, with its help and default."""
+    for f in fields(ServeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        help_text = f.metadata["help"]
+        if f.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif f.name == "providers":
+            parser.add_argument(flag, nargs="+", default=None, metavar=f.metadata["metavar"], help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
+            parse = _optional(kind) if "None" in f.type else kind
+            parser.add_argument(flag, type=parse, default=default, help=help_text)
+
+
+def _optional(kind: type) -> Any:
+    """An argparse type that also takes 'none' for an unset limit."""
+
+    def parse(text: str) -> Any:
+        return None if text.lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def from_namespace(ns: argparse.Namespace) -> ServeConfig:
+    """The ServeConfig the parsed options describe."""
+    values = {f.name: getattr(ns, f.name) for f in fields(ServeConfig)}
+    if values["providers"] is not None:
+        values["providers"] = tuple(values["providers"])
+    return ServeConfig(**values)

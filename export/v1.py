@@ -1,0 +1,261 @@
+"""The v1 routes: health, models, metrics and task-routed ``:predict`` taking arrays or images."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from hatzoo.errors import HATError
+
+from . import schemas
+from .bundle import TaskSpec
+from .context import Serving, validate_input
+from .decode import JSON_TYPES, NPY_TYPES, RequestError, media_type, npy_array, number_array, parse_json
+from .images import IMAGE_TYPES, decode_image, looks_like_raw_pixels, pixels_to_input
+from .runtime import OverloadedError, UnknownModelError
+from .triton import triton_model_name
+
+PREDICT_SUFFIX = ":predict"
+RAW_PIXELS_WARNING = (
+    "every input value lies in [0, 1], like raw pixels, but the task normalizes with mean {mean} and std "
+    "{std}; if these are pixels, send normalized: false (or uint8 pixels, or an image file)"
+)
+ERRORS = {s: {"model": schemas.ErrorResponse} for s in (400, 404, 408, 413, 415, 503)}
+PREDICT_BODIES = {
+    "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+    "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                "top_k": {"type": "integer"},
+            },
+            "required": ["file"],
+        }
+    },
+}
+
+
+def error(status: int, message: str) -> JSONResponse:
+    """The JSON error answer of every route."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def parse_top_k(value: Any, num_classes: int) -> int:
+    """Validate top_k (int >= 0); values above the class count are clamped to it."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise RequestError(400, f"top_k must be a non-negative integer, got {value!r}")
+    return min(value, num_classes)
+
+
+def parse_flag(value: str | None, name: str) -> bool | None:
+    """A true/false query parameter (None when absent)."""
+    if value is None:
+        return None
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise RequestError(400, f"{name} must be true or false, got {value!r}")
+    return value.lower() in ("true", "1")
+
+
+def float_input(arr: np.ndarray, spec: TaskSpec, normalized: bool | None, warnings: list[str]) -> np.ndarray:
+    """Normalized input from a float array, following the request's ``normalized`` flag."""
+    if normalized is False:
+        return pixels_to_input(arr, spec)
+    if normalized is None and looks_like_raw_pixels(arr, spec):
+        warnings.append(RAW_PIXELS_WARNING.format(mean=list(spec.mean), std=list(spec.std)))
+    return arr
+
+
+def decode_json_predict(body: bytes, spec: TaskSpec) -> tuple[np.ndarray, int, list[str]]:
+    """(normalized input, top_k, warnings) of a JSON :predict body."""
+    doc = parse_json(body)
+    try:
+        req = schemas.PredictRequest.model_validate(doc)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "body"
+        raise RequestError(
+            400, f'{where}: {first["msg"]}; the body is {{"inputs": [B, C, H, W] lists, "top_k": k, ...}}'
+        ) from None
+    arr = number_array(req.inputs)
+    warnings: list[str] = []
+    if req.dtype == "uint8":
+        if (arr != np.round(arr)).any() or arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
+            raise RequestError(400, "with dtype uint8, inputs must be integers in [0, 255]")
+        x = pixels_to_input(arr.astype(np.uint8), spec)
+    else:
+        x = float_input(arr, spec, req.normalized, warnings)
+    return x, req.top_k, warnings
+
+
+def decode_npy_predict(body: bytes, spec: TaskSpec, normalized: bool | None) -> tuple[np.ndarray, list[str]]:
+    """(normalized input, warnings) of a .npy body: uint8 pixels or floats (see ``normalized``)."""
+    arr = npy_array(body)
+    if arr.dtype == np.uint8:
+        return pixels_to_input(arr, spec), []
+    warnings: list[str] = []
+    return float_input(arr.astype(np.float64), spec, normalized, warnings), warnings
+
+
+def decode_images(files: Sequence[bytes], spec: TaskSpec) -> np.ndarray:
+    """Normalized input [B, C, H, W] of image files."""
+    return pixels_to_input(np.concatenate([decode_image(f, spec) for f in files]), spec)
+
+
+async def read_form(headers: Mapping[str, str], body: bytes) -> tuple[list[bytes], str | None]:
+    """The image files (parts named 'file') and the 'top_k' field of a multipart body."""
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    try:
+        form = await MultiPartParser(
+            headers, stream(), max_files=1024, max_fields=8, max_part_size=1 << 20
+        ).parse()
+    except MultiPartException as e:
+        raise RequestError(400, f"malformed multipart body: {e.message}") from None
+    files = [f for f in form.getlist("file") if isinstance(f, UploadFile)]
+    if not files:
+        raise RequestError(400, "a multipart body needs one or more image parts named 'file'")
+    k = form.get("top_k")
+    return [await f.read() for f in files], k if isinstance(k, str) else None
+
+
+def top_k_answer(logits: np.ndarray, k: int, labels: Sequence[str]) -> list[list[dict[str, Any]]]:
+    """Top-k labels with softmax probabilities for every row of logits."""
+    if k == 0:
+        return [[] for _ in range(len(logits))]
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    idx = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    return [
+        [{"label": labels[i], "index": int(i), "score": float(row[i])} for i in ids]
+        for ids, row in zip(idx, p, strict=True)
+    ]
+
+
+def add_v1_routes(app: FastAPI, s: Serving) -> None:
+    """Register /healthz, /v1/models, /metrics and :predict on ``app``."""
+
+    @app.get("/healthz", response_model=schemas.Health, summary="liveness")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "models": len(s.pool.bundles), "sessions_loaded": len(s.pool.loaded())}
+
+    @app.get("/v1/models", response_model=schemas.ModelList, summary="models, tasks, labels, input shapes")
+    async def models() -> dict[str, Any]:
+        return {
+            "models": [
+                {
+                    "name": b.model,
+                    "source": b.source,
+                    "opset": b.opset,
+                    "tasks": [
+                        {
+                            "id": t.task_id,
+                            "labels": list(t.labels),
+                            "num_classes": t.num_classes,
+                            "input_shape": list(t.input_shape),
+                            "dtype": t.dtype,
+                            "normalization": {"mean": list(t.mean), "std": list(t.std)},
+                            "flops_fraction": t.flops_fraction,
+                            "kept_units": t.kept_units,
+                            "v2_name": triton_model_name(b.model, t.task_id),
+                        }
+                        for t in b.tasks.values()
+                    ],
+                }
+                for b in s.pool.bundles.values()
+            ]
+        }
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text")
+    async def metrics_text() -> PlainTextResponse:
+        return PlainTextResponse(s.metrics.render(s.pool, s.batcher), media_type="text/plain; version=0.0.4")
+
+    @app.post(
+        "/v1/models/{model}/tasks/{task_action}",
+        response_model=schemas.PredictResponse,
+        responses=ERRORS,
+        summary="predict with one task: arrays (JSON, .npy) or images (PNG/JPEG body or multipart)",
+        openapi_extra={"requestBody": {"required": True, "content": PREDICT_BODIES}},
+    )
+    async def predict(model: str, task_action: str, request: Request) -> JSONResponse:
+        """``task_action`` is ``<task>:predict``. JSON floats are normalized input unless
+        ``normalized: false``; uint8 arrays and images are pixels the server normalizes."""
+        if not task_action.endswith(PREDICT_SUFFIX):
+            return error(
+                404,
+                f"unknown action in {request.url.path!r}; use /v1/models/{{model}}/tasks/{{task}}:predict",
+            )
+        task = task_action[: -len(PREDICT_SUFFIX)]
+        t0 = time.perf_counter()
+        try:
+            spec = s.pool.spec(model, task)
+        except UnknownModelError as e:
+            s.metrics.observe_unrouted(404)
+            return error(404, str(e))
+        status, rows = 200, 0
+        try:
+            x, k, warnings = await _decode(s, request, spec)
+            x = validate_input(x, spec, s.config.max_request_batch)
+            rows = len(x)
+            logits = await s.batcher.predict(model, task, x)
+            resp = JSONResponse(
+                {
+                    "model": model,
+                    "task": task,
+                    "logits": logits.astype(np.float32).tolist(),
+                    "top_k": top_k_answer(logits, parse_top_k(k, spec.num_classes), spec.labels),
+                    "warnings": warnings,
+                }
+            )
+        except RequestError as e:
+            status, resp = e.status, error(e.status, str(e))
+        except OverloadedError as e:
+            status, resp = 503, error(503, str(e))
+        except HATError as e:
+            status, resp = 500, error(500, f"server error: {e}")
+        except Exception as e:  # noqa: BLE001 - one bad request must never take the server down
+            status, resp = 500, error(500, f"server error: {type(e).__name__}: {e}")
+        s.metrics.observe(model, task, status, time.perf_counter() - t0, rows)
+        return resp
+
+
+async def _decode(s: Serving, request: Request, spec: TaskSpec) -> tuple[np.ndarray, Any, list[str]]:
+    """(normalized input, top_k, warnings) of a :predict request, whatever its content type."""
+    ctype = media_type(request.headers.get("content-type"))
+    query_k = request.query_params.get("top_k")
+    if ctype not in (*JSON_TYPES, *NPY_TYPES, *IMAGE_TYPES, "multipart/form-data"):
+        raise RequestError(
+            415,
+            f"unsupported Content-Type {ctype or '(none)'!r}; use application/json, application/x-npy, "
+            "image/png, image/jpeg or multipart/form-data",
+        )
+    body = await s.read_body(request, s.body_limit(spec))
+    if ctype in JSON_TYPES:
+        x, k, warnings = await s.offload(decode_json_predict, body, spec)
+        return x, query_k if query_k is not None else k, warnings
+    k = query_k if query_k is not None else 5
+    if ctype in NPY_TYPES:
+        normalized = parse_flag(request.query_params.get("normalized"), "normalized")
+        x, warnings = await s.offload(decode_npy_predict, body, spec, normalized)
+        return x, k, warnings
+    if ctype in IMAGE_TYPES:
+        return await s.offload(decode_images, [body], spec), k, []
+    files, form_k = await read_form(request.headers, body)
+    return await s.offload(decode_images, files, spec), form_k if form_k is not None else k, []

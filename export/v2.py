@@ -1,0 +1,212 @@
+"""Open Inference Protocol (KServe v2) routes. A task is the v2 model ``<model>_task<t>``, the name it has
+in a Triton repository exported from the same bundle, so one client works against both servers.
+
+Inputs: FP32 or FP16 tensors are the model's input as is (already normalized, like Triton); UINT8 tensors
+are 0-255 pixels the server normalizes. Data come as JSON ``data`` or with Triton's binary tensor
+extension (``Inference-Header-Content-Length``); outputs are binary when the request asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from hatzoo.errors import HATError
+
+from . import schemas
+from .bundle import TaskSpec
+from .context import Serving, validate_input
+from .decode import RequestError, media_type, number_array, parse_json
+from .images import pixels_to_input
+from .runtime import OverloadedError
+from .v1 import ERRORS, error
+
+HEADER_LENGTH = "inference-header-content-length"
+V2_TYPES = {"float32": "FP32", "float16": "FP16"}
+IN_DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
+INFER_BODIES = {
+    "application/json": {"schema": {"$ref": "#/components/schemas/V2InferRequest"}},
+    "application/octet-stream": {
+        "schema": {"type": "string", "format": "binary", "description": "binary tensor extension"}
+    },
+}
+
+
+def decode_infer(
+    body: bytes, header_length: int | None, spec: TaskSpec
+) -> tuple[schemas.V2InferRequest, np.ndarray]:
+    """The request and its input tensor (as model input) from a JSON or binary-extension body."""
+    head, tail = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
+    if header_length is not None and header_length > len(body):
+        raise RequestError(
+            400, f"{HEADER_LENGTH} {header_length} is longer than the body ({len(body)} bytes)"
+        )
+    try:
+        req = schemas.V2InferRequest.model_validate(parse_json(head))
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise RequestError(400, f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
+    if len(req.inputs) != 1 or req.inputs[0].name != spec.input_name:
+        got = [i.name for i in req.inputs]
+        raise RequestError(400, f"this model takes one input named {spec.input_name!r}, got {got}")
+    t = req.inputs[0]
+    if t.datatype not in IN_DTYPES:
+        raise RequestError(400, f"input datatype must be one of {sorted(IN_DTYPES)}, got {t.datatype!r}")
+    if any(d < 0 for d in t.shape) or len(t.shape) > 8:
+        raise RequestError(400, f"input shape must be non-negative sizes, got {t.shape}")
+    dtype = np.dtype(IN_DTYPES[t.datatype])
+    n = math.prod(t.shape)
+    size = t.parameters.get("binary_data_size")
+    if size is not None:
+        if (
+            not isinstance(size, int)
+            or isinstance(size, bool)
+            or size != n * dtype.itemsize
+            or size > len(tail)
+        ):
+            raise RequestError(
+                400, f"binary_data_size {size!r} does not match shape {t.shape} of {t.datatype}"
+            )
+        arr = np.frombuffer(tail[:size], dtype=dtype.newbyteorder("<")).astype(dtype)
+    elif t.data is not None:
+        values = number_array(t.data, "data").ravel()
+        if values.size != n:
+            raise RequestError(400, f"data has {values.size} values for shape {t.shape} ({n} values)")
+        if dtype == np.uint8 and (
+            (values != np.round(values)).any() or values.min() < 0 or values.max() > 255
+        ):
+            raise RequestError(400, "UINT8 data must be integers in [0, 255]")
+        arr = values.astype(dtype)
+    else:
+        raise RequestError(400, "the input has neither 'data' nor a binary_data_size parameter")
+    arr = arr.reshape(t.shape)
+    if dtype == np.uint8:
+        if arr.ndim != 4:
+            raise RequestError(400, f"UINT8 pixels must have shape [B, C, H, W], got {t.shape}")
+        return req, pixels_to_input(arr, spec)
+    return req, arr
+
+
+def _binary_output(req: schemas.V2InferRequest) -> bool:
+    """Whether the client asked for the output with the binary tensor extension."""
+    if req.outputs:
+        return bool(req.outputs[0].parameters.get("binary_data", False))
+    return bool(req.parameters.get("binary_data_output", False))
+
+
+def metadata(name: str, spec: TaskSpec) -> dict[str, Any]:
+    """The v2 model metadata of one task."""
+    dt = V2_TYPES[spec.dtype]
+    return {
+        "name": name,
+        "versions": ["1"],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": spec.input_name, "datatype": dt, "shape": [-1, *spec.input_shape[1:]]}],
+        "outputs": [{"name": spec.output_name, "datatype": dt, "shape": [-1, spec.num_classes]}],
+    }
+
+
+def add_v2_routes(app: FastAPI, s: Serving) -> None:
+    """Register the /v2 routes on ``app``."""
+
+    def resolve(name: str) -> tuple[str, str, TaskSpec]:
+        if name in s.pool.bundles:
+            raise RequestError(
+                404,
+                f"{name!r} names a whole model; the v2 routes serve one task each: use "
+                f"{sorted(n for n, (m, _) in s.v2_names.items() if m == name)}",
+            )
+        if name not in s.v2_names:
+            raise RequestError(404, f"unknown v2 model {name!r}; known: {sorted(s.v2_names)}")
+        model, task = s.v2_names[name]
+        return model, task, s.pool.spec(model, task)
+
+    @app.get("/v2/health/live", response_model=schemas.V2Health, summary="v2 liveness")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", response_model=schemas.V2Health, summary="v2 readiness")
+    async def ready() -> dict[str, bool]:
+        return {"ready": True}
+
+    @app.get("/v2/models/{name}", response_model=schemas.V2ModelMetadata, responses=ERRORS)
+    async def model_metadata(name: str) -> Any:
+        """Inputs and outputs (name, datatype, shape; -1 is the batch) of the task ``<model>_task<t>``."""
+        try:
+            return metadata(name, resolve(name)[2])
+        except RequestError as e:
+            return error(e.status, str(e))
+
+    @app.get("/v2/models/{name}/ready", response_model=schemas.V2ModelReady, responses=ERRORS)
+    async def model_ready(name: str) -> Any:
+        try:
+            resolve(name)
+        except RequestError as e:
+            return error(e.status, str(e))
+        return {"name": name, "ready": True}
+
+    @app.post(
+        "/v2/models/{name}/infer",
+        response_model=schemas.V2InferResponse,
+        responses=ERRORS,
+        summary="run one task (KServe v2 / Triton HTTP protocol)",
+        openapi_extra={"requestBody": {"required": True, "content": INFER_BODIES}},
+    )
+    async def infer(name: str, request: Request) -> Response:
+        try:
+            model, task, spec = resolve(name)
+        except RequestError as e:
+            s.metrics.observe_unrouted(e.status)
+            return error(e.status, str(e))
+        t0, status, rows = time.perf_counter(), 200, 0
+        try:
+            resp, rows = await _infer(s, request, model, task, name, spec)
+        except RequestError as e:
+            status, resp = e.status, error(e.status, str(e))
+        except OverloadedError as e:
+            status, resp = 503, error(503, str(e))
+        except HATError as e:
+            status, resp = 500, error(500, f"server error: {e}")
+        except Exception as e:  # noqa: BLE001 - one bad request must never take the server down
+            status, resp = 500, error(500, f"server error: {type(e).__name__}: {e}")
+        s.metrics.observe(model, task, status, time.perf_counter() - t0, rows)
+        return resp
+
+
+async def _infer(
+    s: Serving, request: Request, model: str, task: str, name: str, spec: TaskSpec
+) -> tuple[Response, int]:
+    """Decode, run and encode one v2 inference request; returns the answer and its row count."""
+    ctype = media_type(request.headers.get("content-type"))
+    raw_length = request.headers.get(HEADER_LENGTH)
+    if raw_length is not None and not raw_length.isdigit():
+        raise RequestError(400, f"{HEADER_LENGTH} must be a byte count, got {raw_length!r}")
+    header_length = None if raw_length is None else int(raw_length)
+    # No Content-Type is accepted only with the binary extension header, which a browser cannot send
+    # cross-site without a preflight.
+    if not (ctype == "application/json" or ctype == "application/octet-stream" or (not ctype and raw_length)):
+        raise RequestError(415, f"unsupported Content-Type {ctype or '(none)'!r}; send application/json")
+    body = await s.read_body(request, s.body_limit(spec))
+    req, arr = await s.offload(decode_infer, body, header_length, spec)
+    if req.outputs and (len(req.outputs) != 1 or req.outputs[0].name != spec.output_name):
+        raise RequestError(400, f"this model has one output, {spec.output_name!r}")
+    x = validate_input(arr, spec, s.config.max_request_batch)
+    logits = await s.batcher.predict(model, task, x)
+    out = logits.astype(np.float16 if spec.dtype == "float16" else np.float32)
+    head: dict[str, Any] = {"model_name": name, "model_version": "1", "id": req.id}
+    tensor = {"name": spec.output_name, "shape": list(out.shape), "datatype": V2_TYPES[spec.dtype]}
+    if not _binary_output(req):
+        head["outputs"] = [{**tensor, "data": out.ravel().astype(np.float64).tolist()}]
+        return JSONResponse(head), len(x)
+    raw = out.astype(out.dtype.newbyteorder("<")).tobytes()
+    head["outputs"] = [{**tensor, "parameters": {"binary_data_size": len(raw)}}]
+    text = json.dumps(head).encode()
+    headers = {HEADER_LENGTH: str(len(text))}
+    return Response(text + raw, media_type="application/octet-stream", headers=headers), len(x)
