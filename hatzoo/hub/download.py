@@ -15,7 +15,7 @@ from pathlib import Path
 from hatzoo.errors import HubError
 from hatzoo.hub._env import endpoint_reachable, hub_cache_dir, hub_endpoint, hub_offline
 
-__all__ = ["hub_file", "is_repo_id", "snapshot", "snapshot_commit"]
+__all__ = ["cached_snapshot", "hub_file", "is_repo_id", "snapshot", "snapshot_commit"]
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -172,6 +172,23 @@ def _fetch(
         raise HubError(
             f"the Hub at {endpoint} answered HTTP {status} for {_where(repo_id, revision)}: {err}"
         ) from err
+
+
+def cached_snapshot(
+    repo_id: str, revision: str | None = None, *, cache_dir: str | os.PathLike[str] | None = None
+) -> Path | None:
+    """The repo's snapshot folder at ``revision`` if the huggingface_hub cache holds it, else None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    _check_repo_id(repo_id)
+    try:
+        folder = snapshot_download(
+            repo_id, revision=revision, cache_dir=str(hub_cache_dir(cache_dir)), local_files_only=True
+        )
+    except LocalEntryNotFoundError:
+        return None
+    return Path(folder)
 
 
 def snapshot(

@@ -1,0 +1,237 @@
+"""The zoo's bundled releases: ``zoo/<name>/`` folders in Hub layout that travel with the repository.
+
+A release folder is found in ``HATZOO_ZOO`` (a folder of release folders) or else in the checkout's
+``zoo/``, and is trusted only when its ``model.safetensors`` has the sha256 its card pins.
+
+Each release folder also maps to one git commit whose sha depends on its files alone (no parent, fixed
+author, committer, dates and message, every file mode 100644), so every machine computes the same
+revision: :func:`release_revision` computes it without git, the card pins it, and :func:`build_mirror`
+commits the releases into a mirror that the embedded Hub (olah) serves at exactly that revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from hatzoo.errors import CheckpointError, HubError
+from hatzoo.hub.local_hub import repo_folder
+
+__all__ = [
+    "ZOO_ENV",
+    "build_mirror",
+    "file_sha256",
+    "release_folder",
+    "release_names",
+    "release_revision",
+    "verify_sha256",
+    "zoo_dir",
+]
+
+ZOO_ENV = "HATZOO_ZOO"
+WEIGHTS = "model.safetensors"
+RELEASE_IDENTITY = ("hatzoo", "hatzoo@localhost")
+RELEASE_DATE = "946684800 +0000"  # 2000-01-01T00:00:00Z
+RELEASE_MESSAGE = "hatzoo zoo release\n"
+GET_RELEASES = (
+    "the releases ship in the zoo/ folder of the hatzoo git repository: run from a clone of it, or set "
+    f"{ZOO_ENV}=<clone>/zoo, or serve that folder with `python -m hatzoo.hub --zoo <clone>/zoo` and set "
+    "HF_ENDPOINT to the address it prints"
+)
+
+
+# ----------------------------------------------------------------------------------------- finding releases
+def zoo_dir() -> Path | None:
+    """The folder of release folders: ``HATZOO_ZOO`` if set, else the checkout's ``zoo/`` if there is one."""
+    configured = os.environ.get(ZOO_ENV)
+    if configured:
+        folder = Path(configured).expanduser()
+        if not folder.is_dir():
+            raise HubError(f"{ZOO_ENV}={configured} is not a folder: point it at a zoo folder, or unset it")
+        return folder.resolve()
+    checkout = Path(__file__).resolve().parents[2] / "zoo"
+    return checkout if checkout.is_dir() else None
+
+
+def release_names(zoo: str | os.PathLike[str]) -> list[str]:
+    """The names of the release folders in a zoo folder (those holding a model.safetensors), sorted."""
+    return sorted(p.name for p in Path(zoo).iterdir() if (p / WEIGHTS).is_file())
+
+
+def release_folder(name: str) -> Path | None:
+    """The bundled release folder of zoo model ``name``, or None when this installation has none."""
+    zoo = zoo_dir()
+    if zoo is None or not (zoo / name / WEIGHTS).is_file():
+        return None
+    return zoo / name
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_sha256(folder: Path, expected: str | None, name: str, remedy: str) -> None:
+    """Refuse a folder whose model.safetensors does not have the sha256 the zoo card of ``name`` pins."""
+    if not expected:
+        return
+    actual = file_sha256(folder / WEIGHTS)
+    if actual != expected:
+        raise CheckpointError(
+            f"{folder / WEIGHTS} has sha256 {actual[:16]}..., but the zoo card of {name} pins "
+            f"{expected[:16]}...: {remedy}"
+        )
+
+
+# ------------------------------------------------------------------------------------ deterministic revision
+def _files(folder: Path) -> list[str]:
+    """The folder's files as sorted posix paths relative to it (no .git)."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and ".git" not in p.relative_to(folder).parts
+    )
+
+
+def _git_object(kind: str, body: bytes) -> bytes:
+    """The binary sha-1 git gives an object of this kind and content."""
+    return hashlib.sha1(f"{kind} {len(body)}\0".encode() + body, usedforsecurity=False).digest()
+
+
+def _blob_sha(path: Path) -> bytes:
+    """git's blob id of a file, streamed."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+def _tree_sha(folder: Path, files: list[str]) -> bytes:
+    """git's tree id for these files (regular files, mode 100644), built level by level."""
+    children: dict[str, list[str]] = {}
+    entries: list[tuple[str, bytes, bytes]] = []
+    for f in files:
+        head, _, rest = f.partition("/")
+        if rest:
+            children.setdefault(head, []).append(rest)
+        else:
+            entries.append((head, b"100644", _blob_sha(folder / f)))
+    for sub, sub_files in children.items():
+        entries.append((sub + "/", b"40000", _tree_sha(folder / sub, sub_files)))
+    body = b"".join(
+        mode + b" " + name.rstrip("/").encode() + b"\0" + sha for name, mode, sha in sorted(entries)
+    )
+    return _git_object("tree", body)
+
+
+def _commit_text(tree: str) -> str:
+    name, email = RELEASE_IDENTITY
+    who = f"{name} <{email}> {RELEASE_DATE}"
+    return f"tree {tree}\nauthor {who}\ncommitter {who}\n\n{RELEASE_MESSAGE}"
+
+
+def _release_files(folder: str | os.PathLike[str]) -> tuple[Path, list[str]]:
+    root = Path(folder)
+    if not (root / WEIGHTS).is_file():
+        raise HubError(f"{root} is not a zoo release: it has no {WEIGHTS} (write it with save_pretrained)")
+    return root, _files(root)
+
+
+def release_revision(folder: str | os.PathLike[str]) -> str:
+    """The commit sha that a release folder gets in the embedded Hub: pin it as the card's revision."""
+    root, files = _release_files(folder)
+    return _git_object("commit", _commit_text(_tree_sha(root, files).hex()).encode()).hex()
+
+
+# ------------------------------------------------------------------------------------------------- mirror
+def _git(args: list[str], cwd: Path, *, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
+    """Run one git command; a failure is a HubError quoting git."""
+    if shutil.which("git") is None:
+        raise HubError("git is not installed: install git to serve the zoo from a local Hub")
+    proc = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise HubError(f"git {args[0]} failed in {cwd}: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout.strip()
+
+
+def _commit_release(folder: Path, repo: Path) -> str:
+    """Commit a release folder as the root commit of ``repo``'s main branch and check out its files."""
+    root, files = _release_files(folder)
+    if not (repo / ".git").exists():
+        repo.mkdir(parents=True, exist_ok=True)
+        _git(["init", "-q", "--object-format=sha1", "-b", "main"], repo)
+    name, email = RELEASE_IDENTITY
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME=name,
+        GIT_AUTHOR_EMAIL=email,
+        GIT_AUTHOR_DATE=RELEASE_DATE,
+        GIT_COMMITTER_NAME=name,
+        GIT_COMMITTER_EMAIL=email,
+        GIT_COMMITTER_DATE=RELEASE_DATE,
+    )
+    with tempfile.TemporaryDirectory(prefix="hatzoo-index-") as tmp:
+        index_env = dict(env, GIT_INDEX_FILE=str(Path(tmp) / "index"))
+        paths = "".join(f"{root / f}\n" for f in files)
+        blobs = _git(["hash-object", "-w", "--no-filters", "--stdin-paths"], repo, stdin=paths)
+        entries = "".join(f"100644 {sha}\t{f}\n" for f, sha in zip(files, blobs.splitlines(), strict=True))
+        _git(["update-index", "--add", "--index-info"], repo, env=index_env, stdin=entries)
+        tree = _git(["write-tree"], repo, env=index_env)
+    sha = _git(["commit-tree", "--no-gpg-sign", tree], repo, env=env, stdin=RELEASE_MESSAGE)
+    _git(["update-ref", "refs/heads/main", sha], repo)
+    _git(["symbolic-ref", "HEAD", "refs/heads/main"], repo)
+    _git(["reset", "-q", "--hard", "main"], repo)
+    return sha
+
+
+def _zoo_repos(zoo: Path, names: list[str]) -> Iterator[tuple[str, str]]:
+    """(name, repo id) of each release, from the zoo cards."""
+    from hatzoo.registry import default_registry
+
+    registry = default_registry()
+    for name in names:
+        if name not in registry:
+            raise HubError(
+                f"{zoo / name} has no zoo card: add cards/{name}.yaml (its hub.repo_id names the repository)"
+            )
+        yield name, registry.get_card(name).repo_id
+
+
+def build_mirror(zoo: str | os.PathLike[str], mirror: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
+    """Commit each release in ``zoo`` into ``mirror`` as ``models/<org>/<name>`` (the card's repo_id).
+
+    Returns ``{name: (repo_id, revision)}``; each revision equals :func:`release_revision` of its folder,
+    on any machine, so the cards' pins resolve against the mirror once :class:`LocalHub` serves it.
+    """
+    zoo = Path(zoo)
+    if not zoo.is_dir():
+        raise HubError(f"the zoo folder {zoo} does not exist: point --zoo at the checkout's zoo/ folder")
+    names = release_names(zoo)
+    if not names:
+        raise HubError(f"{zoo} holds no zoo release (folders with a {WEIGHTS})")
+    built: dict[str, tuple[str, str]] = {}
+    for name, repo_id in _zoo_repos(zoo, names):
+        sha = _commit_release(zoo / name, repo_folder(mirror, repo_id))
+        expected = release_revision(zoo / name)
+        if sha != expected:
+            raise HubError(f"git committed {name} as {sha}, not the release revision {expected}; report this")
+        built[name] = (repo_id, sha)
+    return built
