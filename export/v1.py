@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -45,6 +46,13 @@ PREDICT_BODIES = {
         }
     },
 }
+
+
+def public_source(source: dict[str, str | None]) -> dict[str, str | None]:
+    """The bundle's source with a repo id that is a local folder path hidden (it would leak the layout)."""
+    repo = source.get("repo_id")
+    hub_id = repo is not None and re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo) is not None
+    return {"repo_id": repo if hub_id else None, "revision": source.get("revision")}
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -162,7 +170,7 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
             "models": [
                 {
                     "name": b.model,
-                    "source": b.source,
+                    "source": public_source(b.source),
                     "opset": b.opset,
                     "tasks": [
                         {
