@@ -15,10 +15,28 @@
 The real-valued gate embeddings of ended tasks are not stored: inference and continued training
 need only the binary masks (they define the locks), so they would be dead weight.
 
-``config.json`` holds timm's fields (``architecture``, ``num_classes``, ``model_args``,
-``pretrained_cfg``) and a ``hatzoo`` section: format and version, the architecture description,
-the HAT options, the mask groups with their sizes, and the tasks with classes, labels and status.
-Loading reads JSON and safetensors only: nothing is ever unpickled.
+The header's metadata holds ``format: pt``, ``hatzoo_format``, ``hatzoo_format_version``,
+``hatzoo_release_precision`` and ``hatzoo_weights_id`` (the sha256 of the tensors' names, dtypes,
+shapes and bytes). Its keys are sorted and nothing in it depends on time or process, so the same
+model always saves to the same bytes.
+
+Release precision: ``"fp32"`` (the default) stores every tensor in float32. ``"bf16"`` stores the
+weights of the shared backbone's Linear and Conv layers in bfloat16 and keeps everything else in
+float32 (biases, norms, BatchNorm statistics, position embeddings and tokens, heads, per-task
+tensors) and the masks as uint8. Loading widens them to the model's dtype.
+
+``config.json`` holds timm's fields (``architecture``, ``num_classes: 0``, ``num_features``,
+``model_args``, and ``pretrained_cfg`` with the data config timm's ``resolve_data_config`` reads:
+``input_size`` (C, H, W), ``mean``, ``std``, ``interpolation``, ``crop_pct``) and a ``hatzoo``
+section: format and version, the architecture description, the HAT options, the mask groups with
+their sizes, the tasks with classes, labels and status, the default task, the data config,
+``release_precision`` and ``weights_id`` (equal to the weights' header: a config and weights from
+different saves are refused). Checkpoints without the last two are fp32 and load unchanged.
+
+Loading reads JSON and safetensors only: nothing is ever unpickled. The config is checked against
+a schema (``hatzoo.checkpoint_schema``), the architecture against an allow-list
+(``hatzoo.core.arch.check_arch``), and every size against the tensor shapes in the safetensors
+header before anything is allocated. Saving over a folder replaces it in one step.
 """
 
 from __future__ import annotations
@@ -30,21 +48,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import nn
 
-from hatzoo.core.arch import build_backbone
+from hatzoo.checkpoint_files import tensors_id, write_folder, write_safetensors
+from hatzoo.checkpoint_schema import FORMAT, FORMAT_VERSION, PRECISIONS, validate_config
+from hatzoo.core.arch import build_backbone, check_arch
 from hatzoo.core.config import HATConfig
 from hatzoo.core.groups import group_key
 from hatzoo.core.model import HATModel, TaskInfo
 from hatzoo.core.task_modules import TaskModule
-from hatzoo.errors import CheckpointError, HATError
+from hatzoo.errors import CheckpointError, HATError, InputError
 
-FORMAT = "hatzoo"
-FORMAT_VERSION = 1
+__all__ = ["FORMAT", "FORMAT_VERSION", "load_pretrained", "save_pretrained"]
+
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
+_RELEASE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 # --------------------------------------------------------------------------- masks
@@ -103,9 +125,26 @@ def _task_tensors(model: HATModel, t: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def checkpoint_config(model: HATModel, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def release_keys(model: HATModel) -> set[str]:
+    """The tensors a bf16 release stores in bfloat16: weights of the shared Linear and Conv layers."""
+    per_task = tuple(prefix + "." for prefix in _task_modules(model))
+    return {
+        f"{name}.weight"
+        for name, module in model.backbone.named_modules()
+        if isinstance(module, _RELEASE_LAYERS) and not name.startswith(per_task)
+    }
+
+
+def checkpoint_config(
+    model: HATModel,
+    extra: dict[str, Any] | None = None,
+    *,
+    precision: str = "fp32",
+    weights_id: str | None = None,
+) -> dict[str, Any]:
     """config.json: timm's fields where the backbone is a timm model, and the hatzoo section."""
     arch = model.spec.arch
+    check_arch(arch, "the model's architecture description")
     config: dict[str, Any] = {}
     if arch.get("source") == "timm":
         config.update(
@@ -113,7 +152,7 @@ def checkpoint_config(model: HATModel, extra: dict[str, Any] | None = None) -> d
             num_classes=0,
             num_features=model.spec.num_features,
             model_args=arch.get("kwargs", {}),
-            pretrained_cfg={"num_classes": 0},
+            pretrained_cfg=_pretrained_cfg(model),
         )
     config["hatzoo"] = {
         "format": FORMAT,
@@ -127,25 +166,67 @@ def checkpoint_config(model: HATModel, extra: dict[str, Any] | None = None) -> d
         "default_task": model._latest_task(),
         "data_config": model.data_config,
         "metadata": extra or {},
+        "release_precision": precision,
     }
+    if weights_id is not None:
+        config["hatzoo"]["weights_id"] = weights_id
     return config
 
 
+def _pretrained_cfg(model: HATModel) -> dict[str, Any]:
+    """What timm's resolve_data_config reads: input size, normalization, resize and crop."""
+    data = model.data_config
+    cfg: dict[str, Any] = {"num_classes": 0}
+    shape = data.get("input_shape") or model.spec.input_shape
+    if shape is not None and len(shape) == 3 and all(isinstance(x, int) for x in shape):
+        cfg["input_size"] = list(shape)
+    if "mean" in data and "std" in data:
+        cfg["mean"], cfg["std"] = list(data["mean"]), list(data["std"])
+    cfg["interpolation"] = data.get("interpolation", "bilinear")
+    cfg["crop_pct"] = data.get("crop_pct", 1.0)
+    return cfg
+
+
 def save_pretrained(
-    model: HATModel, directory: str | Path, *, card: str | None = None, metadata: dict[str, Any] | None = None
+    model: HATModel,
+    directory: str | Path,
+    *,
+    card: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> Path:
-    """Write the checkpoint folder; ``card`` is the README.md text (a minimal card when None)."""
+    """Write the checkpoint folder; ``card`` is the README.md text (a minimal card when None).
+
+    ``precision="bf16"`` stores the shared Linear and Conv weights in bfloat16 (see the module
+    docstring). An existing folder is replaced in one step; other files in it are kept.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = checkpoint_config(model, metadata)
-    save_file(
-        checkpoint_tensors(model),
-        str(directory / WEIGHTS_NAME),
-        metadata={"format": "pt", "hatzoo_format": FORMAT, "hatzoo_format_version": str(FORMAT_VERSION)},
-    )
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    (directory / CARD_NAME).write_text(card if card is not None else default_card(model, directory.name))
-    return directory
+    tensors = checkpoint_tensors(model)
+    if precision == "bf16":
+        for key in release_keys(model):
+            tensors[key] = tensors[key].to(torch.bfloat16)
+    weights_id = tensors_id(tensors)
+    header = {
+        "format": "pt",
+        "hatzoo_format": FORMAT,
+        "hatzoo_format_version": str(FORMAT_VERSION),
+        "hatzoo_release_precision": precision,
+        "hatzoo_weights_id": weights_id,
+    }
+    config = checkpoint_config(model, metadata, precision=precision, weights_id=weights_id)
+    card_text = card if card is not None else default_card(model, directory.name)
+
+    def text(value: str) -> Any:
+        return lambda handle: handle.write(value.encode())
+
+    files: dict[str, Any] = {
+        WEIGHTS_NAME: lambda handle: write_safetensors(tensors, handle, header),
+        CONFIG_NAME: text(json.dumps(config, indent=2, sort_keys=True) + "\n"),
+        CARD_NAME: text(card_text),
+    }
+    return write_folder(directory, files)
 
 
 def default_card(model: HATModel, name: str) -> str:
@@ -168,27 +249,17 @@ def default_card(model: HATModel, name: str) -> str:
 
 # --------------------------------------------------------------------------- loading
 def read_config(directory: Path) -> dict[str, Any]:
-    """The hatzoo section of config.json, checked for format and version."""
+    """The hatzoo section of config.json, after the whole file passed the schema."""
     path = directory / CONFIG_NAME
     if not path.is_file():
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}; is it a hatzoo checkpoint?")
     try:
         config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise CheckpointError(f"{path} is not valid JSON ({error}); the download may be corrupted") from error
-    section = config.get("hatzoo") if isinstance(config, dict) else None
-    if not isinstance(section, dict) or section.get("format") != FORMAT:
+    if not isinstance(config, dict) or not isinstance(config.get("hatzoo"), dict):
         raise CheckpointError(f"{path} is not a hatzoo config (no 'hatzoo' section with format 'hatzoo')")
-    version = section.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has hatzoo format version {version!r}; this hatzoo reads version {FORMAT_VERSION}. "
-            "Upgrade hatzoo (pip install -U hatzoo) or re-save the model with this version."
-        )
-    for key in ("arch", "hat", "groups", "tasks"):
-        if key not in section:
-            raise CheckpointError(f"{path}: the hatzoo section lacks {key!r}")
-    return section
+    return validate_config(config, str(path))
 
 
 def load_pretrained(
@@ -200,12 +271,17 @@ def load_pretrained(
 ) -> HATModel:
     """Rebuild a HAT model from a checkpoint folder; every tensor is checked before use.
 
-    ``locks=False`` skips setting up the gradient locks: for a model that is only run or
-    specialized, never trained (they are built on the next add_task / end_task otherwise).
+    The model is built in float32 (bf16-stored weights are widened) and then moved to ``device``
+    and ``dtype``. ``locks=False`` skips setting up the gradient locks: for a model that is only run
+    or specialized, never trained (they are built on the next add_task / end_task otherwise).
     """
     directory = Path(directory)
     section = read_config(directory)
-    tensors = _read_weights(directory / WEIGHTS_NAME)
+    path = directory / WEIGHTS_NAME
+    shapes = _read_header(path, section)
+    _check_head_shapes(section, shapes, path)
+    _check_backbone_shapes(build_backbone(section["arch"], device="meta"), shapes, path)
+    tensors = _read_weights(path)
     from hatzoo.core.hatify import hatify
 
     try:
@@ -220,12 +296,9 @@ def load_pretrained(
         ) from error
     _check_groups(model, section["groups"], directory)
     for info in section["tasks"]:
-        if info.get("status") not in ("open", "ended", "forgotten"):
-            raise CheckpointError(f"{directory / CONFIG_NAME}: task status {info.get('status')!r} is unknown")
-        model._append_task(
-            TaskInfo(int(info["num_classes"]), [str(x) for x in info["labels"]], info["status"])
-        )
-    _load_tensors(model, tensors, directory / WEIGHTS_NAME)
+        model._append_task(TaskInfo(info["num_classes"], list(info["labels"]), info["status"]))
+    bf16 = release_keys(model) if section.get("release_precision", "fp32") == "bf16" else set()
+    _load_tensors(model, tensors, path, bf16)
     model.data_config = dict(section.get("data_config") or {})
     if torch.device(device) != torch.device("cpu") or dtype is not None:
         model.to(device=device, dtype=dtype)
@@ -234,16 +307,77 @@ def load_pretrained(
     return model.eval()
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def _read_header(path: Path, section: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the stored tensors, from the header alone; checks that it belongs to the config."""
     if not path.is_file():
         raise CheckpointError(f"{path.parent} has no {WEIGHTS_NAME}")
     try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = handle.metadata() or {}
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _unreadable(path, error) from error
+    for name, ours in (
+        ("weights_id", "hatzoo_weights_id"),
+        ("release_precision", "hatzoo_release_precision"),
+    ):
+        if name in section and metadata.get(ours) != section[name]:
+            raise CheckpointError(
+                f"{path} does not belong to its {CONFIG_NAME}: the config's {name} is {section[name]!r}, "
+                f"the weights' is {metadata.get(ours)!r}. The folder mixes two saves: save or download it "
+                "again"
+            )
+    return shapes
+
+
+def _check_head_shapes(section: dict[str, Any], shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Each stored task's class count, from its head's shape, before any head is allocated."""
+    for t, info in enumerate(section["tasks"]):
+        if info["status"] == "forgotten":
+            continue
+        shape = shapes.get(f"tasks.{t}.head.weight")
+        if shape is None or len(shape) != 2:
+            raise CheckpointError(
+                f"{path} has no 2-d tensor tasks.{t}.head.weight for task {t} of its config"
+            )
+        if shape[0] != info["num_classes"]:
+            raise CheckpointError(
+                f"{path.parent / CONFIG_NAME}: hatzoo.tasks[{t}].num_classes is {info['num_classes']}, "
+                f"but the weights' head of task {t} has {shape[0]} classes"
+            )
+
+
+def _check_backbone_shapes(backbone: nn.Module, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Compare the architecture, built on the meta device, with the stored shapes before allocating it."""
+    stored = sum(math.prod(s) for s in shapes.values())
+    absent = 0
+    for key, tensor in backbone.state_dict().items():
+        if key not in shapes:
+            absent += tensor.numel()
+        elif shapes[key] != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{path}: tensor {key} is {shapes[key]}, the architecture in {CONFIG_NAME} needs "
+                f"{tuple(tensor.shape)}; config and weights come from different models"
+            )
+    if absent > stored:
+        raise CheckpointError(
+            f"{path} holds {stored} values but the architecture in {CONFIG_NAME} needs more than that "
+            "beyond them; config and weights come from different models"
+        )
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{path} cannot be read as safetensors ({error}); the file is truncated or corrupted: "
-            "delete it from the cache (huggingface-cli delete-cache) and download again"
-        ) from error
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{path} cannot be read as safetensors ({error}); the file is truncated or corrupted: "
+        "delete it from the cache (huggingface-cli delete-cache) and download again"
+    )
 
 
 def _check_groups(model: HATModel, groups: list[dict[str, Any]], directory: Path) -> None:
@@ -260,7 +394,7 @@ def _check_groups(model: HATModel, groups: list[dict[str, Any]], directory: Path
         )
 
 
-def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], path: Path) -> None:
+def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], path: Path, bf16: set[str]) -> None:
     expected = checkpoint_tensors(model)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -273,10 +407,11 @@ def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], path: Path)
         want = expected[key]
         if ".masks." in key:
             continue  # masks are checked by unpack_mask, with a clearer message
-        if value.shape != want.shape or value.dtype != want.dtype:
+        want_dtype = torch.bfloat16 if key in bf16 else want.dtype
+        if value.shape != want.shape or value.dtype != want_dtype:
             raise CheckpointError(
                 f"{path}: tensor {key} is {tuple(value.shape)} {value.dtype}, the architecture needs "
-                f"{tuple(want.shape)} {want.dtype}; config and weights come from different models"
+                f"{tuple(want.shape)} {want_dtype}; config and weights come from different models"
             )
     with torch.no_grad():
         shared = {k: v for k, v in tensors.items() if not k.startswith("tasks.")}

@@ -1,0 +1,167 @@
+"""Writing checkpoint files: byte-reproducible safetensors, and a folder replaced in one step.
+
+``write_safetensors`` writes the safetensors layout itself so that the same tensors give the same
+bytes in every process: the header's keys, including the metadata's, are sorted (the safetensors
+library serializes its metadata map in a per-process random order), and the data follows in a fixed
+order (widest dtype first, then by name, which keeps every tensor aligned to its element size).
+
+``write_folder`` writes every file into a new folder beside the target and swaps it into place,
+so a reader sees either the complete old folder or the complete new one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import struct
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from hatzoo.errors import InputError
+
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _raw(tensor: torch.Tensor) -> memoryview:
+    flat = tensor.detach().cpu().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+def tensors_id(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of names, dtypes, shapes and bytes of the tensors: the same tensors give the same id."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key]
+        digest.update(json.dumps([key, _DTYPES[value.dtype], list(value.shape)]).encode())
+        digest.update(_raw(value))
+    return digest.hexdigest()
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], file: BinaryIO, metadata: dict[str, str]) -> None:
+    """Write ``tensors`` in the safetensors format with a sorted header and a fixed data order."""
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    offset = 0
+    for key in order:
+        value = tensors[key]
+        size = value.numel() * value.element_size()
+        header[key] = {
+            "dtype": _DTYPES[value.dtype],
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    file.write(struct.pack("<Q", len(text)))
+    file.write(text)
+    for key in order:
+        file.write(_raw(tensors[key]))
+
+
+def write_folder(target: Path, files: dict[str, Callable[[BinaryIO], None]]) -> Path:
+    """Write ``files`` (name -> writer) as the folder ``target``, replacing an existing one at once.
+
+    Entries of an existing folder that are not among ``files`` are carried over (hard links).
+    """
+    if target.exists() and not target.is_dir():
+        raise InputError(f"cannot save to {target}: it exists and is not a folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    new = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    new.mkdir()
+    try:
+        for name, write in files.items():
+            with open(new / name, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+        if target.is_dir():
+            _carry_over(target, new, set(files))
+        _fsync_dir(new)
+        _swap_in(new, target)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def _carry_over(old: Path, new: Path, written: set[str]) -> None:
+    for entry in old.iterdir():
+        if entry.name in written:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=_link)
+        else:
+            _link(entry, new / entry.name)
+
+
+def _link(src: str | Path, dst: str | Path) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put ``new`` at ``target``: one atomic exchange on Linux, else rename the old folder aside first."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new)  # the old folder, now under the temporary name
+        return
+    old = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
+    os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with renameat2(RENAME_EXCHANGE); False where that is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
