@@ -1,4 +1,4 @@
-"""The ``hatzoo`` command: train, push, load, export, serve, info, and the end-to-end demo.
+"""The ``hatzoo`` command: train, push, load, export, serve, info, list, and the end-to-end demo.
 
 Each subcommand imports what it needs when it runs, so ``hatzoo serve`` never imports torch.
 A user mistake prints one ``error:`` line that says what to do, and exits with code 2.
@@ -12,9 +12,30 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hatzoo import __version__
 from hatzoo.errors import HATError
 
 EXIT_USAGE = 2
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (where it has one) and keeps the examples' line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def command_parser(name: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """A subcommand's parser: shown defaults and an examples epilog."""
+    return argparse.ArgumentParser(
+        prog=f"hatzoo {name}",
+        description=description,
+        epilog="examples:\n" + examples,
+        formatter_class=HelpFormatter,
+    )
 
 
 def _train(argv: list[str]) -> int:
@@ -37,17 +58,26 @@ def _demo(argv: list[str]) -> int:
 
 
 def _push(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="hatzoo push", description="Publish a checkpoint folder to the Hub.")
+    p = command_parser(
+        "push",
+        "Publish a checkpoint folder to the Hub: with git into a mirror or remote, else over HTTP.",
+        "  hatzoo push runs/hat-vit-small/model me/hat-vit-small --git-mirror .hub/mirror\n"
+        "  hatzoo push runs/hat-vit-small/model me/hat-vit-small --token $HF_TOKEN",
+    )
     p.add_argument("folder", help="a folder written by save_pretrained (e.g. runs/<name>/model)")
     p.add_argument("repo_id", help="org/name on the Hub")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--git-mirror", help="publish with git into this mirror folder (what olah serves)")
     target.add_argument(
-        "--remote-url", help="publish with git to this remote (needs git-lfs for http remotes)"
+        "--git-mirror",
+        help="publish with git into this mirror folder (what olah serves) (default: $HATZOO_GIT_MIRROR)",
+    )
+    target.add_argument(
+        "--remote-url",
+        help="publish with git to this remote (needs git-lfs for http remotes) (default: none: HTTP)",
     )
     p.add_argument("--revision", default="main", help="branch to publish to")
-    p.add_argument("--tag", help="also tag the commit (git paths)")
-    p.add_argument("--message", default="Upload HAT model with hatzoo")
+    p.add_argument("--tag", help="also tag the commit (git paths) (default: no tag)")
+    p.add_argument("--message", default="Upload HAT model with hatzoo", help="commit message")
     p.add_argument("--token", help="Hub token for the HTTP path (default: the logged-in one)")
     args = p.parse_args(argv)
     from hatzoo.checkpoint import load_pretrained
@@ -76,11 +106,18 @@ def _push(argv: list[str]) -> int:
 
 
 def _load(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="hatzoo load", description="Load a model (and optionally predict).")
+    p = command_parser(
+        "load",
+        "Load a model (the full HAT model, or one task's pruned model) and optionally predict.",
+        "  hatzoo load hat-vit-small\n  hatzoo load hat-vit-small --task 3 --predict batch.npy",
+    )
     p.add_argument("model", help="zoo name, Hub repo id or local folder")
-    p.add_argument("--task", type=int, help="load task T's pruned model instead of the full HAT model")
-    p.add_argument("--revision", help="branch, tag or commit")
-    p.add_argument("--predict", help="a .npy batch [B, C, H, W] of normalized images to classify")
+    p.add_argument("--task", type=int, help="load task T's pruned model (default: the full HAT model)")
+    p.add_argument("--revision", help="branch, tag or commit (default: the card's pin, or main)")
+    p.add_argument(
+        "--predict",
+        help="a .npy batch [B, C, H, W] of normalized images to classify (default: no prediction)",
+    )
     args = p.parse_args(argv)
     import numpy as np
     import torch
@@ -91,9 +128,8 @@ def _load(argv: list[str]) -> int:
     if args.task is None:
         print(f"{args.model}: full HAT model, {model.num_tasks} tasks")
         return 0
-    print(
-        f"{args.model}: task {args.task}, labels {model.labels}, kept units {_kept_share(model.kept_units)}"
-    )
+    kept = sum(k for k, _ in model.kept_units.values()) / max(sum(n for _, n in model.kept_units.values()), 1)
+    print(f"{args.model}: task {args.task}, labels {model.labels}, {kept:.1%} of the masked units kept")
     if args.predict:
         x = torch.from_numpy(np.load(args.predict, allow_pickle=False)).float()
         with torch.no_grad():
@@ -102,25 +138,32 @@ def _load(argv: list[str]) -> int:
     return 0
 
 
-def _kept_share(kept: dict[str, list[int]]) -> str:
-    total = sum(n for _, n in kept.values())
-    return f"{sum(k for k, _ in kept.values())}/{total}"
-
-
 def _export(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="hatzoo export", description="Export tasks to pruned ONNX graphs.")
+    p = command_parser(
+        "export",
+        "Export tasks to pruned ONNX graphs: a bundle with a manifest, ready for 'hatzoo serve'.",
+        "  hatzoo export hat-vit-small --task 3 -o bundles/vit\n"
+        "  hatzoo export runs/hat-resnet18/model --all-tasks -o bundles/resnet --fp16",
+    )
     p.add_argument("model", help="zoo name, Hub repo id or local folder")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--task", type=int, action="append", help="a task to export (repeatable)")
+    which.add_argument(
+        "--task", type=int, action="append", help="a task to export (repeatable; this or --all-tasks)"
+    )
     which.add_argument("--all-tasks", action="store_true", help="every task of the model")
     p.add_argument("-o", "--out", required=True, help="bundle folder to write")
-    p.add_argument("--revision", help="branch, tag or commit")
-    p.add_argument("--name", help="model name in the bundle (default: the zoo name or repo id)")
+    p.add_argument("--revision", help="branch, tag or commit (default: the card's pin, or main)")
+    p.add_argument("--name", help="model name in the bundle (default: the zoo name or folder name)")
     p.add_argument("--fp16", action="store_true", help="half-precision graphs for GPU serving")
-    p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--image-size", type=int, help="input size for models without a fixed one (ResNet)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="input size for models without a fixed one (ResNet) (default: the trained size)",
+    )
     args = p.parse_args(argv)
     import hatzoo
+    from hatzoo.data_config import DataConfig
     from hatzoo.export.onnx_export import export_bundle
     from hatzoo.hub.download import snapshot_commit
     from hatzoo.zoo import resolve
@@ -128,14 +171,13 @@ def _export(argv: list[str]) -> int:
     model = hatzoo.load(args.model, revision=args.revision)
     target, revision = resolve(args.model, args.revision)
     commit = snapshot_commit(target) if Path(target).is_dir() else None
-    name = args.name or Path(str(args.model)).name
     out = export_bundle(
         model,
         args.out,
-        model_name=name,
+        model_name=args.name or Path(str(args.model)).name,
         source={"repo_id": str(target), "revision": commit or revision},
         tasks=None if args.all_tasks else args.task,
-        normalization=_normalization(model.data_config),
+        normalization=DataConfig.from_dict(model.data_config).normalization if model.data_config else None,
         opset=args.opset,
         dtype="float16" if args.fp16 else "float32",
         image_size=args.image_size,
@@ -144,16 +186,14 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
-def _normalization(data_config: dict) -> dict | None:
-    if "mean" in data_config and "std" in data_config:
-        return {"mean": list(data_config["mean"]), "std": list(data_config["std"])}
-    return None
-
-
 def _info(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="hatzoo info", description="Tasks, labels, accuracy and capacity.")
+    p = command_parser(
+        "info",
+        "Tasks, labels, test accuracy (from the zoo card) and capacity of a model.",
+        "  hatzoo info hat-vit-small\n  hatzoo info runs/hat-vit-small/model",
+    )
     p.add_argument("model", help="zoo name, Hub repo id or local folder")
-    p.add_argument("--revision")
+    p.add_argument("--revision", help="branch, tag or commit (default: the card's pin, or main)")
     args = p.parse_args(argv)
     import hatzoo
     from hatzoo.zoo import default_zoo
@@ -164,22 +204,23 @@ def _info(argv: list[str]) -> int:
     model = hatzoo.load(args.model, revision=args.revision)
     print(f"{args.model}: {model.num_tasks} tasks, architecture {model.spec.arch.get('name', 'sequential')}")
     for t, info in enumerate(model.tasks):
-        acc = f", test accuracy {final[t]:.2f}% (card)" if t < len(final) and final[t] is not None else ""
+        acc = f", test accuracy {final[t]:.2f}% (card)" if t < len(final) else ""
         print(f"  task {t} [{info.status}]: {', '.join(info.labels)}{acc}")
     if results and results.average_accuracy is not None:
-        print(f"average accuracy {results.average_accuracy}%, backward transfer {results.bwt}")
+        print(f"average accuracy {results.average_accuracy:.2f}%, backward transfer {results.bwt:.2f}%")
     capacity = model.capacity()
     size = sum(g["size"] for g in capacity.values())
-    free = sum(g["free"] for g in capacity.values())
-    print(f"capacity: {size - free}/{size} units used, {free} free, over {len(capacity)} mask groups")
+    used = size - sum(g["free"] for g in capacity.values())
+    print(f"capacity: {used}/{size} units used ({used / max(size, 1):.1%}) over {len(capacity)} mask groups")
     for name, group in capacity.items():
-        used = group["size"] - group["free"]
-        print(f"  {name:<28} used {used:>5}/{group['size']:<5} per task {group['used']}")
+        share = (group["size"] - group["free"]) / max(group["size"], 1)
+        print(f"  {name:<28} {share:>6.1%} of {group['size']:<5} used; per task {group['used']}")
     return 0
 
 
 def _list(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="hatzoo list", description="The zoo's models.").parse_args(argv)
+    p = command_parser("list", "The zoo's models: name, pinned Hub revision, description.", "  hatzoo list")
+    p.parse_args(argv)
     from hatzoo.zoo import default_zoo
 
     zoo = default_zoo()
@@ -200,14 +241,20 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "demo": (_demo, "the whole life cycle on a local Hub: train, publish, load, export, serve"),
 }
 
+USAGE = (
+    "usage: hatzoo [--version] COMMAND [ARGS]   (hatzoo COMMAND --help for its options and examples)\n\n"
+    "commands:\n" + "".join(f"  {name:<8} {text}\n" for name, (_, text) in COMMANDS.items())
+)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: hatzoo COMMAND [ARGS]\n\ncommands:")
-        for name, (_, help_text) in COMMANDS.items():
-            print(f"  {name:<8} {help_text}")
+        print(USAGE, end="")
         return 0 if argv else EXIT_USAGE
+    if argv[0] in ("-V", "--version"):
+        print(f"hatzoo {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -87,3 +88,46 @@ def test_serve_command_imports_no_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False False"
+
+
+def test_version_matches_the_installed_package(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"hatzoo {version('hatzoo')}\n"
+    assert main(["--help"]) == 0 and "--version" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["push", "load", "export", "info", "list", "demo"])
+def test_help_has_examples_and_every_value_option_shows_its_default(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    examples = out.split("examples:\n")[1] if "examples:\n" in out else out.split("example:\n")[1]
+    assert examples.strip().startswith(f"hatzoo {command}")
+    options = re.split(r"\n  (?=-)", out.split("options:\n")[1].split("\n\nexample")[0])
+    for option in options[1:]:  # after -h
+        name, _, help_text = option.strip().partition("  ")
+        assert help_text.strip(), f"{command} {name} has no help"
+        takes_value = re.search(r"--[a-z-]+ [A-Z_]+", name)
+        required = "-o OUT" in name or name.startswith("--task")
+        assert not takes_value or required or "default:" in " ".join(help_text.split()), name
+
+
+def test_info_shows_per_task_accuracy_from_the_card_in_percent(checkpoint, tmp_path, monkeypatch, capsys):
+    _, folder, _ = checkpoint
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "hat-cli.yaml").write_text(
+        "name: hat-cli\narch: hat-vit-tiny\nresults:\n  complete: true\n"
+        "  accuracy:\n  - [99.5]\n  - [99.5, 91.25]\n  - [99.5, 91.25, 97.0]\n"
+        "  average_accuracy: 95.92\n  bwt: 0.0\n"
+    )
+    monkeypatch.setenv("HATZOO_CARDS", str(cards))
+    monkeypatch.chdir(folder.parent)  # the local folder hat-cli is what loads; the card gives the numbers
+    assert main(["info", "hat-cli"]) == 0
+    out = capsys.readouterr().out
+    assert "task 1 [ended]: left, right, test accuracy 91.25% (card)" in out
+    assert "average accuracy 95.92%, backward transfer 0.00%" in out
+    assert re.search(r"capacity: \d+/\d+ units used \(\d+\.\d%\)", out)

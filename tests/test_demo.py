@@ -6,7 +6,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
+@pytest.mark.integration
 def test_demo_runs_end_to_end(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "hatzoo.cli", "demo", "--workdir", str(tmp_path)],
@@ -27,3 +31,5 @@ def test_demo_runs_end_to_end(tmp_path):
     assert total == 8 and correct >= 4
     for step in range(1, 8):
         assert f"[demo] step {step} done" in done.stdout
+    card = (tmp_path / "cards" / "hat-vit-demo.yaml").read_text()  # the pin the fresh process loaded
+    assert f"revision: {figures['published'].split('@')[1]}" in card

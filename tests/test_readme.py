@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
+@pytest.mark.integration
 def test_quick_start_runs_as_written(tmp_path):
     code = re.search(r"## Quick start\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
     done = subprocess.run(
