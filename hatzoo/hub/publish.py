@@ -76,7 +76,7 @@ def _git_env(cwd: Path) -> dict[str, str]:
 
 def _folder_files(folder: str | os.PathLike[str]) -> tuple[Path, list[str]]:
     """The folder and its files as sorted posix paths relative to it (no .git, no symlinked dirs)."""
-    root = Path(folder)
+    root = Path(folder).absolute()  # git runs in other folders: relative paths would point elsewhere
     if not root.is_dir():
         raise HubError(f"cannot publish {str(root)!r}: not a folder (write one with save_pretrained first)")
     files = sorted(
@@ -134,10 +134,25 @@ def _tag(repo: Path, tag: str, sha: str, env: dict[str, str]) -> None:
 
 # -------------------------------------------------------------------------------------------- git: mirror
 def _commit_into_mirror(repo: Path, root: Path, files: list[str], branch: str, message: str) -> str:
-    """Commit the folder's files as the whole tree of ``branch`` with git plumbing (works bare or not)."""
-    if not (repo / ".git").exists() and not (repo / "HEAD").is_file():
-        repo.mkdir(parents=True, exist_ok=True)
+    """Commit the folder's files as the whole tree of ``branch``; a repository created here is removed
+    again when the commit fails, so a failed publish leaves nothing behind."""
+    if (repo / ".git").exists() or (repo / "HEAD").is_file():
+        return _commit_tree(repo, root, files, branch, message)
+    created = [p for p in (repo, *repo.parents) if not p.exists()]
+    try:
+        repo.mkdir(parents=True)
         _git(["init", "-q", "-b", branch], repo)
+        return _commit_tree(repo, root, files, branch, message)
+    except BaseException:
+        shutil.rmtree(repo, ignore_errors=True)
+        for folder in created[1:]:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _commit_tree(repo: Path, root: Path, files: list[str], branch: str, message: str) -> str:
+    """Commit the files as the whole tree of ``branch`` with git plumbing (works bare or not)."""
     env = _git_env(repo)
     parent = _rev(repo, f"refs/heads/{branch}")
     with tempfile.TemporaryDirectory(prefix="hatzoo-index-") as tmp:
@@ -264,8 +279,10 @@ def publish_git(
     if not message.strip():
         raise HubError("the commit message is empty: give a short description of this revision")
     if remote_url is not None:
+        if _is_local_remote(remote_url) and not remote_url.startswith("file://"):
+            remote_url = str(Path(remote_url).absolute())  # git clones from a temporary folder
         return _commit_and_push(remote_url, root, files, branch, message, tag)
-    repo = repo_folder(mirror_root, repo_id)  # type: ignore[arg-type]
+    repo = repo_folder(Path(mirror_root).absolute(), repo_id)  # type: ignore[arg-type]
     sha = _commit_into_mirror(repo, root, files, branch, message)
     if tag is not None:
         _tag(repo, tag, sha, _git_env(repo))
