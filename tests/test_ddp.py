@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from hatzoo import HATModel
 from hatzoo.training import load_recipe, train_sequence
-from hatzoo.training.checkpoints import load_model
 
 CARD = {
     "name": "ddp-tiny",
@@ -89,8 +89,8 @@ def test_ddp_matches_single_process(tmp_path: Path) -> None:
     from hatzoo.data import get_benchmark
 
     x = get_benchmark("split-mnist", max_train_per_task=16)[1].train.tensors[0]
-    ddp_model = load_model(ddp_out / "checkpoints" / "task-1", lambda: None)
-    single_model = load_model(single_out / "checkpoints" / "task-1", lambda: None)
+    ddp_model = HATModel.from_pretrained(ddp_out / "checkpoints" / "task-1")
+    single_model = HATModel.from_pretrained(single_out / "checkpoints" / "task-1")
     for a, b in zip(_logits(ddp_model, x), _logits(single_model, x), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     for (name, p), (_, q) in zip(ddp_model.named_parameters(), single_model.named_parameters(), strict=True):
@@ -99,6 +99,6 @@ def test_ddp_matches_single_process(tmp_path: Path) -> None:
     for group in ddp_model.groups:  # HAT's compensation scales embedding gradients by up to smax**2,
         assert torch.equal(ddp_model.masks(group), single_model.masks(group))  # so only their signs agree
     # zero forgetting under DDP: task 0's logits are bitwise the same before and after training task 1
-    after_task0 = _logits(load_model(ddp_out / "checkpoints" / "task-0", lambda: None), x)
+    after_task0 = _logits(HATModel.from_pretrained(ddp_out / "checkpoints" / "task-0"), x)
     assert torch.equal(after_task0[0], _logits(ddp_model, x)[0])
     assert ddp["accuracy"][1][0] == ddp["accuracy"][0][0]

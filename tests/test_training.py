@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 import hatzoo
-from hatzoo.training import Recipe, RecipeError, load_recipe, render_card, train_sequence
-from hatzoo.training.checkpoints import load_model
+from hatzoo.training import Recipe, RecipeError, load_recipe, train_sequence
 from hatzoo.training.cli import train_command
 from hatzoo.training.metrics import backward_transfer
 
@@ -96,7 +95,7 @@ def test_results_matrix_and_bwt(full_run):
 def test_card_has_real_numbers(full_run):
     out, results = full_run
     card = (out / "README.md").read_text()
-    assert card == render_card(results, tiny_recipe(joint=True))
+    assert (out / "model" / "README.md").read_text() == card
     front = card.split("---")[1]
     import yaml
 
@@ -121,18 +120,18 @@ def test_resume_after_interruption(tmp_path, full_run, probe):
 
     with pytest.raises(Interrupt):
         train_sequence(recipe, out, progress=False, model_factory=mlp, on_task_end=stop)
-    before = task_logits(load_model(out / "checkpoints" / "task-1", mlp), probe)
+    before = task_logits(hatzoo.HATModel.from_pretrained(out / "checkpoints" / "task-1"), probe)
     results = train_sequence(recipe, out, progress=False, model_factory=mlp)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["task"] for e in log if e["event"] == "task_end"] == [0, 1, 2]  # 0 and 1 not retrained
     assert any(e["event"] == "resume" and e["completed"] == 2 for e in log)
-    final = load_model(out / "checkpoints" / "task-2", mlp)
+    final = hatzoo.HATModel.from_pretrained(out / "checkpoints" / "task-2")
     after = task_logits(final, probe)
     assert len(after) == 3 and all(torch.equal(a, b) for a, b in zip(before, after[:2], strict=False))
     # optimizer state and per-task seeds are restored: the resumed run equals the uninterrupted one
     full_out, full = full_run
     assert results.accuracy == full.accuracy and results.bwt == 0.0
-    reference = task_logits(load_model(full_out / "checkpoints" / "task-2", mlp), probe)
+    reference = task_logits(hatzoo.HATModel.from_pretrained(full_out / "checkpoints" / "task-2"), probe)
     assert all(torch.equal(a, b) for a, b in zip(after, reference, strict=True))
     # a finished run resumes to nothing and keeps its results
     again = train_sequence(recipe, out, progress=False, model_factory=mlp)
@@ -170,7 +169,7 @@ def test_recipe_cards_and_errors(tmp_path):
 
 def test_cli_bad_inputs(tmp_path, capsys):
     assert train_command(["--card", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "nope.yaml" in capsys.readouterr().err
     assert train_command(["--card", str(CARDS / "hat-vit-demo.yaml"), "--benchmark", "split-cifar"]) == 2
     err = capsys.readouterr().err
     assert "unknown benchmark" in err and "split-fashion-mnist" in err
@@ -218,8 +217,15 @@ def test_cli_trains_tiny_vit(tmp_path, capsys):
         str(out),
     ]
     assert train_command(args) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["tasks_trained"] == 2 and summary["bwt"] == 0.0
+    printed = capsys.readouterr().out
+    task_lines = [line for line in printed.splitlines() if line.startswith("task ")]
+    assert len(task_lines) == 2 and task_lines[0].startswith("task 1/2 (0 vs 1) done in ")
+    results = json.loads((out / "results.json").read_text())
+    first, second = results["accuracy"][0][0], results["accuracy"][1]
+    assert task_lines[0].endswith(f"accuracy % on tasks 1-1: {100 * first:.2f}; average {100 * first:.2f}%")
+    assert f"on tasks 1-2: {100 * second[0]:.2f} {100 * second[1]:.2f};" in task_lines[1]
+    assert f"average accuracy {100 * sum(second) / 2:.2f}%, backward transfer 0.00 points" in printed
+    assert "2 of 2 tasks trained" in printed and f"hatzoo push {out / 'model'}" in printed
     assert (out / "model" / "README.md").is_file() and (out / "checkpoints" / "task-1").is_dir()
 
 

@@ -4,9 +4,11 @@
     results = train_sequence(load_recipe("cards/hat-vit-small.yaml"), "runs/hat-vit-small")
     results.accuracy, results.average_accuracy, results.bwt
 
+``train_sequence(..., device="cuda", amp="bf16")`` trains under bf16 autocast with float32 weights.
 Runs unchanged under ``torchrun --nproc_per_node N`` (see :mod:`hatzoo.training.ddp`).
 """
 
+from hatzoo.training.engine import Runtime
 from hatzoo.training.joint import JointResults, train_joint
 from hatzoo.training.loop import evaluate, train_sequence
 from hatzoo.training.metrics import Results, backward_transfer
@@ -18,6 +20,7 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "Results",
+    "Runtime",
     "backward_transfer",
     "card_results",
     "evaluate",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,6 @@ from hatzoo.errors import CheckpointError
 STATE_FILE = "training_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 OPTIMIZER_META = "optimizer.json"
-_FALLBACK_WEIGHTS = "training_weights.safetensors"
-_FALLBACK_CONFIG = "training_config.json"
 
 
 def checkpoint_dir(out_dir: str | os.PathLike[str], task: int) -> Path:
@@ -50,41 +47,6 @@ def latest_checkpoint(out_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, 
     if best is None:
         return None
     return best[1], json.loads((best[1] / STATE_FILE).read_text(encoding="utf-8"))
-
-
-def save_model(model: HATModel, folder: Path) -> None:
-    """Write the model with ``save_pretrained`` (or a safetensors fallback while that API is missing)."""
-    if hasattr(model, "save_pretrained"):
-        model.save_pretrained(folder)
-        return
-    folder.mkdir(parents=True, exist_ok=True)  # pragma: no cover - fallback for an older core
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, folder / _FALLBACK_WEIGHTS
-    )
-    config = {
-        "hat": model.config.to_dict(),
-        "tasks": [
-            {"num_classes": i.num_classes, "labels": i.labels, "status": i.status} for i in model.tasks
-        ],
-    }
-    (folder / _FALLBACK_CONFIG).write_text(json.dumps(config, indent=2), encoding="utf-8")
-
-
-def load_model(folder: Path, build: Callable[[], HATModel]) -> HATModel:
-    """Read a model written by :func:`save_model`; ``build`` makes a fresh one for the fallback format."""
-    if not (folder / _FALLBACK_WEIGHTS).is_file():
-        if not hasattr(HATModel, "from_pretrained"):  # pragma: no cover
-            raise CheckpointError(f"{folder}: this hatzoo has no HATModel.from_pretrained to read it")
-        return HATModel.from_pretrained(str(folder))
-    config = json.loads((folder / _FALLBACK_CONFIG).read_text(encoding="utf-8"))  # pragma: no cover
-    model = build()
-    for info in config["tasks"]:
-        t = model.add_task(info["num_classes"], info["labels"])
-        if info["status"] != "open":
-            model.end_task(t)
-    model.load_state_dict(load_file(folder / _FALLBACK_WEIGHTS))
-    model._refresh_locks()  # snapshots must hold the loaded values, not the ones before loading
-    return model
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, folder: Path) -> None:
@@ -138,7 +100,7 @@ def write_checkpoint(
     final = checkpoint_dir(out_dir, task)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp)
+    model.save_pretrained(tmp)
     save_optimizer(optimizer, model, tmp)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)

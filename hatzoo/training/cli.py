@@ -1,65 +1,101 @@
 """``hatzoo train``: train a zoo recipe (a card, or flags) task after task, with resume.
 
-    hatzoo train --card cards/hat-vit-small.yaml --out runs/hat-vit-small
-    hatzoo train --arch hat-vit-tiny --benchmark split-mnist --epochs 1 --max-train-per-task 500 --out runs/x
-    torchrun --nproc_per_node 2 -m hatzoo.training.cli --card cards/hat-vit-demo.yaml --out runs/demo
-
-Bad inputs (unknown card, unknown benchmark, missing data, bad values) print one clear line and
-return exit code 2.
+Prints one accuracy line as each task ends and a summary in percent; bad inputs (unknown card,
+benchmark or device, missing data, bad values) print one clear line and return exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import yaml
 
-from hatzoo.errors import DataError, HATError
+from hatzoo.errors import HATError, InputError
 
 EXIT_USAGE = 2
+EXAMPLES = """examples:
+  hatzoo train --card hat-vit-small --out runs/hat-vit-small     # a zoo card; run again to resume
+  hatzoo train --card cards/hat-vit-demo.yaml --device cuda --amp bf16
+  hatzoo train --card hat-vit-small --stop-after 1               # tasks 0 and 1 now, the rest later
+  hatzoo train --arch hat-vit-tiny --benchmark split-mnist --epochs 1 --max-train-per-task 500 --no-joint
+  torchrun --nproc_per_node 2 -m hatzoo.training.cli --card cards/hat-vit-demo.yaml --out runs/demo
+"""
+# flag, card section, key, type, help; each overrides the card (or the defaults without one)
+OVERRIDES = (
+    (
+        "--benchmark",
+        "benchmark",
+        "name",
+        str,
+        "hatzoo.data benchmark (split-fashion-mnist, split-mnist, ...)",
+    ),
+    ("--benchmark-seed", "benchmark", "seed", int, "seed of the class order and training subsets"),
+    ("--max-train-per-task", "benchmark", "max_train_per_task", int, "seeded class-balanced training subset"),
+    ("--max-tasks", "benchmark", "max_tasks", int, "train only the first N tasks"),
+    ("--epochs", "recipe", "epochs", int, "epochs per task"),
+    ("--batch-size", "recipe", "batch_size", int, "global batch size (split over DDP ranks)"),
+    ("--optimizer", "recipe", "optimizer", str, "sgd, adam or adamw"),
+    ("--lr", "recipe", "lr", float, "learning rate"),
+    ("--momentum", "recipe", "momentum", float, "SGD momentum"),
+    ("--weight-decay", "recipe", "weight_decay", float, "weight decay"),
+    ("--clip-grad", "recipe", "clip_grad", float, "gradient-norm clip"),
+    ("--seed", "recipe", "seed", int, "seed of initialisation and shuffling"),
+    ("--mask-lr", "recipe", "mask_lr", float, "learning rate of the gate embeddings (unset: --lr)"),
+    ("--lr-schedule", "recipe", "lr_schedule", str, "within each task: constant or cosine"),
+    ("--scale-ramp", "recipe", "scale_ramp", str, "the 1/smax -> smax ramp spans each epoch or the task"),
+    ("--schedule", "recipe", "schedule", str, "mask-scale schedule: linear, exponential, cosine, constant"),
+    ("--smax", "hat", "smax", float, "largest gate scale"),
+    ("--reg-c", "hat", "reg_c", float, "strength of the mask regularizer"),
+)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hatzoo train", description="Train a HAT model task after task.")
-    p.add_argument("--card", help="a recipe card: cards/<model>.yaml, or a zoo name (hat-vit-small)")
-    p.add_argument("--arch", help="a hatzoo.create_model name (without --card)")
-    p.add_argument("--name", help="model name (default: the card's, or the arch)")
-    p.add_argument("--model-args", help='JSON or YAML mapping, e.g. \'{"img_size": 28, "in_chans": 1}\'')
-    p.add_argument("--benchmark", help="a hatzoo.data benchmark name (split-fashion-mnist, split-mnist, ...)")
-    p.add_argument("--benchmark-seed", type=int)
-    p.add_argument("--max-train-per-task", type=int, help="seeded class-balanced training subset per task")
-    p.add_argument("--max-tasks", type=int, help="train only the first N tasks")
-    for flag, kind in (
-        ("epochs", int),
-        ("batch-size", int),
-        ("lr", float),
-        ("momentum", float),
-        ("weight-decay", float),
-        ("clip-grad", float),
-        ("seed", int),
-    ):
-        p.add_argument(f"--{flag}", type=kind)
-    p.add_argument("--mask-lr", type=float, help="separate learning rate for the gate embeddings")
-    p.add_argument("--lr-schedule", help="within each task: constant or cosine")
-    p.add_argument("--scale-ramp", help="the 1/smax -> smax ramp spans each epoch or the whole task")
-    p.add_argument("--optimizer", help="sgd, adam or adamw")
-    p.add_argument("--schedule", help="mask-scale schedule: linear, exponential, cosine, constant")
-    p.add_argument("--smax", type=float)
-    p.add_argument("--reg-c", type=float)
-    p.add_argument("--out", help="output folder (default runs/<name>)")
-    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming from checkpoints")
-    p.add_argument("--no-joint", action="store_true", help="skip the joint-training upper bound")
-    p.add_argument("--stop-after", type=int, help="stop after this task (0-based); rerun to continue")
-    p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="CPU threads for torch (1 is much faster than 2 when another process shares the cores)",
+    from hatzoo.training.engine import PRECISIONS
+    from hatzoo.training.recipe import Recipe
+
+    p = argparse.ArgumentParser(
+        prog="hatzoo train",
+        description="Train a HAT model task after task, with a checkpoint per task and resume.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--card", help="recipe card: a YAML path, or a zoo name like hat-vit-small (default: none)"
+    )
+    p.add_argument("--arch", help="a hatzoo.create_model name, to train without a card (default: none)")
+    p.add_argument("--name", help="model name (default: the card's, or --arch)")
+    p.add_argument(
+        "--model-args", help="JSON/YAML mapping added to the card's, e.g. '{in_chans: 1}' (default: none)"
+    )
+    defaults = Recipe(name="", arch="")
+    for flag, section, key, kind, text in OVERRIDES:
+        value = getattr(getattr(defaults, section), key)
+        shown = "none" if value is None else value
+        help = f"{text} (default: the card's, else {shown})"
+        p.add_argument(flag, type=kind, dest=f"{section}.{key}", metavar=flag[2:].upper(), help=help)
+    p.add_argument("--out", metavar="DIR", help="output folder (default: runs/<name>)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument(
+        "--amp",
+        default="fp32",
+        choices=PRECISIONS,
+        help="bf16: autocast with fp32 weights (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-resume", action="store_true", help="start over instead of resuming (default: resume)"
+    )
+    p.add_argument(
+        "--no-joint", action="store_true", help="skip the joint-training bound (default: the card's)"
+    )
+    p.add_argument(
+        "--stop-after", type=int, help="stop after this task, 0-based; rerun to go on (default: none)"
+    )
+    p.add_argument(
+        "--threads", type=int, help="CPU threads for torch; 1 when sharing cores (default: torch's)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: shown)")
     return p
 
 
@@ -83,38 +119,54 @@ def _build_recipe(args: argparse.Namespace):
         if not isinstance(extra, dict):
             raise RecipeError(f"--model-args must be a mapping, got {args.model_args!r}")
         data["model_args"] = {**data["model_args"], **extra}
-    overrides = {
-        "benchmark": {"name": args.benchmark, "seed": args.benchmark_seed, "max_tasks": args.max_tasks},
-        "recipe": {
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "momentum": args.momentum,
-            "weight_decay": args.weight_decay,
-            "clip_grad": args.clip_grad,
-            "seed": args.seed,
-            "optimizer": args.optimizer,
-            "schedule": args.schedule,
-            "mask_lr": args.mask_lr,
-            "lr_schedule": args.lr_schedule,
-            "scale_ramp": args.scale_ramp,
-        },
-        "hat": {"smax": args.smax, "reg_c": args.reg_c},
-    }
-    for section, values in overrides.items():
-        data[section].update({k: v for k, v in values.items() if v is not None})
-    if args.max_train_per_task is not None:
-        data["benchmark"]["max_train_per_task"] = args.max_train_per_task
+    for _, section, key, _, _ in OVERRIDES:
+        value = getattr(args, f"{section}.{key}")
+        if value is not None:
+            data[section][key] = value
     if args.no_joint:
         data["recipe"]["joint"] = False
     return Recipe.from_dict(data, recipe.source)
 
 
+def _print_task(t: int, model, results) -> None:
+    """``on_task_end``: the accuracy on every task so far, in percent (main rank only)."""
+    from hatzoo.training import ddp
+    from hatzoo.training.report import task_title
+
+    if ddp.init_distributed().is_main:
+        row = results.accuracy[t][: t + 1]
+        print(
+            f"task {t + 1}/{len(results.tasks)} ({task_title(results.tasks[t])}) done in "
+            f"{results.seconds[t]:.1f} s; accuracy % on tasks 1-{t + 1}: "
+            f"{' '.join(f'{100 * a:.2f}' for a in row)}; average {100 * sum(row) / len(row):.2f}%",
+            flush=True,
+        )
+
+
+def _summary(results, out: Path) -> str:
+    """What a person reads at the end: average accuracy, BWT and the joint bound in percent, and where."""
+
+    def pct(v: float | None, unit: str = "%") -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}{unit}"
+
+    lines = [
+        f"{results.name}: {results.num_trained} of {len(results.tasks)} tasks trained, outputs in {out}",
+        f"average accuracy {pct(results.average_accuracy)}, backward transfer {pct(results.bwt, ' points')},"
+        f" joint-training bound {pct(results.joint_average)}",
+    ]
+    if results.complete:
+        lines.append(
+            f"model ready to publish: hatzoo push {out / 'model'} ORG/{results.name} --git-mirror DIR"
+        )
+    else:
+        lines.append("stopped early: run the same command again to train the remaining tasks")
+    return "\n".join(lines)
+
+
 def train_command(argv: list[str]) -> int:
     """Run ``hatzoo train`` with ``argv``; 0 on success, 2 on a bad input (message on stderr)."""
-    parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parser().parse_args(argv)
     except SystemExit as exit_:  # argparse prints its own message
         return int(exit_.code or 0)
     try:
@@ -123,12 +175,10 @@ def train_command(argv: list[str]) -> int:
         recipe = _build_recipe(args)
         if args.threads is not None:
             if args.threads < 1:
-                raise HATError(f"--threads must be >= 1, got {args.threads}")
+                raise InputError(f"--threads must be >= 1, got {args.threads}")
             import torch
 
             torch.set_num_threads(args.threads)
-        if args.card and not Path(args.card).is_file() and args.card.endswith((".yaml", ".yml")):
-            raise HATError(f"card file {args.card} does not exist")
         out = Path(args.out) if args.out else Path("runs") / recipe.name
         results = train_sequence(
             recipe,
@@ -136,23 +186,17 @@ def train_command(argv: list[str]) -> int:
             resume=not args.no_resume,
             progress=not args.no_progress,
             device=args.device,
+            amp=args.amp,
             stop_after=args.stop_after,
+            on_task_end=_print_task,
         )
-    except DataError as err:  # unknown benchmark or missing data: hatzoo.data says how to get it
-        print(f"hatzoo train: {err}", file=sys.stderr)
-        return EXIT_USAGE
     except HATError as err:
         print(f"hatzoo train: {err}", file=sys.stderr)
         return EXIT_USAGE
-    summary = {
-        "out": str(out),
-        "tasks_trained": results.num_trained,
-        "complete": results.complete,
-        "average_accuracy": results.average_accuracy,
-        "bwt": results.bwt,
-        "joint_average_accuracy": results.joint_average,
-    }
-    print(json.dumps(summary))
+    from hatzoo.training import ddp
+
+    if ddp.init_distributed().is_main:
+        print(_summary(results, out))
     return 0
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from hatzoo.core.model import HATModel
 from hatzoo.data import TaskSequence, get_benchmark
-from hatzoo.training.recipe import Recipe
+from hatzoo.training.recipe import Recipe, TrainSpec
 
 ModelFactory = Callable[[], HATModel]
 
@@ -41,15 +41,16 @@ def load_benchmark(recipe: Recipe) -> TaskSequence:
     return seq
 
 
+OPTIMIZER_FACTORIES: dict[str, Callable[[list[nn.Parameter], TrainSpec], torch.optim.Optimizer]] = {
+    "sgd": lambda ps, r: torch.optim.SGD(ps, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay),
+    "adam": lambda ps, r: torch.optim.Adam(ps, lr=r.lr, weight_decay=r.weight_decay),
+    "adamw": lambda ps, r: torch.optim.AdamW(ps, lr=r.lr, weight_decay=r.weight_decay),
+}
+
+
 def make_optimizer(recipe: Recipe, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """The recipe's optimizer over one first parameter group; tasks are added with add_param_group."""
-    r = recipe.recipe
-    params = list(params)
-    if r.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
-    if r.optimizer == "adam":
-        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
-    return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+    return OPTIMIZER_FACTORIES[recipe.recipe.optimizer](list(params), recipe.recipe)
 
 
 def task_param_groups(recipe: Recipe, model: HATModel, task: int) -> list[dict]:

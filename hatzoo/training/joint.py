@@ -15,23 +15,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from hatzoo.core.arch import build_backbone
 from hatzoo.core.model import HATModel
 from hatzoo.data import TaskSequence
 from hatzoo.policies.plain import strip_classifier
 from hatzoo.training import ddp
-from hatzoo.training.common import (
-    ModelFactory,
-    build_model,
-    derive_seed,
-    load_benchmark,
-    lr_factor,
-    make_optimizer,
-    set_lr_factor,
-)
-from hatzoo.training.metrics import count_correct
+from hatzoo.training.common import ModelFactory, build_model, derive_seed, load_benchmark, make_optimizer
+from hatzoo.training.engine import Runtime, accuracy, train_epoch
 from hatzoo.training.recipe import Recipe
 
 
@@ -81,58 +72,48 @@ def train_joint(
     *,
     seq: TaskSequence | None = None,
     model_factory: ModelFactory | None = None,
-    progress: bool = True,
-    device: str | torch.device = "cpu",
+    runtime: Runtime | None = None,
 ) -> JointResults:
     """Train the joint upper bound for ``recipe`` and return its per-task test accuracies."""
-    ctx = ddp.init_distributed()
-    device = torch.device(device)
+    rt = runtime or Runtime.create()
     seq = seq if seq is not None else load_benchmark(recipe)
     template = build_model(recipe, model_factory)
     torch.manual_seed(derive_seed(recipe.recipe.seed, 7))
-    net = JointNet(plain_backbone(template), template.spec.num_features, seq.num_classes).to(device)
+    net = JointNet(plain_backbone(template), template.spec.num_features, seq.num_classes).to(rt.device)
     del template
-    xs, ys, ts = [], [], []
-    for t, task in enumerate(seq):
-        x, y = task.train.tensors
-        xs.append(x)
-        ys.append(y)
-        ts.append(torch.full((len(y),), t, dtype=torch.long))
-    x_all, y_all, t_all = torch.cat(xs), torch.cat(ys), torch.cat(ts)
+    data = [torch.cat(parts) for parts in zip(*(task.train.tensors for task in seq), strict=True)]
+    data.append(
+        torch.cat([torch.full((len(task.train),), t, dtype=torch.long) for t, task in enumerate(seq)])
+    )
     optimizer = make_optimizer(recipe, net.parameters())
-    trainer = ddp.wrap(net, ctx, device)
+    trainer = ddp.wrap(net, rt.ctx, rt.device)
+
+    def loss_fn(b: int, batch: list[torch.Tensor], weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = trainer(*batch)
+        return loss * weight, loss.double()[None]
+
     r = recipe.recipe
     start = time.perf_counter()
-    step = 0
     for epoch in range(r.epochs):
         gen = torch.Generator().manual_seed(derive_seed(r.seed, 8, epoch))
-        batches = ddp.global_batches(len(y_all), r.batch_size, gen, ctx.world_size)
-        total = len(batches) * r.epochs
+        batches = ddp.global_batches(len(data[0]), r.batch_size, gen, rt.ctx.world_size)
         net.train()
-        bar = tqdm(
+        desc = f"{recipe.name} joint epoch {epoch + 1}/{r.epochs}"
+        train_epoch(
+            net,
+            optimizer,
+            recipe,
+            data,
             batches,
-            desc=f"{recipe.name} joint epoch {epoch + 1}/{r.epochs}",
-            disable=not (progress and ctx.is_main),
-            dynamic_ncols=True,
+            epoch * len(batches),
+            len(batches) * r.epochs,
+            loss_fn,
+            rt,
+            desc,
         )
-        for idx in bar:
-            set_lr_factor(optimizer, lr_factor(recipe, step, total))
-            step += 1
-            local = ddp.shard(idx, ctx)
-            loss = trainer(x_all[local].to(device), y_all[local].to(device), t_all[local].to(device))
-            loss = loss * (ctx.world_size / len(idx))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if r.clip_grad is not None:
-                nn.utils.clip_grad_norm_(net.parameters(), r.clip_grad)
-            optimizer.step()
-            bar.set_postfix(loss=f"{loss.item() / ctx.world_size:.4f}", refresh=False)
     net.eval()
-    accuracy = []
-    for t, task in enumerate(seq):
-        x, y = task.test.tensors
-        rows = ddp.shard(torch.arange(len(y)), ctx)
-        correct = count_correct(lambda xb, t=t: net.logits(xb, t), x[rows], y[rows], 512, device)
-        correct, total = ctx.all_sum([correct, len(rows)])
-        accuracy.append(correct / total)
-    return JointResults(accuracy=accuracy, seconds=time.perf_counter() - start)
+    scores = [
+        accuracy(lambda xb, t=t: net.logits(xb, t), *task.test.tensors, rt, f"joint: evaluate task {t}")
+        for t, task in enumerate(seq)
+    ]
+    return JointResults(accuracy=scores, seconds=time.perf_counter() - start)

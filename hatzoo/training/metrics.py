@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from hatzoo.errors import CheckpointError
 
@@ -39,7 +37,6 @@ class Results:
     joint: list[float] | None = None  # per-task accuracy of the joint (non-continual) upper bound
     joint_seconds: float | None = None
     complete: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_trained(self) -> int:
@@ -101,6 +98,7 @@ class Results:
         except (OSError, json.JSONDecodeError) as err:
             raise CheckpointError(f"cannot read results file {path}: {err}") from err
         data.pop("metrics", None)
+        data.pop("extra", None)  # an always-empty field of results written by earlier versions
         return cls(**data)
 
 
@@ -119,14 +117,3 @@ def jsonable_capacity(capacity: dict[str, dict[str, Any]]) -> dict[str, dict[str
         g: {"size": c["size"], "used": {str(t): n for t, n in c["used"].items()}, "free": c["free"]}
         for g, c in capacity.items()
     }
-
-
-@torch.no_grad()
-def count_correct(logits_fn, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> int:
-    """Number of rows of ``x`` whose arg-max logit is ``y`` (evaluated in chunks)."""
-    correct = 0
-    for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size].to(device)
-        yb = y[start : start + batch_size].to(device)
-        correct += int((logits_fn(xb).argmax(1) == yb).sum())
-    return correct
