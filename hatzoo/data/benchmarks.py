@@ -1,4 +1,4 @@
-"""Task-incremental benchmarks: a registry of named builders and the offline ones built on it.
+"""Task-incremental benchmarks: the ``BENCHMARKS`` registry of named builders and the offline ones.
 
 Offline benchmarks (data from ``scripts/fetch_data.sh``; splits and counts in ``hatzoo.data.sources``):
 - ``split-mnist``: 5 tasks of 2 classes, (0,1), (2,3), ... by default; 8,000 train / 2,000 test in all.
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from hatzoo._registry import Registry
 from hatzoo.data import sources
 from hatzoo.data.paths import DataArgumentError
 from hatzoo.data.sources import RawData
@@ -32,30 +33,13 @@ from hatzoo.data.tasks import TaskData, TaskSequence, balanced_subset, to_tensor
 from hatzoo.errors import DataError
 
 Builder = Callable[..., TaskSequence]
-_REGISTRY: dict[str, Builder] = {}
-_HELP: dict[str, str] = {}
+BENCHMARKS: Registry[Builder] = Registry("benchmark")
 COMMON = ("seed", "root", "max_train_per_task")
-
-
-def register(name: str, help: str) -> Callable[[Builder], Builder]:
-    """Add a benchmark builder under ``name``; ``help`` is the one line ``benchmark_help`` shows."""
-
-    def deco(fn: Builder) -> Builder:
-        _REGISTRY[name] = fn
-        _HELP[name] = help
-        return fn
-
-    return deco
 
 
 def list_benchmarks() -> list[str]:
     """Names accepted by :func:`get_benchmark`, in registration order."""
-    return list(_REGISTRY)
-
-
-def benchmark_help() -> dict[str, str]:
-    """One line per benchmark: what it is and where its data comes from."""
-    return dict(_HELP)
+    return list(BENCHMARKS)
 
 
 def get_benchmark(
@@ -74,9 +58,9 @@ def get_benchmark(
     if not isinstance(name, str):
         raise DataArgumentError(f"benchmark name must be a string, got {type(name).__name__}")
     key = name.strip().lower().replace("_", "-")
-    if key not in _REGISTRY:
-        raise DataError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(list_benchmarks())}")
-    fn = _REGISTRY[key]
+    if key not in BENCHMARKS:
+        raise DataError(f"unknown benchmark {name!r}; known benchmarks: {', '.join(BENCHMARKS)}")
+    fn = BENCHMARKS.get(key)
     params = inspect.signature(fn).parameters
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
@@ -223,10 +207,12 @@ for _name, _load, _help in (
         "Fashion-MNIST (full 60k/10k, offline), 5 tasks x 2 classes",
     ),
 ):
-    register(_name, _help)(split_benchmark(_name, _load))
+    BENCHMARKS.register(_name, _help)(split_benchmark(_name, _load))
 
 
-@register("permuted-mnist", "MNIST (offline) with a seeded pixel permutation per task, 10 classes each")
+@BENCHMARKS.register(
+    "permuted-mnist", "MNIST (offline) with a seeded pixel permutation per task, 10 classes each"
+)
 def permuted_mnist(
     *,
     seed: int = 0,
@@ -279,7 +265,9 @@ def _unit_28(x: np.ndarray, scale: float) -> torch.Tensor:
     return t
 
 
-@register("mixed", "one task per data set (MNIST, Fashion-MNIST, sklearn digits), all 1x28x28, offline")
+@BENCHMARKS.register(
+    "mixed", "one task per data set (MNIST, Fashion-MNIST, sklearn digits), all 1x28x28, offline"
+)
 def mixed(
     *,
     seed: int = 0,

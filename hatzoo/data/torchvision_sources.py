@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from hatzoo.data import paths, sources
-from hatzoo.data.benchmarks import check_limit, pick, register, rng, split_tasks
+from hatzoo.data.benchmarks import BENCHMARKS, check_limit, pick, rng, split_tasks
 from hatzoo.data.paths import DataArgumentError
 from hatzoo.data.sources import RawData, drop_overlap
 from hatzoo.data.tasks import TaskData, TaskSequence, to_tensor
@@ -132,9 +132,9 @@ def _tv_builder(bench: str) -> Callable[..., TaskSequence]:
 
 
 for _name, (_cls, _stats, _cpt) in TORCHVISION_SETS.items():
-    register(_name, f"torchvision {_cls} (root=DIR, downloads by default), tasks of {_cpt} classes")(
-        _tv_builder(_name)
-    )
+    BENCHMARKS.register(
+        _name, f"torchvision {_cls} (root=DIR, downloads by default), tasks of {_cpt} classes"
+    )(_tv_builder(_name))
 
 
 def _read_images(files: list[str], mode: str, size: tuple[int, int] | None) -> np.ndarray:
@@ -158,7 +158,9 @@ def _read_images(files: list[str], mode: str, size: tuple[int, int] | None) -> n
     return np.stack(out)
 
 
-@register("imagefolder", "your images: root/<task>/{train,test}/<class>/*.png, one subfolder per task")
+@BENCHMARKS.register(
+    "imagefolder", "your images: root/<task>/{train,test}/<class>/*.png, one subfolder per task"
+)
 def imagefolder(
     *,
     seed: int = 0,

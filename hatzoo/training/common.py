@@ -12,7 +12,8 @@ from torch import nn
 
 from hatzoo.core.model import HATModel
 from hatzoo.data import TaskSequence, get_benchmark
-from hatzoo.training.recipe import Recipe, TrainSpec
+from hatzoo.training.optimizers import OPTIMIZERS
+from hatzoo.training.recipe import Recipe
 
 ModelFactory = Callable[[], HATModel]
 
@@ -41,16 +42,9 @@ def load_benchmark(recipe: Recipe) -> TaskSequence:
     return seq
 
 
-OPTIMIZER_FACTORIES: dict[str, Callable[[list[nn.Parameter], TrainSpec], torch.optim.Optimizer]] = {
-    "sgd": lambda ps, r: torch.optim.SGD(ps, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay),
-    "adam": lambda ps, r: torch.optim.Adam(ps, lr=r.lr, weight_decay=r.weight_decay),
-    "adamw": lambda ps, r: torch.optim.AdamW(ps, lr=r.lr, weight_decay=r.weight_decay),
-}
-
-
 def make_optimizer(recipe: Recipe, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """The recipe's optimizer over one first parameter group; tasks are added with add_param_group."""
-    return OPTIMIZER_FACTORIES[recipe.recipe.optimizer](list(params), recipe.recipe)
+    return OPTIMIZERS.get(recipe.recipe.optimizer)(params, recipe.recipe)
 
 
 def task_param_groups(recipe: Recipe, model: HATModel, task: int) -> list[dict]:

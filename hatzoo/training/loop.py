@@ -226,7 +226,7 @@ def _empty_state(recipe: Recipe) -> dict[str, Any]:
 
 def _check_same_recipe(recipe: Recipe, stored: dict[str, Any], out: Path) -> None:
     """Refuse to resume a run of another recipe (name, description, hub and the joint flag may change)."""
-    diff = report._same_recipe(recipe.to_dict(), stored)
+    diff = report._same_recipe(recipe, stored)
     if diff:
         raise HATError(
             f"{out} holds a run of a different recipe (differs in {', '.join(diff)}); rerun with "
@@ -265,7 +265,7 @@ def _add_joint(
     path = out / "joint.json"
     if path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
-        if not report._same_recipe(recipe.to_dict(), data["recipe"]):
+        if not report._same_recipe(recipe, data["recipe"]):
             results.joint, results.joint_seconds = data["accuracy"], data["seconds"]
             return
     joint = train_joint(recipe, seq=seq, model_factory=factory, runtime=rt)
