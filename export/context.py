@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -31,11 +32,13 @@ class Serving:
     pool: TaskSessionPool
     batcher: MicroBatcher
     metrics: Metrics = field(default_factory=Metrics)
-    parser: ThreadPoolExecutor = field(init=False)
+    parser: ProcessPoolExecutor = field(init=False)
     v2_names: dict[str, tuple[str, str]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.parser = ThreadPoolExecutor(self.config.parse_threads, thread_name_prefix="hatzoo-parse")
+        # Processes, not threads: json.loads and numpy conversions hold the GIL for a whole large body.
+        ctx = multiprocessing.get_context("spawn")
+        self.parser = ProcessPoolExecutor(self.config.parse_workers, mp_context=ctx)
         self.v2_names = {}
         for b in self.pool.bundles.values():
             for tid in b.tasks:
@@ -68,7 +71,7 @@ class Serving:
         return b"".join(chunks)
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` in the parse threads, keeping the event loop free."""
+        """Run ``fn(*args)`` (a module-level function) in a parse process, keeping the event loop free."""
         return await asyncio.get_running_loop().run_in_executor(self.parser, fn, *args)
 
     def close(self) -> None:

@@ -24,6 +24,9 @@ class RequestError(HATError):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self) -> tuple:  # crosses from the parse processes
+        return (type(self), (self.status, str(self)))
+
 
 def media_type(content_type: str | None) -> str:
     """The lower-cased media type of a Content-Type header ('' when absent)."""

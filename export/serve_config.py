@@ -38,7 +38,7 @@ class ServeConfig:
     max_wait_ms: float = _opt("how long the micro-batcher waits for more requests", 1.0)
     max_queue: int = _opt("requests queued per task before answering 503", 1024)
     run_threads: int = _opt("threads running sessions", 4)
-    parse_threads: int = _opt("threads decoding request bodies (off the event loop)", 2)
+    parse_workers: int = _opt("processes decoding request bodies (off the event loop and its GIL)", 2)
     header_timeout_s: float = _opt("seconds a client has to send its request line and headers", 10.0)
     body_timeout_s: float = _opt("seconds a client has to send its whole body (408 after)", 30.0)
     api_key: str | None = _opt(
@@ -62,8 +62,8 @@ class ServeConfig:
         for name in ("max_request_batch", "max_concurrency", "micro_batch", "max_queue", "run_threads"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.parse_threads < 1 or self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
-            raise InputError("parse_threads must be >= 1 and the timeouts positive")
+        if self.parse_workers < 1 or self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise InputError("parse_workers must be >= 1 and the timeouts positive")
         if self.max_body_bytes is not None and self.max_body_bytes < 1:
             raise InputError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
 
