@@ -1,22 +1,11 @@
 """Zoo cards: one YAML file per model (``cards/<name>.yaml``), read into one typed :class:`Card`.
 
-A card decides a zoo model: the architecture (a ``hatzoo.create_model`` name and its arguments), the
-HAT options, the benchmark, the optimisation recipe, the Hub pin, and the measured results::
-
-    name: hat-vit-small
-    arch: hat-vit-small
-    model_args: {img_size: 28, patch_size: 7, in_chans: 1}
-    hat: {smax: 400, reg_c: 0.75, reg_mode: global, mask_init: normal}
-    benchmark: {name: split-fashion-mnist, seed: 0, max_train_per_task: null}
-    recipe: {optimizer: adam, lr: 0.0005, mask_lr: 0.05, epochs: 2, batch_size: 64, scale_ramp: task}
-    hub: {repo_id: hatzoo/hat-vit-small, revision: <commit>, sha256: <sha256 of model.safetensors>}
-    description: one line
-    results: {...}   # written by update_card from a finished run
-    demo: true       # optional: a quick demo recipe, resolvable by name but not listed as a zoo model
-
-``recipe`` keys are the fields of :class:`TrainSpec`. ``benchmark`` may also hold ``max_tasks`` (train
-only the first N tasks) and any option ``hatzoo.data.get_benchmark`` takes for that benchmark.
-:func:`read_card` is the one parser and :func:`update_card` the one writer (pins and results).
+A card decides a zoo model: the architecture (a ``hatzoo.create_model`` name and ``model_args``), the
+``hat`` options (HATConfig), the ``benchmark`` (a ``hatzoo.data`` name, its seed, limits and options),
+the ``recipe`` (TrainSpec), the ``hub`` pin (repo id, commit, sha256 of model.safetensors), a
+``description``, the measured ``results`` and, for quick demo recipes, ``demo: true`` (resolvable by
+name but not listed). :func:`parse_card` is the one parser and :func:`update_card` the one writer.
+See ``cards/hat-vit-small.yaml`` for a complete card.
 """
 
 from __future__ import annotations
@@ -143,19 +132,6 @@ class Card:
     def from_dict(cls, data: Any, source: str = "<card>") -> Card:
         """Build and validate a card from its mapping; errors name the key and ``source``."""
         return _Parser(source).card(data)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> Card:
-        """Read a card file (same as :func:`read_card`)."""
-        return read_card(path)
-
-    def replace(self, **sections: Any) -> Card:
-        """A copy with some values changed, e.g. ``replace(recipe={"epochs": 1})``; validated again."""
-        data = self.to_dict()
-        for key, value in sections.items():
-            both = isinstance(value, dict) and isinstance(data.get(key), dict)
-            data[key] = {**data[key], **value} if both else value
-        return Card.from_dict(data, self.source)
 
 
 def read_card(path: str | os.PathLike[str]) -> Card:

@@ -1,10 +1,7 @@
-"""Transitional view of :mod:`hatzoo.zoo` for modules not yet moved to it (``hatzoo.loader``,
-``hatzoo.hub.release``): the zoo's cards as ``ZooEntry`` pins. New code uses ``hatzoo.zoo.get_card``.
-"""
+"""Transitional: the zoo's cards as ``ZooEntry`` pins for modules not yet on :mod:`hatzoo.zoo`."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from hatzoo.zoo import Zoo, default_zoo
@@ -12,22 +9,20 @@ from hatzoo.zoo import Zoo, default_zoo
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """A zoo model's name and Hub pin (``Card.name`` and ``Card.hub``)."""
-
     name: str
     repo_id: str
     revision: str | None
     sha256: str | None
 
 
+@dataclass(frozen=True)
 class _Registry:
-    def __init__(self, zoo: Zoo) -> None:
-        self.zoo = zoo
+    zoo: Zoo
 
     def __contains__(self, name: object) -> bool:
         return name in self.zoo
 
-    def resolve(self, name_or_repo_id: str | os.PathLike[str], revision: str | None = None):
+    def resolve(self, name_or_repo_id, revision=None):
         return self.zoo.resolve(name_or_repo_id, revision)
 
     def get_card(self, name: str) -> ZooEntry:
@@ -36,5 +31,4 @@ class _Registry:
 
 
 def default_registry() -> _Registry:
-    """The default zoo (shipped cards plus HATZOO_CARDS) seen as pins."""
     return _Registry(default_zoo())

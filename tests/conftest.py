@@ -1,27 +1,10 @@
 """Shared pytest fixtures: a real local Hub (olah) and an isolated huggingface_hub environment.
 
-Fixtures
---------
-``local_hub`` (session scope)
-    A running :class:`hatzoo.hub.local_hub.LocalHub` (a real olah server on 127.0.0.1, offline) over a
-    temporary mirror folder, shared by the whole session and stopped by PID at the end. Publish into it
-    with ``publish_git(folder, repo_id, mirror_root=local_hub.mirror_root)``; ``local_hub.endpoint`` is
-    its URL and ``local_hub.repo_path(repo_id)`` the git repository it serves. The mirror is shared, so
-    use a fresh repo id per test (the ``repo_id`` fixture).
-
-``hub_env`` (function scope)
-    Points huggingface_hub at ``local_hub`` for one test: sets ``HF_ENDPOINT`` to its endpoint, puts
-    ``HF_HUB_CACHE`` in a fresh temporary folder, unsets ``HF_HUB_OFFLINE`` and ``HF_TOKEN``, and patches
-    the same values into ``huggingface_hub.constants`` (the library reads the environment once, at
-    import), so third-party loaders such as timm's ``hf-hub:`` follow too. Yields a :class:`HubEnv`
-    with ``hub``, ``endpoint`` and ``cache_dir``. Everything is restored after the test.
-
-``repo_id`` (function scope)
-    A repo id unique to the test, ``"test-org/<test name>-<n>"``, that does not exist yet.
-
-``make_checkpoint`` (function scope)
-    ``make_checkpoint(folder, seed=0, extra_files=None) -> Path`` writes a tiny checkpoint-like folder
-    (``model.safetensors`` + ``config.json`` + ``README.md``) for transport tests that need no model.
+``local_hub`` (session) is one olah server on 127.0.0.1 over a temporary mirror: publish into it with
+``publish_git(folder, repo_id, mirror_root=local_hub.mirror_root)``, with a fresh ``repo_id`` per test.
+``hub_env`` points huggingface_hub at it for one test (environment and ``huggingface_hub.constants``,
+which the library reads once at import, so timm's ``hf-hub:`` follows too) with a fresh cache folder.
+``make_checkpoint(folder, seed=0, extra_files=None)`` writes a tiny checkpoint-like folder.
 """
 
 from __future__ import annotations
