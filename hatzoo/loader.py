@@ -17,6 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
+from hatzoo.card import Card
 from hatzoo.checkpoint import load_pretrained
 from hatzoo.core.model import HATModel
 from hatzoo.core.specialize import specialize
@@ -24,7 +25,7 @@ from hatzoo.errors import CheckpointError, HubError
 from hatzoo.hub._env import hub_cache_dir, hub_endpoint, hub_offline
 from hatzoo.hub.download import cached_snapshot, snapshot
 from hatzoo.hub.release import GET_RELEASES, release_folder, verify_sha256, zoo_dir
-from hatzoo.registry import ZooEntry, default_registry
+from hatzoo.zoo import default_zoo
 
 _STALE_CACHE = "the cached file is corrupted or the repository changed; delete it from the cache, load again"
 
@@ -38,10 +39,10 @@ def load(
     continue); ``task=t`` returns task t's pruned, ready-to-run ``TaskModel``. A zoo name resolves
     through the cards to a repo id and pinned revision; ``revision`` overrides it.
     """
-    registry = default_registry()
-    target, resolved_revision = registry.resolve(name_or_repo, revision)
-    if isinstance(name_or_repo, str) and name_or_repo in registry and not Path(target).is_dir():
-        folder = _zoo_folder(registry.get_card(name_or_repo), resolved_revision)
+    zoo = default_zoo()
+    target, resolved_revision = zoo.resolve(name_or_repo, revision)
+    if isinstance(name_or_repo, str) and name_or_repo in zoo and not Path(target).is_dir():
+        folder = _zoo_folder(zoo.get_card(name_or_repo), resolved_revision)
     else:
         folder = snapshot(target, resolved_revision)
     if task is None:
@@ -50,11 +51,12 @@ def load(
     return specialize(model, task, consume=True)
 
 
-def _zoo_folder(card: ZooEntry, revision: str | None) -> Path:
+def _zoo_folder(card: Card, revision: str | None) -> Path:
     """The folder holding zoo model ``card.name`` at ``revision``, found in the order of this module's doc."""
-    pinned = revision == card.revision
-    expected = card.sha256 if pinned else None
-    folder = cached_snapshot(card.repo_id, revision)
+    pin = card.hub
+    pinned = revision == pin.revision
+    expected = pin.sha256 if pinned else None
+    folder = cached_snapshot(pin.repo_id, revision)
     if folder is not None:
         verify_sha256(folder, expected, card.name, _STALE_CACHE)
         return folder
@@ -63,7 +65,7 @@ def _zoo_folder(card: ZooEntry, revision: str | None) -> Path:
     hub_error: HubError | None = None
     if online and named_hub:
         try:
-            folder = snapshot(card.repo_id, revision)
+            folder = snapshot(pin.repo_id, revision)
         except HubError as err:
             hub_error = err
         else:
@@ -71,14 +73,14 @@ def _zoo_folder(card: ZooEntry, revision: str | None) -> Path:
             return folder
     bundled = release_folder(card.name) if pinned else None
     if bundled is not None:
-        if not card.sha256:
+        if not pin.sha256:
             raise CheckpointError(
                 f"the zoo card of {card.name} pins no sha256, so the bundled release {bundled} cannot be "
                 "verified: pin hub.sha256 (the sha256 of its model.safetensors) in the card"
             )
         verify_sha256(
             bundled,
-            card.sha256,
+            pin.sha256,
             card.name,
             f"the bundled release is not the one the card pins; restore it (git checkout -- {bundled}) or "
             "update the card's hub pin",
@@ -86,7 +88,7 @@ def _zoo_folder(card: ZooEntry, revision: str | None) -> Path:
         return bundled
     if online and not named_hub:
         try:
-            folder = snapshot(card.repo_id, revision)
+            folder = snapshot(pin.repo_id, revision)
         except HubError as err:
             hub_error = err
         else:
@@ -95,12 +97,12 @@ def _zoo_folder(card: ZooEntry, revision: str | None) -> Path:
     raise _not_found(card, revision, hub_error)
 
 
-def _not_found(card: ZooEntry, revision: str | None, hub_error: HubError | None) -> HubError:
+def _not_found(card: Card, revision: str | None, hub_error: HubError | None) -> HubError:
     """Where zoo model ``card.name`` was looked for, and how to get the releases."""
-    where = f"{card.repo_id}@{revision}" if revision else card.repo_id
+    where = f"{card.hub.repo_id}@{revision}" if revision else card.hub.repo_id
     zoo = zoo_dir()
-    if revision != card.revision:
-        bundle = f"the bundled release holds only the pinned revision {card.revision}"
+    if revision != card.hub.revision:
+        bundle = f"the bundled release holds only the pinned revision {card.hub.revision}"
     elif zoo is None:
         bundle = "this installation has no zoo/ folder of bundled releases"
     else:

@@ -37,11 +37,11 @@ def main(argv: list[str] | None = None) -> None:
 def _serve_zoo(zoo: str, hub: LocalHub) -> None:
     """Commit the zoo's releases into the served mirror and say which revision each card pins."""
     from hatzoo.hub.release import build_mirror
-    from hatzoo.registry import default_registry
+    from hatzoo.zoo import default_zoo
 
-    registry = default_registry()
+    cards = default_zoo()
     for name, (repo_id, sha) in build_mirror(zoo, hub.mirror_root).items():
-        pin = registry.get_card(name).revision
+        pin = cards.get_card(name).hub.revision
         note = "the card pins it" if pin == sha else f"the card pins {pin}: re-pin it to serve this release"
         print(f"{repo_id}@{sha} ({note})", flush=True)
 

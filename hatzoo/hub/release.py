@@ -204,15 +204,15 @@ def _commit_release(folder: Path, repo: Path) -> str:
 
 def _zoo_repos(zoo: Path, names: list[str]) -> Iterator[tuple[str, str]]:
     """(name, repo id) of each release, from the zoo cards."""
-    from hatzoo.registry import default_registry
+    from hatzoo.zoo import default_zoo
 
-    registry = default_registry()
+    cards = default_zoo()
     for name in names:
-        if name not in registry:
+        if name not in cards:
             raise HubError(
                 f"{zoo / name} has no zoo card: add cards/{name}.yaml (its hub.repo_id names the repository)"
             )
-        yield name, registry.get_card(name).repo_id
+        yield name, cards.get_card(name).hub.repo_id
 
 
 def build_mirror(zoo: str | os.PathLike[str], mirror: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
