@@ -29,7 +29,7 @@ from hatzoo._registry import Registry
 from hatzoo.data import sources
 from hatzoo.data.paths import DataArgumentError
 from hatzoo.data.sources import RawData
-from hatzoo.data.tasks import TaskData, TaskSequence, balanced_subset, to_tensor
+from hatzoo.data.tasks import TaskData, TaskSequence, balanced_subset, pooled_stats, to_tensor
 from hatzoo.errors import DataError
 
 Builder = Callable[..., TaskSequence]
@@ -283,12 +283,8 @@ def mixed(
     if not names or bad:
         raise DataArgumentError(f"datasets must be taken from {', '.join(MIXED_SOURCES)}; got {names}")
     raws = [MIXED_SOURCES[d](root) for d in names]
-    total, total_sq, count = 0.0, 0.0, 0
-    for raw in raws:  # pooled pixel statistics over the full training sets (independent of subsets)
-        u = _unit_28(raw.x_train, raw.scale).double()
-        total, total_sq, count = total + u.sum().item(), total_sq + (u * u).sum().item(), count + u.numel()
-    mean = round(total / count, 4)
-    std = round(float(np.sqrt(total_sq / count - (total / count) ** 2)), 4)
+    # pooled over the full training sets, so the normalization does not depend on subsets
+    (mean,), (std,) = pooled_stats(_unit_28(raw.x_train, raw.scale) for raw in raws)
     tasks = []
     for t, (d, raw) in enumerate(zip(names, raws, strict=True)):
         itr = pick(raw.y_train, max_train_per_task, rng(seed, 1, t))

@@ -7,7 +7,7 @@ of paying for a DataLoader.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,17 @@ def to_tensor(x: np.ndarray, scale: float, mean: Sequence[float], std: Sequence[
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return t.sub_(m).div_(s)
+
+
+def pooled_stats(images: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std (4 decimals) over every pixel of float images (N, C, H, W) in [0, 1]."""
+    total = total_sq = count = 0
+    for x in images:
+        px = x.transpose(0, 1).flatten(1).double()
+        total, total_sq, count = total + px.sum(1), total_sq + (px * px).sum(1), count + px.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean**2).sqrt()
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
 
 
 def balanced_subset(y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

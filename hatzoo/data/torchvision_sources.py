@@ -28,7 +28,7 @@ from hatzoo.data import paths, sources
 from hatzoo.data.benchmarks import BENCHMARKS, check_limit, pick, rng, split_tasks
 from hatzoo.data.paths import DataArgumentError
 from hatzoo.data.sources import RawData, drop_overlap
-from hatzoo.data.tasks import TaskData, TaskSequence, to_tensor
+from hatzoo.data.tasks import TaskData, TaskSequence, pooled_stats, to_tensor
 from hatzoo.errors import DataError
 
 # torchvision class name, standard (mean, std) of the training images in [0, 1], default classes per task
@@ -225,12 +225,7 @@ def imagefolder(
             x_test,
         )
         raws.append((name, classes, x_train, y_train, x_test, y_test))
-    total, total_sq, count = np.zeros(channels), np.zeros(channels), 0
-    for r in raws:  # per-channel statistics over every task's full training set
-        px = r[2].transpose(1, 0, 2, 3).reshape(channels, -1).astype(np.float64) / 255.0
-        total, total_sq, count = total + px.sum(1), total_sq + (px * px).sum(1), count + px.shape[1]
-    mean = tuple(round(float(v), 4) for v in total / count)
-    std = tuple(round(float(v), 4) for v in np.sqrt(total_sq / count - (total / count) ** 2))
+    mean, std = pooled_stats(torch.from_numpy(r[2]).double() / 255.0 for r in raws)  # all tasks' train sets
     tasks = []
     for t, (name, classes, x_train, y_train, x_test, y_test) in enumerate(raws):
         itr = pick(y_train, max_train_per_task, rng(seed, 1, t))

@@ -8,7 +8,7 @@
 Runs unchanged under ``torchrun --nproc_per_node N`` (see :mod:`hatzoo.training.ddp`).
 """
 
-from hatzoo.training.engine import Runtime
+from hatzoo.training.common import Runtime
 from hatzoo.training.joint import JointResults, train_joint
 from hatzoo.training.loop import evaluate, train_sequence
 from hatzoo.training.metrics import Results, backward_transfer

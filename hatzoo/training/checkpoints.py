@@ -34,19 +34,15 @@ def checkpoint_dir(out_dir: str | os.PathLike[str], task: int) -> Path:
 
 def latest_checkpoint(out_dir: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]] | None:
     """The complete checkpoint of the highest task in ``out_dir`` and its training state, or None."""
-    root = Path(out_dir) / "checkpoints"
-    if not root.is_dir():
+    done = [
+        (int(d.name[5:]), d)
+        for d in (Path(out_dir) / "checkpoints").glob("task-*")
+        if d.name[5:].isdigit() and (d / STATE_FILE).is_file()
+    ]
+    if not done:
         return None
-    best: tuple[int, Path] | None = None
-    for item in root.iterdir():
-        name = item.name
-        if not name.startswith("task-") or not name[5:].isdigit() or not (item / STATE_FILE).is_file():
-            continue
-        if best is None or int(name[5:]) > best[0]:
-            best = (int(name[5:]), item)
-    if best is None:
-        return None
-    return best[1], json.loads((best[1] / STATE_FILE).read_text(encoding="utf-8"))
+    folder = max(done)[1]
+    return folder, json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, folder: Path) -> None:

@@ -52,7 +52,7 @@ OVERRIDES = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    from hatzoo.training.engine import PRECISIONS
+    from hatzoo.training.common import PRECISIONS
     from hatzoo.training.recipe import Recipe
 
     p = argparse.ArgumentParser(
@@ -145,22 +145,14 @@ def _print_task(t: int, model, results) -> None:
 
 def _summary(results, out: Path) -> str:
     """What a person reads at the end: average accuracy, BWT and the joint bound in percent, and where."""
-
-    def pct(v: float | None, unit: str = "%") -> str:
-        return "n/a" if v is None else f"{100 * v:.2f}{unit}"
-
-    lines = [
-        f"{results.name}: {results.num_trained} of {len(results.tasks)} tasks trained, outputs in {out}",
+    pct = lambda v, unit="%": "n/a" if v is None else f"{100 * v:.2f}{unit}"  # noqa: E731
+    done = f"model ready: hatzoo push {out / 'model'} ORG/{results.name} --git-mirror DIR"
+    return (
+        f"{results.name}: {results.num_trained} of {len(results.tasks)} tasks trained, outputs in {out}\n"
         f"average accuracy {pct(results.average_accuracy)}, backward transfer {pct(results.bwt, ' points')},"
-        f" joint-training bound {pct(results.joint_average)}",
-    ]
-    if results.complete:
-        lines.append(
-            f"model ready to publish: hatzoo push {out / 'model'} ORG/{results.name} --git-mirror DIR"
-        )
-    else:
-        lines.append("stopped early: run the same command again to train the remaining tasks")
-    return "\n".join(lines)
+        f" joint-training bound {pct(results.joint_average)}\n"
+        + (done if results.complete else "stopped early: run the same command again to train the rest")
+    )
 
 
 def train_command(argv: list[str]) -> int:

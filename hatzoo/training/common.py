@@ -1,17 +1,28 @@
-"""What the sequential and the joint trainer share: building the model, data and optimizer, seeding."""
+"""What the sequential and the joint trainer share: model, data and optimizer, seeding, one epoch.
+
+A :class:`Runtime` says where and how a run computes: the device (checked before any work starts),
+bf16 autocast or plain fp32, progress bars, and this process's place in a DDP job. Autocast covers
+the forward pass and the loss only; parameters and optimizer state stay float32 (master weights).
+On CUDA every batch is copied from pinned memory with ``non_blocking=True``. Per-step numbers stay
+on the device and are read back once per epoch, so a step never waits for the host.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from hatzoo.core.model import HATModel
 from hatzoo.data import TaskSequence, get_benchmark
+from hatzoo.errors import InputError
+from hatzoo.training import ddp
 from hatzoo.training.optimizers import OPTIMIZERS
 from hatzoo.training.recipe import Recipe
 
@@ -83,3 +94,121 @@ def shared_parameters(model: HATModel) -> list[nn.Parameter]:
     """Parameters that belong to no task (the masked backbone weights), in registration order."""
     per_task = {id(p) for t in range(model.num_tasks) for p in model.task_parameters(t)}
     return [p for p in model.parameters() if id(p) not in per_task]
+
+
+PRECISIONS = ("fp32", "bf16")
+EVAL_BATCH = 512
+POSTFIX_EVERY = 10
+
+# (batch index in the epoch, this rank's batch on the device, weight of a summed loss) -> (loss, stats)
+LossFn = Callable[[int, list[torch.Tensor], float], tuple[torch.Tensor, torch.Tensor]]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, refused with a clear error when it does not exist on this machine."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from err
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None)
+    if backend is None or not backend.is_available():
+        raise InputError(
+            f"device {device!r} is not available on this machine (torch {torch.__version__} finds no "
+            f"{dev.type} device); use --device cpu, or run on a machine with one"
+        )
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if dev.index is not None and dev.index >= count:
+        raise InputError(f"device {device!r} does not exist: this machine has {count} {dev.type} device(s)")
+    return dev
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """Where and how a run computes: device, precision (``fp32`` or ``bf16`` autocast), progress, DDP."""
+
+    device: torch.device = torch.device("cpu")
+    amp: str = "fp32"
+    progress: bool = True
+    ctx: ddp.DistContext = dataclasses.field(default_factory=ddp.DistContext)
+
+    @classmethod
+    def create(cls, device: str | torch.device = "cpu", amp: str = "fp32", progress: bool = True) -> Runtime:
+        """Check ``device`` and ``amp``, join the DDP job if torchrun started one, and return the runtime."""
+        if amp not in PRECISIONS:
+            raise InputError(f"unknown precision {amp!r}; choose one of {', '.join(PRECISIONS)}")
+        return cls(resolve_device(device), amp, progress, ddp.init_distributed())
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for a forward pass and its loss (a no-op in fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16")
+
+    def to_device(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Copy a batch to the device: from pinned memory and without blocking on CUDA."""
+        if self.device.type != "cuda":
+            return [t.to(self.device) for t in tensors]
+        return [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
+
+    def bar(self, items: Sequence, desc: str) -> tqdm:
+        """A progress bar over ``items`` (shown on the main rank unless progress is off)."""
+        return tqdm(items, desc=desc, disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)
+
+
+def train_epoch(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    recipe: Recipe,
+    data: Sequence[torch.Tensor],
+    batches: list[torch.Tensor],
+    step: int,
+    total: int,
+    loss_fn: LossFn,
+    rt: Runtime,
+    desc: str,
+) -> list[float]:
+    """One epoch over ``batches`` (global index batches into ``data``).
+
+    ``step`` and ``total`` place the epoch in the learning-rate schedule. ``loss_fn`` gets this rank's
+    rows already on the device and the weight that turns a loss summed over them into this rank's share
+    of the global batch mean; it returns the loss to minimise and a vector of numbers to sum. Returns
+    those sums over the epoch and all ranks, followed by the number of examples seen.
+    """
+    sums: torch.Tensor | None = None
+    count = 0
+    bar = rt.bar(batches, desc)
+    for b, idx in enumerate(bar):
+        set_lr_factor(optimizer, lr_factor(recipe, step + b, total))
+        batch = rt.to_device(*(d[ddp.shard(idx, rt.ctx)] for d in data))
+        with rt.autocast():
+            loss, stats = loss_fn(b, batch, rt.ctx.world_size / len(idx))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if recipe.recipe.clip_grad is not None:
+            nn.utils.clip_grad_norm_(net.parameters(), recipe.recipe.clip_grad)
+        optimizer.step()
+        stats = stats.detach().double()
+        sums = stats if sums is None else sums + stats
+        count += len(batch[0])
+        if not bar.disable and b % POSTFIX_EVERY == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    return rt.ctx.all_sum([*(sums.tolist() if sums is not None else []), count])
+
+
+@torch.no_grad()
+def accuracy(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rt: Runtime,
+    desc: str,
+) -> float:
+    """Fraction of rows of ``x`` whose arg-max logit is ``y`` (rows sharded over ranks under DDP)."""
+    rows = ddp.shard(torch.arange(len(y)), rt.ctx)
+    correct = torch.zeros((), dtype=torch.long, device=rt.device)
+    for chunk in rt.bar(rows.split(EVAL_BATCH), desc):
+        xb, yb = rt.to_device(x[chunk], y[chunk])
+        with rt.autocast():
+            correct += (logits_fn(xb).argmax(1) == yb).sum()
+    hits, count = rt.ctx.all_sum([float(correct), float(len(rows))])
+    return hits / count

@@ -21,8 +21,16 @@ from hatzoo.core.model import HATModel
 from hatzoo.data import TaskSequence
 from hatzoo.policies.plain import strip_classifier
 from hatzoo.training import ddp
-from hatzoo.training.common import ModelFactory, build_model, derive_seed, load_benchmark, make_optimizer
-from hatzoo.training.engine import Runtime, accuracy, train_epoch
+from hatzoo.training.common import (
+    ModelFactory,
+    Runtime,
+    accuracy,
+    build_model,
+    derive_seed,
+    load_benchmark,
+    make_optimizer,
+    train_epoch,
+)
 from hatzoo.training.recipe import Recipe
 
 

@@ -30,14 +30,16 @@ from hatzoo.training import checkpoints as ckpt
 from hatzoo.training import ddp, report
 from hatzoo.training.common import (
     ModelFactory,
+    Runtime,
+    accuracy,
     build_model,
     derive_seed,
     load_benchmark,
     make_optimizer,
     shared_parameters,
     task_param_groups,
+    train_epoch,
 )
-from hatzoo.training.engine import Runtime, accuracy, train_epoch
 from hatzoo.training.metrics import Results, jsonable_capacity
 from hatzoo.training.recipe import Recipe
 
@@ -102,7 +104,12 @@ def train_sequence(
         _check_same_recipe(recipe, state["recipe"], out)
         model = HATModel.from_pretrained(folder)
         log("resume", checkpoint=str(folder), completed=state["completed"], world_size=ctx.world_size)
-    model.data_config = data_config(seq)
+    model.data_config = {  # how inputs were prepared: saved with each checkpoint, read by export
+        "mean": list(seq.mean),
+        "std": list(seq.std),
+        "input_shape": list(seq.input_shape),
+        "benchmark": seq.name,
+    }
     model.to(rt.device)
 
     optimizer = make_optimizer(recipe, shared_parameters(model))
@@ -208,16 +215,6 @@ def evaluate(model: HATModel, task: TaskData, t: int, runtime: Runtime | None = 
     model.eval()
     x, y = task.test.tensors
     return accuracy(lambda xb: model(xb, task=t), x, y, rt, f"evaluate task {t}")
-
-
-def data_config(seq: TaskSequence) -> dict[str, Any]:
-    """How inputs were prepared, stored with the checkpoint (export puts it in bundle manifests)."""
-    return {
-        "mean": list(seq.mean),
-        "std": list(seq.std),
-        "input_shape": list(seq.input_shape),
-        "benchmark": seq.name,
-    }
 
 
 def _empty_state(recipe: Recipe) -> dict[str, Any]:
