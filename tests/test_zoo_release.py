@@ -214,7 +214,9 @@ def test_release_revision_is_the_commit_every_mirror_build_makes(release, tmp_pa
     first = build_mirror(release.zoo, tmp_path / "one")
     second = build_mirror(release.zoo, tmp_path / "two")
     again = build_mirror(release.zoo, tmp_path / "one")  # rebuilding an existing mirror keeps the commit
-    assert first == second == again == {NAME: (REPO, release.revision)}
+    monkeypatch.chdir(release.zoo.parent)
+    relative = build_mirror(release.zoo.name, "relative-mirror")  # as in `--zoo zoo`
+    assert first == second == again == relative == {NAME: (REPO, release.revision)}
     repo = tmp_path / "two" / "models" / REPO
     log = subprocess.run(
         ["git", "log", "--format=%H|%an <%ae> %ad|%cn <%ce> %cd|%s", "--date=raw", "main"],

@@ -141,7 +141,7 @@ def _commit_text(tree: str) -> str:
 
 
 def _release_files(folder: str | os.PathLike[str]) -> tuple[Path, list[str]]:
-    root = Path(folder)
+    root = Path(folder).resolve()  # git runs in the mirror repository, not here
     if not (root / WEIGHTS).is_file():
         raise HubError(f"{root} is not a zoo release: it has no {WEIGHTS} (write it with save_pretrained)")
     return root, _files(root)
