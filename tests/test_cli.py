@@ -55,6 +55,7 @@ def test_export_writes_a_bundle_with_the_models_normalization(checkpoint, tmp_pa
     assert manifest["tasks"]["2"]["max_abs_diff"] <= 1e-4
 
 
+@pytest.mark.integration
 def test_push_publishes_with_git(checkpoint, local_hub, hub_env, repo_id, capsys):
     _, folder, x = checkpoint
     assert main(["push", str(folder), repo_id, "--git-mirror", str(local_hub.mirror_root)]) == 0
@@ -81,6 +82,7 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(checkpoint, argv, message, 
     assert "Traceback" not in err
 
 
+@pytest.mark.integration
 def test_serve_command_imports_no_torch():
     code = (
         "import sys; from hatzoo.cli import COMMANDS; import hatzoo.export.server; "
