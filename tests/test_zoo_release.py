@@ -109,6 +109,16 @@ def test_fresh_process_without_hub_or_cache_loads_the_bundled_release_at_once(re
     assert not any((tmp_path / "hf-home").rglob("model.safetensors")), "nothing should be downloaded"
 
 
+def test_a_named_hub_that_is_down_falls_back_to_the_bundled_release(release, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    use(monkeypatch, release.cards, release.zoo)
+    net = hatzoo.load(NAME, task=1)
+    refs = load_file(release.refs)
+    with torch.no_grad():
+        assert (net(refs["x"]) - refs["logits1"]).abs().max().item() <= 1e-5
+
+
 def test_a_release_that_is_not_the_pinned_one_is_refused(release, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
