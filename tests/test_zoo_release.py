@@ -21,8 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import hatzoo
+from hatzoo.card import HubPin
 from hatzoo.hub.local_hub import free_port
-from hatzoo.hub.release import build_mirror, file_sha256, release_revision
+from hatzoo.hub.release import build_mirror, file_sha256, release_pin, release_revision
 from tests.test_checkpoint import train_tasks, vit
 
 NAME = "hat-release-test"
@@ -240,6 +241,7 @@ def test_release_revision_is_the_commit_every_mirror_build_makes(release, tmp_pa
     assert sorted(p.name for p in repo.iterdir() if p.name != ".git") == sorted(
         p.name for p in release.folder.iterdir()
     )
+    assert release_pin(release.folder, REPO) == HubPin(REPO, release.revision, release.sha256)
     copy = tmp_path / "copy" / "elsewhere"
     shutil.copytree(release.folder, copy)
     assert release_revision(copy) == release.revision  # the folder's name and place do not matter

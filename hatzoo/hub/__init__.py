@@ -6,7 +6,7 @@ Importing this package is cheap: huggingface_hub is imported only when a downloa
 from hatzoo.hub.download import cached_snapshot, hub_file, is_repo_id, snapshot, snapshot_commit
 from hatzoo.hub.local_hub import LocalHub, repo_folder
 from hatzoo.hub.publish import publish_git, publish_http
-from hatzoo.hub.release import build_mirror, release_revision
+from hatzoo.hub.release import build_mirror, release_pin, release_revision
 
 __all__ = [
     "LocalHub",
@@ -16,6 +16,7 @@ __all__ = [
     "is_repo_id",
     "publish_git",
     "publish_http",
+    "release_pin",
     "release_revision",
     "repo_folder",
     "snapshot",

@@ -5,8 +5,9 @@ A release folder is found in ``HATZOO_ZOO`` (a folder of release folders) or els
 
 Each release folder also maps to one git commit whose sha depends on its files alone (no parent, fixed
 author, committer, dates and message, every file mode 100644), so every machine computes the same
-revision: :func:`release_revision` computes it without git, the card pins it, and :func:`build_mirror`
-commits the releases into a mirror that the embedded Hub (olah) serves at exactly that revision.
+revision: :func:`release_revision` computes it without git, the card pins it (:func:`release_pin`), and
+:func:`build_mirror` commits the releases into a mirror that the embedded Hub (olah) serves at exactly
+that revision.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from hatzoo.card import HubPin
 from hatzoo.errors import CheckpointError, HubError
 from hatzoo.hub.local_hub import repo_folder
 
@@ -28,6 +30,7 @@ __all__ = [
     "file_sha256",
     "release_folder",
     "release_names",
+    "release_pin",
     "release_revision",
     "verify_sha256",
     "zoo_dir",
@@ -151,6 +154,12 @@ def release_revision(folder: str | os.PathLike[str]) -> str:
     """The commit sha that a release folder gets in the embedded Hub: pin it as the card's revision."""
     root, files = _release_files(folder)
     return _git_object("commit", _commit_text(_tree_sha(root, files).hex()).encode()).hex()
+
+
+def release_pin(folder: str | os.PathLike[str], repo_id: str) -> HubPin:
+    """The card's hub pin for a release folder: ``update_card(card, hub=release_pin(folder, repo_id))``."""
+    root, _ = _release_files(folder)
+    return HubPin(repo_id=repo_id, revision=release_revision(root), sha256=file_sha256(root / WEIGHTS))
 
 
 # ------------------------------------------------------------------------------------------------- mirror
