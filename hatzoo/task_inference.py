@@ -1,0 +1,254 @@
+"""Task-agnostic inference: answer an input whose task is unknown (class-incremental evaluation).
+
+HAT needs a task id to pick its masks. Without one, every ended task's subnetwork runs on the whole
+batch, each task scores how strongly it claims each input, and the highest score wins; the answer is
+that task's arg-max class. With ``z`` one task's logits, ``C`` its class count, ``T`` its temperature
+and ``p = softmax(z / T)``, the rules (``hatzoo.export.agnostic.RULES``, shared with the server) are:
+
+- ``msp``:     max_c p_c                        (maximum softmax probability)
+- ``entropy``: sum_c p_c log p_c / log C        (negative entropy, normalized so class counts compare)
+- ``energy``:  T logsumexp(z / T)               (negative free energy; the default)
+
+Temperatures (one per task, 1 by default) are fitted by :func:`fit_temperatures` on a validation split
+held out from each task's training data, never its test split. The cost of one answer is the sum of the
+tasks' kept FLOPs (:func:`agnostic_macs`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hatzoo.core.model import HATModel
+from hatzoo.core.specialize import TaskModel
+from hatzoo.errors import InputError, TaskError
+from hatzoo.export.agnostic import DEFAULT_RULE, choose, task_scores
+from hatzoo.export.flops import count_macs
+
+# log T searched for the NLL-optimal temperature: T from 0.05 to 20
+_LOG_T_GRID = torch.linspace(float(np.log(0.05)), float(np.log(20.0)), 601, dtype=torch.float64)
+
+TaskData = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TaskPrediction:
+    """The answer for a batch: inferred task id, class within it, label, every task's score and logits."""
+
+    task: torch.Tensor  # LongTensor [B]: task ids
+    class_index: torch.Tensor  # LongTensor [B]: class within the inferred task
+    label: list[str]
+    scores: torch.Tensor  # [B, T] float64, columns in the order of ``tasks``; higher = more likely
+    logits: list[torch.Tensor]  # per task [B, C_t], in the order of ``tasks``
+    tasks: list[int]  # the task ids of the columns
+
+
+class TaskAgnosticModel(nn.Module):
+    """Specialized task models (``hatzoo.load(name, task=t)``) answered together without a task id."""
+
+    def __init__(self, task_models: Sequence[TaskModel]) -> None:
+        super().__init__()
+        models = list(task_models)
+        if not models or not all(isinstance(m, TaskModel) for m in models):
+            raise InputError(
+                "TaskAgnosticModel needs a non-empty list of TaskModels (hatzoo.load(name, task=t))"
+            )
+        ids = [m.task for m in models]
+        if len(set(ids)) != len(ids):
+            raise InputError(f"each task may appear once, got task ids {ids}")
+        self.task_models = nn.ModuleList(models)
+
+    @classmethod
+    def from_task_models(cls, task_models: Sequence[TaskModel]) -> TaskAgnosticModel:
+        """The wrapper over ``task_models`` (eval mode)."""
+        return cls(task_models).eval()
+
+    @property
+    def tasks(self) -> list[int]:
+        return [m.task for m in self.task_models]
+
+    def labels(self, task: int) -> list[str]:
+        return list(self.task_models[self.tasks.index(task)].labels)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every task's logits for ``x``, in the order of ``tasks``."""
+        return [m(x) for m in self.task_models]
+
+    def predict(self, x: torch.Tensor, **options) -> TaskPrediction:
+        """See :func:`predict`."""
+        return predict(self, x, **options)
+
+
+Predictor = HATModel | TaskAgnosticModel
+
+
+def active_tasks(model: Predictor) -> list[int]:
+    """The task ids that answer: every ended, non-forgotten task of a HAT model, or the wrapped tasks."""
+    if isinstance(model, TaskAgnosticModel):
+        return model.tasks
+    if not isinstance(model, HATModel):
+        raise InputError(
+            f"task-agnostic prediction needs a HATModel or a TaskAgnosticModel, got {type(model).__name__}"
+        )
+    tasks = [t for t, info in enumerate(model.tasks) if info.status == "ended"]
+    if not tasks:
+        raise TaskError("the model has no ended task to answer with; call end_task(t) after training task t")
+    return tasks
+
+
+def _labels(model: Predictor, task: int) -> list[str]:
+    return model.labels(task) if isinstance(model, TaskAgnosticModel) else model.tasks[task].labels
+
+
+@torch.no_grad()
+def task_logits(model: Predictor, x: torch.Tensor) -> tuple[list[int], list[torch.Tensor]]:
+    """(task ids, logits [B, C_t] per task): every answering task run on the whole batch."""
+    tasks = active_tasks(model)
+    if model.training:
+        raise InputError("task-agnostic prediction runs the binary masks: call model.eval() first")
+    if isinstance(model, TaskAgnosticModel):
+        return tasks, model(x)
+    return tasks, [model(x, task=t) for t in tasks]
+
+
+def _temperature_list(tasks: Sequence[int], temperatures: Mapping[int, float] | None) -> list[float] | None:
+    if temperatures is None:
+        return None
+    unknown = sorted(set(temperatures) - set(tasks))
+    if unknown:
+        raise InputError(
+            f"temperatures given for tasks {unknown} that do not answer; answering tasks: {tasks}"
+        )
+    return [float(temperatures.get(t, 1.0)) for t in tasks]
+
+
+def predict(
+    model: Predictor,
+    x: torch.Tensor,
+    rule: str = DEFAULT_RULE,
+    temperatures: Mapping[int, float] | None = None,
+) -> TaskPrediction:
+    """Answer ``x`` without a task id: run every task, infer each row's task with ``rule``, give its label.
+
+    ``temperatures`` maps task ids to fitted temperatures (:func:`fit_temperatures`); missing ones are 1.
+    """
+    tasks, logits = task_logits(model, x)
+    scores = task_scores(
+        [z.double().cpu().numpy() for z in logits], rule, _temperature_list(tasks, temperatures)
+    )
+    best = choose(scores)
+    ids = torch.tensor([tasks[c] for c in best], dtype=torch.long)
+    stacked = [logits[c][i] for i, c in enumerate(best)]
+    classes = torch.tensor([int(z.argmax()) for z in stacked], dtype=torch.long)
+    labels = [_labels(model, int(t))[int(k)] for t, k in zip(ids, classes, strict=True)]
+    return TaskPrediction(ids, classes, labels, torch.from_numpy(scores), list(logits), tasks)
+
+
+def _batches(data: TaskData) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return [data]
+    return data
+
+
+@torch.no_grad()
+def fit_temperatures(model: Predictor, validation: Mapping[int, TaskData]) -> dict[int, float]:
+    """Per-task temperature minimizing the NLL of the task's own head on its validation data.
+
+    ``validation[t]`` is ``(x, y)`` tensors or an iterable of such batches (a DataLoader), held out
+    from task t's *training* data; labels are class indices within the task. The search runs over a
+    grid of log T (T from 0.05 to 20), so it is deterministic and needs no gradient.
+    """
+    tasks = active_tasks(model)
+    missing = sorted(set(tasks) - set(validation))
+    if missing:
+        raise InputError(f"no validation data for tasks {missing}; give (x, y) for every answering task")
+    if model.training:
+        raise InputError("fit temperatures on the binary masks: call model.eval() first")
+    out = {}
+    for t in tasks:
+        zs, ys = [], []
+        for xb, yb in _batches(validation[t]):
+            zs.append(_one_task(model, xb, t).double().cpu())
+            ys.append(yb.long().cpu())
+        if not zs:
+            raise InputError(f"the validation data of task {t} is empty")
+        z, y = torch.cat(zs), torch.cat(ys)
+        nll = torch.stack([F.cross_entropy(z / torch.exp(lt), y) for lt in _LOG_T_GRID])
+        out[t] = float(torch.exp(_LOG_T_GRID[int(nll.argmin())]))
+    return out
+
+
+def _one_task(model: Predictor, x: torch.Tensor, task: int) -> torch.Tensor:
+    if isinstance(model, TaskAgnosticModel):
+        return model.task_models[model.tasks.index(task)](x)
+    return model(x, task=task)
+
+
+@dataclass
+class AgnosticAccuracy:
+    """Fractions of rows: task inferred right, class right without a task id, and class right given it."""
+
+    task: float
+    class_incremental: float
+    task_incremental: float
+    rows: int
+
+
+@torch.no_grad()
+def evaluate(
+    model: Predictor,
+    x: torch.Tensor,
+    task: torch.Tensor,
+    target: torch.Tensor,
+    rule: str = DEFAULT_RULE,
+    temperatures: Mapping[int, float] | None = None,
+    batch_size: int = 256,
+) -> AgnosticAccuracy:
+    """Accuracy on (x, true task id, true class within the task).
+
+    Class-incremental: right task and right class (with disjoint classes per task, the right global
+    class); task-incremental: the true task's arg-max class, the ceiling of the two.
+    """
+    if not len(x) == len(task) == len(target):
+        raise InputError(
+            f"x, task and target must have one row each, got {len(x)}, {len(task)}, {len(target)}"
+        )
+    hits = torch.zeros(3, dtype=torch.long)
+    for start in range(0, len(x), batch_size):
+        rows = slice(start, start + batch_size)
+        p = predict(model, x[rows], rule, temperatures)
+        t, y = task[rows].long().cpu(), target[rows].long().cpu()
+        column = torch.tensor([p.tasks.index(int(v)) for v in t])
+        given = torch.stack([p.logits[c][i].argmax().cpu() for i, c in enumerate(column.tolist())])
+        right_task = p.task == t
+        hits += torch.stack([right_task.sum(), (right_task & (p.class_index == y)).sum(), (given == y).sum()])
+    n = max(len(x), 1)
+    return AgnosticAccuracy(*(float(h) / n for h in hits.tolist()), rows=len(x))
+
+
+def global_class(prediction: TaskPrediction, classes: Mapping[int, Sequence[int]]) -> torch.Tensor:
+    """Global class ids [B] of a prediction, given each task's global classes in label order."""
+    return torch.tensor(
+        [classes[int(t)][int(k)] for t, k in zip(prediction.task, prediction.class_index, strict=True)]
+    )
+
+
+@torch.no_grad()
+def agnostic_macs(model: Predictor, sample_shape: Sequence[int]) -> dict[int, int]:
+    """Multiply-adds of one sample per answering task, with masked units removed; their sum is the cost."""
+    x = torch.zeros(1, *sample_shape)
+    out = {}
+    for t in active_tasks(model):
+        net = (
+            model.task_models[model.tasks.index(t)]
+            if isinstance(model, TaskAgnosticModel)
+            else model.specialize(t)
+        )
+        param = next(net.parameters())
+        out[t] = count_macs(net, lambda net=net, p=param: net(x.to(p.device, p.dtype)))
+    return out

@@ -1,0 +1,195 @@
+"""Task-agnostic inference: exact task recovery on separable tasks, the batched path against per-task calls,
+the rules against an independent torch reference, temperatures, accuracy helpers and cost."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import hatzoo
+from hatzoo.errors import InputError, TaskError
+from hatzoo.task_inference import (
+    TaskAgnosticModel,
+    agnostic_macs,
+    evaluate,
+    fit_temperatures,
+    global_class,
+    predict,
+)
+
+RULES = ("msp", "entropy", "energy")
+NUM_TASKS, WIDTH = 3, 6  # task t owns input dims 2t (class 0) and 2t + 1 (class 1)
+
+
+def separable_model(head_gain: float = 4.0) -> hatzoo.HATModel:
+    """An MLP whose features are its input (identity Linear + ReLU, every gate open) and whose task t
+    head reads only its own two dims: task t's logits are large exactly on task t's inputs."""
+    model = hatzoo.hatify(
+        nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.ReLU(), nn.Linear(WIDTH, 2)), mask_init="dense"
+    )
+    for t in range(NUM_TASKS):
+        model.add_task(num_classes=2, labels=[f"t{t}-a", f"t{t}-b"])
+        with torch.no_grad():
+            if t == 0:
+                model.backbone[0].weight.copy_(torch.eye(WIDTH))
+                model.backbone[0].bias.zero_()
+            head = torch.zeros(2, WIDTH)
+            head[0, 2 * t], head[1, 2 * t + 1] = head_gain, head_gain
+            model.heads[t].weight.copy_(head)
+            model.heads[t].bias.zero_()
+        model.end_task(t)
+    return model.eval()
+
+
+def separable_inputs(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, task, class): small positive noise everywhere plus a bump on the dim of (task, class)."""
+    gen = torch.Generator().manual_seed(seed)
+    task = torch.randint(0, NUM_TASKS, (n,), generator=gen)
+    cls = torch.randint(0, 2, (n,), generator=gen)
+    x = torch.rand(n, WIDTH, generator=gen) * 0.3
+    x[torch.arange(n), 2 * task + cls] += 2.0 + torch.rand(n, generator=gen)
+    return x, task, cls
+
+
+@pytest.fixture(scope="module")
+def trained() -> hatzoo.HATModel:
+    """A small MLP trained a few steps per task (partial masks from N(0, 1)), tasks of 2, 3 and 4 classes,
+    with task 1 forgotten so the answering ids (0, 2, 3) are not the columns."""
+    torch.manual_seed(0)
+    model = hatzoo.hatify(
+        nn.Sequential(
+            nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 12), nn.ReLU(), nn.Linear(12, 5)
+        )
+    )
+    for k in (2, 2, 3, 4):
+        t = model.add_task(num_classes=k)
+        model.train()
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        for step in range(5):
+            x, y = torch.randn(16, 1, 4, 4), torch.randint(0, k, (16,))
+            loss = nn.functional.cross_entropy(model(x, task=t, scale=50.0 * (step + 1)), y)
+            opt.zero_grad()
+            (loss + model.regularization(task=t)).backward()
+            opt.step()
+        model.end_task(t)
+    model.forget(1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_every_rule_recovers_the_task_of_separable_inputs(rule: str) -> None:
+    model = separable_model()
+    x, task, cls = separable_inputs(300)
+    p = predict(model, x, rule=rule)
+    assert p.tasks == [0, 1, 2]
+    assert torch.equal(p.task, task) and torch.equal(p.class_index, cls)
+    assert p.label == [f"t{t}-{'ab'[c]}" for t, c in zip(task.tolist(), cls.tolist(), strict=True)]
+    assert p.scores.shape == (300, NUM_TASKS)
+    assert torch.equal(p.scores.argmax(1), task)
+    acc = evaluate(model, x, task, cls, rule=rule, batch_size=64)
+    assert (acc.task, acc.class_incremental, acc.task_incremental, acc.rows) == (1.0, 1.0, 1.0, 300)
+    classes = {0: (0, 1), 1: (2, 3), 2: (4, 5)}
+    assert torch.equal(global_class(p, classes), 2 * task + cls)
+
+
+def _reference_scores(logits: list[torch.Tensor], rule: str, temps: list[float]) -> torch.Tensor:
+    """The rules written again with torch's own softmax and logsumexp, in float64."""
+    cols = []
+    for z, t in zip(logits, temps, strict=True):
+        z = z.double() / t
+        p = z.softmax(1)
+        if rule == "msp":
+            cols.append(p.max(1).values)
+        elif rule == "entropy":
+            cols.append((p * z.log_softmax(1)).sum(1) / math.log(z.shape[1]))
+        else:
+            cols.append(t * torch.logsumexp(z, 1))
+    return torch.stack(cols, 1)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_batched_path_equals_per_task_calls(trained: hatzoo.HATModel, rule: str) -> None:
+    x = torch.randn(37, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    temps = {0: 0.7, 2: 1.0, 3: 2.5}
+    p = predict(trained, x, rule=rule, temperatures=temps)
+    assert p.tasks == [0, 2, 3]
+    with torch.no_grad():
+        per_task = [trained(x, task=t) for t in p.tasks]
+    for got, want in zip(p.logits, per_task, strict=True):
+        assert torch.equal(got, want)
+    ref = _reference_scores(per_task, rule, [temps[t] for t in p.tasks])
+    torch.testing.assert_close(p.scores, ref, rtol=0, atol=1e-9)
+    column = ref.argmax(1)
+    assert p.task.tolist() == [p.tasks[c] for c in column.tolist()]
+    chosen = [per_task[c][i] for i, c in enumerate(column.tolist())]
+    assert p.class_index.tolist() == [int(z.argmax()) for z in chosen]
+    assert p.label == [
+        trained.tasks[t].labels[k] for t, k in zip(p.task.tolist(), p.class_index.tolist(), strict=True)
+    ]
+    # rows are answered independently: one row alone gets the same answer as in the batch
+    alone = predict(trained, x[5:6], rule=rule, temperatures=temps)
+    assert int(alone.task) == int(p.task[5])
+    torch.testing.assert_close(alone.scores[0], p.scores[5], rtol=0, atol=1e-6)
+
+
+def test_specialized_task_models_answer_like_the_hat_model(trained: hatzoo.HATModel) -> None:
+    x = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    wrapper = TaskAgnosticModel.from_task_models([trained.specialize(t) for t in (0, 2, 3)])
+    assert wrapper.tasks == [0, 2, 3] and not wrapper.training
+    for rule in RULES:
+        a, b = predict(trained, x, rule=rule), wrapper.predict(x, rule=rule)
+        assert (
+            a.tasks == b.tasks and torch.equal(a.task, b.task) and torch.equal(a.class_index, b.class_index)
+        )
+        assert a.label == b.label
+        torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
+    pruned, dense = agnostic_macs(wrapper, (1, 4, 4)), agnostic_macs(trained, (1, 4, 4))
+    assert pruned == dense and set(pruned) == {0, 2, 3}
+    full = 16 * 24 + 24 * 12  # the backbone with every unit kept (heads come on top)
+    assert all(0 < v < full + 12 * 4 for v in pruned.values())
+
+
+def test_temperature_fit_recovers_the_temperature_of_the_labels() -> None:
+    """Labels drawn from softmax(logits / 2.5): the NLL-optimal temperature is 2.5."""
+    model = separable_model()
+    gen = torch.Generator().manual_seed(7)
+    data = {}
+    for t in range(NUM_TASKS):
+        x = torch.zeros(6000, WIDTH)
+        x[:, 2 * t : 2 * t + 2] = torch.rand(6000, 2, generator=gen)
+        with torch.no_grad():
+            probs = (model(x, task=t) / 2.5).softmax(1)
+        y = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        data[t] = [(x[:3000], y[:3000]), (x[3000:], y[3000:])] if t == 0 else (x, y)
+    temps = fit_temperatures(model, data)
+    assert set(temps) == {0, 1, 2}
+    for value in temps.values():
+        assert value == pytest.approx(2.5, rel=0.12)
+
+
+def test_clear_errors() -> None:
+    model = separable_model()
+    x = separable_inputs(4)[0]
+    with pytest.raises(InputError, match="unknown task-inference rule 'soft'.*msp, entropy, energy"):
+        predict(model, x, rule="soft")
+    with pytest.raises(InputError, match=r"temperatures given for tasks \[7\]"):
+        predict(model, x, temperatures={7: 2.0})
+    with pytest.raises(InputError, match="temperatures must be finite numbers > 0"):
+        predict(model, x, temperatures={0: 0.0})
+    with pytest.raises(InputError, match="no validation data for tasks"):
+        fit_temperatures(model, {0: (x, torch.zeros(4, dtype=torch.long))})
+    with pytest.raises(InputError, match="one row each"):
+        evaluate(model, x, torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    model.train()
+    with pytest.raises(InputError, match=r"call model.eval\(\) first"):
+        predict(model, x)
+    fresh = hatzoo.hatify(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))).eval()
+    with pytest.raises(TaskError, match="no ended task"):
+        predict(fresh, torch.zeros(1, 4))
+    with pytest.raises(InputError, match="list of TaskModels"):
+        TaskAgnosticModel([])
+    with pytest.raises(InputError, match="HATModel or a TaskAgnosticModel"):
+        predict(nn.Linear(2, 2), x)
