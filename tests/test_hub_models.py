@@ -18,6 +18,7 @@ import hatzoo
 from hatzoo.hub.local_hub import LocalHub
 from tests.test_checkpoint import train_tasks, vit
 
+pytestmark = pytest.mark.integration  # real processes and a real local Hub
 LOAD_AND_COMPARE = textwrap.dedent(
     """
     import sys, torch, hatzoo

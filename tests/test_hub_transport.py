@@ -20,6 +20,7 @@ from hatzoo.hub.download import hub_file, snapshot, snapshot_commit
 from hatzoo.hub.local_hub import LocalHub, free_port
 from hatzoo.hub.publish import publish_git, publish_http
 
+pytestmark = pytest.mark.integration  # real processes and a real local Hub
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -26,6 +26,7 @@ from hatzoo.hub.local_hub import free_port
 from hatzoo.hub.release import build_mirror, file_sha256, release_pin, release_revision
 from tests.test_checkpoint import train_tasks, vit
 
+pytestmark = pytest.mark.integration  # real processes and a real local Hub
 NAME = "hat-release-test"
 REPO = "test-zoo/hat-release-test"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.integration  # fresh processes on the shipped releases and the real data
 ROOT = Path(__file__).resolve().parents[1]
 
 EVALUATE = textwrap.dedent(
