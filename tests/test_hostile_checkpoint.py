@@ -351,6 +351,8 @@ def same_model(a: hatzoo.HATModel, b: hatzoo.HATModel) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_save_killed_at_every_step_leaves_the_old_or_the_new_model(tmp_path):
     old, new = tiny_mlp(["old-a", "old-b"], seed=1), tiny_mlp(["new-a", "new-b"], seed=2)
     new.save_pretrained(tmp_path / "new")
@@ -417,6 +419,7 @@ RESAVE = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_same_model_saves_to_the_same_bytes_in_any_process(tmp_path, precision):
     model = tiny_vit(["a", "b"], tasks=2)
@@ -500,6 +503,7 @@ def test_unknown_precision_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- timm data config
+@pytest.mark.integration
 def test_timm_resolves_the_models_data_config_from_the_hub(hub_env, repo_id, tmp_path):
     import timm
     from PIL import Image
@@ -530,6 +534,7 @@ def test_timm_resolves_the_models_data_config_from_the_hub(hub_env, repo_id, tmp
 
 
 # ----------------------------------------------------------------------------- push with relative paths
+@pytest.mark.integration
 def test_push_with_relative_paths_from_another_folder(local_hub, hub_env, repo_id, tmp_path, monkeypatch):
     folder = tiny_mlp(["a", "b"], seed=3).save_pretrained(tmp_path / "work" / "ckpt")
     mirror = local_hub.mirror_root
