@@ -22,6 +22,9 @@ import numpy as np
 from hatzoo._registry import Registry
 from hatzoo.errors import InputError
 
+from .bundle import Bundle, TaskSpec
+from .decode import RequestError
+
 Rule = Callable[[np.ndarray, float], np.ndarray]
 RULES: Registry[Rule] = Registry("task-inference rule")
 DEFAULT_RULE = "energy"
@@ -96,3 +99,31 @@ def answer(
         "label": [labels[t][k] for t, k in zip(tasks, classes, strict=True)],
         "scores": scores.tolist(),
     }
+
+
+def answering_specs(bundle: Bundle) -> list[TaskSpec]:
+    """Every task of a bundle, which must all take the same input to be answered together."""
+    specs = list(bundle.tasks.values())
+    shapes = {(s.input_shape[1:], s.dtype) for s in specs}
+    if len(shapes) != 1:
+        raise RequestError(
+            400,
+            f"the tasks of model {bundle.model!r} take different inputs {sorted(map(str, shapes))}; "
+            "name the task: /v1/models/{model}/tasks/{task}:predict",
+        )
+    return specs
+
+
+def normalization_groups(specs: Sequence[TaskSpec]) -> list[list[TaskSpec]]:
+    """Tasks grouped by their input normalization (pixels are normalized once per group)."""
+    groups: dict[tuple[tuple[float, ...], tuple[float, ...]], list[TaskSpec]] = {}
+    for s in specs:
+        groups.setdefault((s.mean, s.std), []).append(s)
+    return list(groups.values())
+
+
+def check_rule(rule: str) -> str:
+    """``rule`` when it is a known rule; 400 listing the known ones otherwise."""
+    if rule not in RULES:
+        raise RequestError(400, f"unknown task-inference rule {rule!r}; choose one of {', '.join(RULES)}")
+    return rule

@@ -81,6 +81,19 @@ class PredictResponse(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+class AgnosticPredictResponse(BaseModel):
+    """Answer of ``/v1/models/{model}:predict``: per input row, the inferred task and its label."""
+
+    model: str
+    rule: str = Field(description="the task-inference rule used (see GET /openapi.json: the rule parameter)")
+    tasks: list[str] = Field(description="the model's task ids, in the column order of scores")
+    task: list[str] = Field(description="per row: the inferred task (highest score)")
+    class_index: list[int] = Field(description="per row: the arg-max class within the inferred task")
+    label: list[str] = Field(description="per row: that class's label")
+    scores: list[list[float]] = Field(description="per row: every task's score, higher = more likely")
+    warnings: list[str] = Field(default_factory=list)
+
+
 class V2Health(BaseModel):
     live: bool | None = None
     ready: bool | None = None

@@ -6,9 +6,13 @@ Routes (OpenAPI at ``/openapi.json``, browsable at ``/docs``):
   JPEG body, or a multipart form with ``file`` parts. Float arrays are normalized input unless
   ``normalized`` is false (then 0-1 pixels); uint8 arrays and images are pixels the server normalizes with
   the bundle's mean and std. Answer: ``{"model", "task", "logits", "top_k", "warnings"}``.
+- ``POST /v1/models/{model}:predict?rule=energy``: the same bodies without a task id. Every task's graph runs
+  (pixels normalized per task), the task scoring highest under the rule (msp, entropy, energy) answers:
+  ``{"model", "rule", "tasks", "task", "class_index", "label", "scores", "warnings"}``, per row.
 - ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus text).
 - KServe v2 (Open Inference Protocol): ``/v2/health/{live,ready}``, ``/v2/models/<model>_task<t>[/ready]``,
-  ``POST /v2/models/<model>_task<t>/infer``.
+  ``POST /v2/models/<model>_task<t>/infer``; the v2 model ``<model>`` answers without a task id (outputs
+  task, label, class_index, scores; ``parameters.rule`` picks the rule).
 Errors answer ``{"error": message}`` with a 4xx status; the server keeps serving.
 """
 

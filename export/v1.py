@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -17,6 +18,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from hatzoo.errors import HATError
 
 from . import schemas
+from .agnostic import DEFAULT_RULE, RULES, answer, answering_specs, check_rule, normalization_groups
 from .bundle import TaskSpec
 from .context import Serving, validate_input
 from .decode import JSON_TYPES, NPY_TYPES, RequestError, media_type, npy_array, number_array, parse_json
@@ -25,6 +27,14 @@ from .runtime import OverloadedError, UnknownModelError
 from .triton import triton_model_name
 
 PREDICT_SUFFIX = ":predict"
+AGNOSTIC_TASK = "*"  # the metrics' task label of requests answered without a task id
+RULE_PARAMETER = {
+    "name": "rule",
+    "in": "query",
+    "required": False,
+    "description": "task-inference rule",
+    "schema": {"type": "string", "enum": list(RULES), "default": DEFAULT_RULE},
+}
 RAW_PIXELS_WARNING = (
     "every input value lies in [0, 1], like raw pixels, but the task normalizes with mean {mean} and std "
     "{std}; if these are pixels, send normalized: false (or uint8 pixels, or an image file)"
@@ -217,44 +227,112 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
         except UnknownModelError as e:
             s.metrics.observe_unrouted(404)
             return error(404, str(e))
-        status, rows = 200, 0
-        try:
+
+        async def work() -> tuple[JSONResponse, int]:
             x, k, warnings = await _decode(s, request, spec)
             x = validate_input(x, spec, s.config.max_request_batch)
-            rows = len(x)
             logits = await s.batcher.predict(model, task, x)
-            resp = JSONResponse(
-                {
-                    "model": model,
-                    "task": task,
-                    "logits": logits.astype(np.float32).tolist(),
-                    "top_k": top_k_answer(logits, parse_top_k(k, spec.num_classes), spec.labels),
-                    "warnings": warnings,
-                }
-            )
-        except RequestError as e:
-            status, resp = e.status, error(e.status, str(e))
-        except OverloadedError as e:
-            status, resp = 503, error(503, str(e))
-        except HATError as e:
-            status, resp = 500, error(500, f"server error: {e}")
-        except Exception as e:  # noqa: BLE001 - one bad request must never take the server down
-            status, resp = 500, error(500, f"server error: {type(e).__name__}: {e}")
+            doc = {
+                "model": model,
+                "task": task,
+                "logits": logits.astype(np.float32).tolist(),
+                "top_k": top_k_answer(logits, parse_top_k(k, spec.num_classes), spec.labels),
+                "warnings": warnings,
+            }
+            return JSONResponse(doc), len(x)
+
+        status, resp, rows = await guarded(work())
         s.metrics.observe(model, task, status, time.perf_counter() - t0, rows)
         return resp
+
+    @app.post(
+        "/v1/models/{model_action}",
+        response_model=schemas.AgnosticPredictResponse,
+        responses=ERRORS,
+        summary="predict without a task id: every task runs, the best-scoring task answers",
+        openapi_extra={
+            "requestBody": {"required": True, "content": PREDICT_BODIES},
+            "parameters": [RULE_PARAMETER],
+        },
+    )
+    async def predict_any_task(model_action: str, request: Request) -> JSONResponse:
+        """``model_action`` is ``<model>:predict``; the same bodies as a task's :predict (top_k unused).
+        ``?rule=`` picks the task-inference rule (msp, entropy or energy; default energy)."""
+        if not model_action.endswith(PREDICT_SUFFIX):
+            return error(404, f"unknown action in {request.url.path!r}; use /v1/models/{{model}}:predict")
+        model = model_action[: -len(PREDICT_SUFFIX)]
+        bundle = s.pool.bundles.get(model)
+        if bundle is None:
+            s.metrics.observe_unrouted(404)
+            return error(404, f"unknown model {model!r}; known models: {sorted(s.pool.bundles)}")
+        t0 = time.perf_counter()
+
+        async def work() -> tuple[JSONResponse, int]:
+            rule = check_rule(request.query_params.get("rule", DEFAULT_RULE))
+            specs = answering_specs(bundle)
+            ctype = predict_media_type(request)
+            body = await s.read_body(request, s.body_limit(specs[0]))
+            inputs: dict[str, np.ndarray] = {}
+            warnings: list[str] = []
+            for group in normalization_groups(specs):
+                x, _, found = await decode_body(s, request, ctype, body, group[0])
+                x = validate_input(x, group[0], s.config.max_request_batch)
+                inputs.update({spec.task_id: x for spec in group})
+                warnings += found
+            ids = list(bundle.tasks)
+            logits = await asyncio.gather(*(s.batcher.predict(model, t, inputs[t]) for t in ids))
+            labels = {t: bundle.tasks[t].labels for t in ids}
+            doc = {
+                "model": model,
+                **answer(ids, labels, logits, rule),
+                "warnings": list(dict.fromkeys(warnings)),
+            }
+            return JSONResponse(doc), len(logits[0])
+
+        status, resp, rows = await guarded(work())
+        s.metrics.observe(model, AGNOSTIC_TASK, status, time.perf_counter() - t0, rows)
+        return resp
+
+
+async def guarded(work: Awaitable[tuple[Response, int]]) -> tuple[int, Response, int]:
+    """(status, answer, rows) of a route's work: every failure becomes a JSON error, never a crash."""
+    try:
+        resp, rows = await work
+        return 200, resp, rows
+    except RequestError as e:
+        return e.status, error(e.status, str(e)), 0
+    except OverloadedError as e:
+        return 503, error(503, str(e)), 0
+    except HATError as e:
+        return 500, error(500, f"server error: {e}"), 0
+    except Exception as e:  # noqa: BLE001 - one bad request must never take the server down
+        return 500, error(500, f"server error: {type(e).__name__}: {e}"), 0
 
 
 async def _decode(s: Serving, request: Request, spec: TaskSpec) -> tuple[np.ndarray, Any, list[str]]:
     """(normalized input, top_k, warnings) of a :predict request, whatever its content type."""
+    ctype = predict_media_type(request)
+    body = await s.read_body(request, s.body_limit(spec))
+    return await decode_body(s, request, ctype, body, spec)
+
+
+def predict_media_type(request: Request) -> str:
+    """The media type of a :predict request; 415 for one no decoder reads."""
     ctype = media_type(request.headers.get("content-type"))
-    query_k = request.query_params.get("top_k")
     if ctype not in (*JSON_TYPES, *NPY_TYPES, *IMAGE_TYPES, "multipart/form-data"):
         raise RequestError(
             415,
             f"unsupported Content-Type {ctype or '(none)'!r}; use application/json, application/x-npy, "
             "image/png, image/jpeg or multipart/form-data",
         )
-    body = await s.read_body(request, s.body_limit(spec))
+    return ctype
+
+
+async def decode_body(
+    s: Serving, request: Request, ctype: str, body: bytes, spec: TaskSpec
+) -> tuple[np.ndarray, Any, list[str]]:
+    """(input normalized for ``spec``, top_k, warnings) of a :predict body already read."""
+    query_k = request.query_params.get("top_k")
     if ctype in JSON_TYPES:
         x, k, warnings = await s.offload(decode_json_predict, body, spec)
         return x, query_k if query_k is not None else k, warnings

@@ -8,6 +8,7 @@ extension (``Inference-Header-Content-Length``); outputs are binary when the req
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -18,15 +19,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from hatzoo.errors import HATError
-
 from . import schemas
+from .agnostic import DEFAULT_RULE, answer, answering_specs, check_rule, normalization_groups
 from .bundle import TaskSpec
 from .context import Serving, validate_input
 from .decode import RequestError, media_type, number_array, parse_json
 from .images import pixels_to_input
-from .runtime import OverloadedError
-from .v1 import ERRORS, error
+from .v1 import AGNOSTIC_TASK, ERRORS, error, guarded
 
 HEADER_LENGTH = "inference-header-content-length"
 V2_TYPES = {"float32": "FP32", "float16": "FP16"}
@@ -94,6 +93,19 @@ def decode_infer(
     return req, arr
 
 
+def _header_length(request: Request) -> int | None:
+    """The binary extension's JSON header length (None without the extension); checks the Content-Type."""
+    ctype = media_type(request.headers.get("content-type"))
+    raw_length = request.headers.get(HEADER_LENGTH)
+    if raw_length is not None and not raw_length.isdigit():
+        raise RequestError(400, f"{HEADER_LENGTH} must be a byte count, got {raw_length!r}")
+    # No Content-Type is accepted only with the binary extension header, which a browser cannot send
+    # cross-site without a preflight.
+    if not (ctype == "application/json" or ctype == "application/octet-stream" or (not ctype and raw_length)):
+        raise RequestError(415, f"unsupported Content-Type {ctype or '(none)'!r}; send application/json")
+    return None if raw_length is None else int(raw_length)
+
+
 def _binary_output(req: schemas.V2InferRequest) -> bool:
     """Whether the client asked for the output with the binary tensor extension."""
     if req.outputs:
@@ -117,14 +129,9 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
     """Register the /v2 routes on ``app``."""
 
     def resolve(name: str) -> tuple[str, str, TaskSpec]:
-        if name in s.pool.bundles:
-            raise RequestError(
-                404,
-                f"{name!r} names a whole model; the v2 routes serve one task each: use "
-                f"{sorted(n for n, (m, _) in s.v2_names.items() if m == name)}",
-            )
         if name not in s.v2_names:
-            raise RequestError(404, f"unknown v2 model {name!r}; known: {sorted(s.v2_names)}")
+            known = sorted([*s.v2_names, *s.pool.bundles])
+            raise RequestError(404, f"unknown v2 model {name!r}; known: {known}")
         model, task = s.v2_names[name]
         return model, task, s.pool.spec(model, task)
 
@@ -138,8 +145,11 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
 
     @app.get("/v2/models/{name}", response_model=schemas.V2ModelMetadata, responses=ERRORS)
     async def model_metadata(name: str) -> Any:
-        """Inputs and outputs (name, datatype, shape; -1 is the batch) of the task ``<model>_task<t>``."""
+        """Inputs and outputs (name, datatype, shape; -1 is the batch) of the task ``<model>_task<t>``, or of
+        the model ``<model>`` answering without a task id."""
         try:
+            if name in s.pool.bundles:
+                return agnostic_metadata(name, answering_specs(s.pool.bundles[name]))
             return metadata(name, resolve(name)[2])
         except RequestError as e:
             return error(e.status, str(e))
@@ -147,7 +157,8 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
     @app.get("/v2/models/{name}/ready", response_model=schemas.V2ModelReady, responses=ERRORS)
     async def model_ready(name: str) -> Any:
         try:
-            resolve(name)
+            if name not in s.pool.bundles:
+                resolve(name)
         except RequestError as e:
             return error(e.status, str(e))
         return {"name": name, "ready": True}
@@ -156,26 +167,22 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
         "/v2/models/{name}/infer",
         response_model=schemas.V2InferResponse,
         responses=ERRORS,
-        summary="run one task (KServe v2 / Triton HTTP protocol)",
+        summary="run one task <model>_task<t>, or every task of <model> without a task id (KServe v2)",
         openapi_extra={"requestBody": {"required": True, "content": INFER_BODIES}},
     )
     async def infer(name: str, request: Request) -> Response:
+        if name in s.pool.bundles:
+            t0 = time.perf_counter()
+            status, resp, rows = await guarded(_infer_agnostic(s, request, name))
+            s.metrics.observe(name, AGNOSTIC_TASK, status, time.perf_counter() - t0, rows)
+            return resp
         try:
             model, task, spec = resolve(name)
         except RequestError as e:
             s.metrics.observe_unrouted(e.status)
             return error(e.status, str(e))
-        t0, status, rows = time.perf_counter(), 200, 0
-        try:
-            resp, rows = await _infer(s, request, model, task, name, spec)
-        except RequestError as e:
-            status, resp = e.status, error(e.status, str(e))
-        except OverloadedError as e:
-            status, resp = 503, error(503, str(e))
-        except HATError as e:
-            status, resp = 500, error(500, f"server error: {e}")
-        except Exception as e:  # noqa: BLE001 - one bad request must never take the server down
-            status, resp = 500, error(500, f"server error: {type(e).__name__}: {e}")
+        t0 = time.perf_counter()
+        status, resp, rows = await guarded(_infer(s, request, model, task, name, spec))
         s.metrics.observe(model, task, status, time.perf_counter() - t0, rows)
         return resp
 
@@ -184,15 +191,7 @@ async def _infer(
     s: Serving, request: Request, model: str, task: str, name: str, spec: TaskSpec
 ) -> tuple[Response, int]:
     """Decode, run and encode one v2 inference request; returns the answer and its row count."""
-    ctype = media_type(request.headers.get("content-type"))
-    raw_length = request.headers.get(HEADER_LENGTH)
-    if raw_length is not None and not raw_length.isdigit():
-        raise RequestError(400, f"{HEADER_LENGTH} must be a byte count, got {raw_length!r}")
-    header_length = None if raw_length is None else int(raw_length)
-    # No Content-Type is accepted only with the binary extension header, which a browser cannot send
-    # cross-site without a preflight.
-    if not (ctype == "application/json" or ctype == "application/octet-stream" or (not ctype and raw_length)):
-        raise RequestError(415, f"unsupported Content-Type {ctype or '(none)'!r}; send application/json")
+    header_length = _header_length(request)
     body = await s.read_body(request, s.body_limit(spec))
     req, arr = await s.offload(decode_infer, body, header_length, spec)
     if req.outputs and (len(req.outputs) != 1 or req.outputs[0].name != spec.output_name):
@@ -210,3 +209,91 @@ async def _infer(
     text = json.dumps(head).encode()
     headers = {HEADER_LENGTH: str(len(text))}
     return Response(text + raw, media_type="application/octet-stream", headers=headers), len(x)
+
+
+AGNOSTIC_OUTPUTS = ("task", "label", "class_index", "scores")
+
+
+def agnostic_metadata(name: str, specs: list[TaskSpec]) -> dict[str, Any]:
+    """The v2 metadata of a whole model answering without a task id: per row the inferred task, its label
+    and class index, and every task's score (columns in the order of the model's tasks)."""
+    first = specs[0]
+    return {
+        "name": name,
+        "versions": ["1"],
+        "platform": "hatzoo_task_agnostic",
+        "inputs": [
+            {
+                "name": first.input_name,
+                "datatype": V2_TYPES[first.dtype],
+                "shape": [-1, *first.input_shape[1:]],
+            }
+        ],
+        "outputs": [
+            {"name": "task", "datatype": "BYTES", "shape": [-1]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "class_index", "datatype": "INT64", "shape": [-1]},
+            {"name": "scores", "datatype": "FP64", "shape": [-1, len(specs)]},
+        ],
+    }
+
+
+async def _infer_agnostic(s: Serving, request: Request, model: str) -> tuple[Response, int]:
+    """Every task of ``model`` on one v2 input; the request's ``parameters.rule`` picks the rule."""
+    specs = answering_specs(s.pool.bundles[model])
+    header_length = _header_length(request)
+    body = await s.read_body(request, s.body_limit(specs[0]))
+    inputs: dict[str, np.ndarray] = {}
+    req = None
+    for group in normalization_groups(specs):
+        req, arr = await s.offload(decode_infer, body, header_length, group[0])
+        x = validate_input(arr, group[0], s.config.max_request_batch)
+        inputs.update({spec.task_id: x for spec in group})
+    rule = check_rule(str(req.parameters.get("rule", DEFAULT_RULE)))
+    wanted = [o.name for o in req.outputs] if req.outputs else list(AGNOSTIC_OUTPUTS)
+    unknown = [n for n in wanted if n not in AGNOSTIC_OUTPUTS]
+    if unknown:
+        raise RequestError(400, f"unknown outputs {unknown}; this model has {list(AGNOSTIC_OUTPUTS)}")
+    ids = [spec.task_id for spec in specs]
+    logits = await asyncio.gather(*(s.batcher.predict(model, t, inputs[t]) for t in ids))
+    found = answer(ids, {spec.task_id: spec.labels for spec in specs}, logits, rule)
+    rows = len(logits[0])
+    tensors = {
+        "task": ("BYTES", [rows], found["task"]),
+        "label": ("BYTES", [rows], found["label"]),
+        "class_index": ("INT64", [rows], found["class_index"]),
+        "scores": ("FP64", [rows, len(ids)], [v for row in found["scores"] for v in row]),
+    }
+    head: dict[str, Any] = {
+        "model_name": model,
+        "model_version": "1",
+        "id": req.id,
+        "parameters": {"rule": rule},
+    }
+    if not _binary_output(req):
+        head["outputs"] = [
+            {"name": n, "datatype": tensors[n][0], "shape": tensors[n][1], "data": tensors[n][2]}
+            for n in wanted
+        ]
+        return JSONResponse(head), rows
+    outputs, raws = [], []
+    for n in wanted:
+        dtype, shape, data = tensors[n]
+        raw = _binary_tensor(dtype, data)
+        outputs.append(
+            {"name": n, "datatype": dtype, "shape": shape, "parameters": {"binary_data_size": len(raw)}}
+        )
+        raws.append(raw)
+    head["outputs"] = outputs
+    text = json.dumps(head).encode()
+    return Response(
+        text + b"".join(raws), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(text))}
+    ), rows
+
+
+def _binary_tensor(datatype: str, data: list[Any]) -> bytes:
+    """Triton's binary tensor encoding: little-endian numbers, or length-prefixed UTF-8 strings (BYTES)."""
+    if datatype == "BYTES":
+        parts = [str(v).encode() for v in data]
+        return b"".join(len(p).to_bytes(4, "little") + p for p in parts)
+    return np.asarray(data, dtype="<i8" if datatype == "INT64" else "<f8").tobytes()

@@ -27,7 +27,7 @@ from torch import nn
 from hatzoo.core.model import HATModel
 from hatzoo.core.specialize import TaskModel
 from hatzoo.errors import InputError, TaskError
-from hatzoo.export.agnostic import DEFAULT_RULE, choose, task_scores
+from hatzoo.export.agnostic import DEFAULT_RULE, RULES, choose, task_scores
 from hatzoo.export.flops import count_macs
 
 # log T searched for the NLL-optimal temperature: T from 0.05 to 20
@@ -205,11 +205,11 @@ def evaluate(
     x: torch.Tensor,
     task: torch.Tensor,
     target: torch.Tensor,
-    rule: str = DEFAULT_RULE,
+    rules: Sequence[str] = tuple(RULES),
     temperatures: Mapping[int, float] | None = None,
     batch_size: int = 256,
-) -> AgnosticAccuracy:
-    """Accuracy on (x, true task id, true class within the task).
+) -> dict[str, AgnosticAccuracy]:
+    """Accuracy per rule on (x, true task id, true class within the task); the tasks run once per batch.
 
     Class-incremental: right task and right class (with disjoint classes per task, the right global
     class); task-incremental: the true task's arg-max class, the ceiling of the two.
@@ -218,17 +218,26 @@ def evaluate(
         raise InputError(
             f"x, task and target must have one row each, got {len(x)}, {len(task)}, {len(target)}"
         )
-    hits = torch.zeros(3, dtype=torch.long)
+    hits = {rule: torch.zeros(3, dtype=torch.long) for rule in rules}
     for start in range(0, len(x), batch_size):
         rows = slice(start, start + batch_size)
-        p = predict(model, x[rows], rule, temperatures)
+        tasks, logits = task_logits(model, x[rows])
         t, y = task[rows].long().cpu(), target[rows].long().cpu()
-        column = torch.tensor([p.tasks.index(int(v)) for v in t])
-        given = torch.stack([p.logits[c][i].argmax().cpu() for i, c in enumerate(column.tolist())])
-        right_task = p.task == t
-        hits += torch.stack([right_task.sum(), (right_task & (p.class_index == y)).sum(), (given == y).sum()])
+        unknown = sorted(set(t.tolist()) - set(tasks))
+        if unknown:
+            raise InputError(f"true tasks {unknown} do not answer; answering tasks: {tasks}")
+        column = [tasks.index(v) for v in t.tolist()]
+        given = torch.stack([logits[c][i].argmax().cpu() for i, c in enumerate(column)])
+        z = [v.double().cpu().numpy() for v in logits]
+        for rule in rules:
+            best = choose(task_scores(z, rule, _temperature_list(tasks, temperatures)))
+            right = torch.from_numpy(best) == torch.tensor(column)
+            inferred = torch.stack([logits[c][i].argmax().cpu() for i, c in enumerate(best)])
+            hits[rule] += torch.stack([right.sum(), (right & (inferred == y)).sum(), (given == y).sum()])
     n = max(len(x), 1)
-    return AgnosticAccuracy(*(float(h) / n for h in hits.tolist()), rows=len(x))
+    return {
+        rule: AgnosticAccuracy(*(float(h) / n for h in v.tolist()), rows=len(x)) for rule, v in hits.items()
+    }
 
 
 def global_class(prediction: TaskPrediction, classes: Mapping[int, Sequence[int]]) -> torch.Tensor:

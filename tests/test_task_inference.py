@@ -89,7 +89,7 @@ def test_every_rule_recovers_the_task_of_separable_inputs(rule: str) -> None:
     assert p.label == [f"t{t}-{'ab'[c]}" for t, c in zip(task.tolist(), cls.tolist(), strict=True)]
     assert p.scores.shape == (300, NUM_TASKS)
     assert torch.equal(p.scores.argmax(1), task)
-    acc = evaluate(model, x, task, cls, rule=rule, batch_size=64)
+    acc = evaluate(model, x, task, cls, rules=[rule], batch_size=64)[rule]
     assert (acc.task, acc.class_incremental, acc.task_incremental, acc.rows) == (1.0, 1.0, 1.0, 300)
     classes = {0: (0, 1), 1: (2, 3), 2: (4, 5)}
     assert torch.equal(global_class(p, classes), 2 * task + cls)
@@ -133,6 +133,29 @@ def test_batched_path_equals_per_task_calls(trained: hatzoo.HATModel, rule: str)
     alone = predict(trained, x[5:6], rule=rule, temperatures=temps)
     assert int(alone.task) == int(p.task[5])
     torch.testing.assert_close(alone.scores[0], p.scores[5], rtol=0, atol=1e-6)
+
+
+def test_evaluate_counts_what_predict_answers(trained: hatzoo.HATModel) -> None:
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(50, 1, 4, 4, generator=gen)
+    task = torch.tensor([0, 2, 3])[torch.randint(0, 3, (50,), generator=gen)]
+    target = torch.stack(
+        [torch.randint(0, trained.tasks[int(t)].num_classes, (), generator=gen) for t in task]
+    )
+    accs = evaluate(trained, x, task, target, batch_size=16)
+    assert set(accs) == set(RULES)
+    with torch.no_grad():
+        given = torch.tensor([int(trained(x[i : i + 1], task=int(t)).argmax()) for i, t in enumerate(task)])
+    for rule in RULES:
+        p = predict(trained, x, rule=rule)
+        right = p.task == task
+        assert accs[rule].rows == 50
+        assert accs[rule].task == pytest.approx(right.double().mean().item())
+        assert accs[rule].class_incremental == pytest.approx(
+            (right & (p.class_index == target)).double().mean().item()
+        )
+        assert accs[rule].task_incremental == pytest.approx((given == target).double().mean().item())
+        assert 0 < accs[rule].class_incremental < accs[rule].task_incremental < 1
 
 
 def test_specialized_task_models_answer_like_the_hat_model(trained: hatzoo.HATModel) -> None:
