@@ -1,0 +1,239 @@
+"""Task-agnostic inference on zoo models: task-prediction and class-incremental accuracy per rule.
+
+For each model (a zoo name or a checkpoint folder, with ``--card`` for its benchmark), on its benchmark's
+test split: per task-inference rule the share of inputs whose task is inferred right and the class-
+incremental accuracy (right global class with no task id), beside the task-incremental accuracy (task
+given: the ceiling) and, with ``--joint``, a joint classifier over all classes of the same architecture
+trained with the card's optimizer, learning rate, batch size and epochs (the usual class-incremental upper
+bound). ``--fit-temperatures`` adds each rule with per-task temperatures fitted on a split held out from
+the training data. Cost: the multiply-adds of all pruned task graphs against one task's, and the wall time
+of answering a batch without a task id against one task call, measured side by side (median of repeats).
+
+    .venv/bin/python bench/bench_task_inference.py hat-vit-small hat-vit-tiny hat-resnet18 --joint \\
+        --out runs/task-inference.json
+    .venv/bin/python bench/bench_task_inference.py runs/demo --card cards/hat-vit-demo.yaml --joint
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hatzoo.export.agnostic import RULES
+from torch import nn
+
+import hatzoo
+from hatzoo.card import read_card, update_card
+from hatzoo.data import TaskSequence
+from hatzoo.task_inference import TaskAgnosticModel, agnostic_macs, evaluate, fit_temperatures
+from hatzoo.training import ddp
+from hatzoo.training.common import Runtime, accuracy, derive_seed, load_benchmark, make_optimizer, train_epoch
+from hatzoo.training.joint import plain_backbone
+from hatzoo.training.recipe import Recipe, load_recipe
+
+
+def test_rows(seq: TaskSequence, limit: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, task id, class within the task) of every task's test split (the first ``limit`` rows of each)."""
+    xs, ts, ys = [], [], []
+    for t, task in enumerate(seq):
+        x, y = (v[:limit] for v in task.test.tensors)
+        xs.append(x)
+        ys.append(y)
+        ts.append(torch.full((len(y),), t, dtype=torch.long))
+    return torch.cat(xs), torch.cat(ts), torch.cat(ys)
+
+
+def validation_split(
+    seq: TaskSequence, fraction: float, seed: int
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """A seeded ``fraction`` of each task's training split (never its test split)."""
+    out = {}
+    for t, task in enumerate(seq):
+        x, y = task.train.tensors
+        gen = torch.Generator().manual_seed(derive_seed(seed, 11, t))
+        rows = torch.randperm(len(y), generator=gen)[: max(1, int(fraction * len(y)))]
+        out[t] = (x[rows], y[rows])
+    return out
+
+
+def train_joint_classifier(model: hatzoo.HATModel, recipe: Recipe, seq: TaskSequence, epochs: int) -> float:
+    """Test accuracy of the model's architecture with one head over all classes, trained on every task's
+    training data at once with the card's optimizer, learning rate and batch size."""
+    classes = [c for task in seq for c in task.classes]
+    rt = Runtime.create(progress=False)
+    torch.manual_seed(derive_seed(recipe.recipe.seed, 7))
+    net = nn.Sequential(plain_backbone(model), nn.Linear(model.spec.num_features, max(classes) + 1))
+    x = torch.cat([task.train.tensors[0] for task in seq])
+    y = torch.cat([torch.tensor(task.classes)[task.train.tensors[1]] for task in seq])
+    optimizer = make_optimizer(recipe, net.parameters())
+
+    def loss_fn(b: int, batch: list[torch.Tensor], weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = nn.functional.cross_entropy(net(batch[0]), batch[1], reduction="sum")
+        return loss * weight, loss.double()[None]
+
+    r = dataclasses.replace(recipe.recipe, epochs=epochs)
+    run = dataclasses.replace(recipe, recipe=r)
+    for epoch in range(epochs):
+        gen = torch.Generator().manual_seed(derive_seed(r.seed, 8, epoch))
+        batches = ddp.global_batches(len(y), r.batch_size, gen, 1)
+        net.train()
+        total = len(batches) * epochs
+        train_epoch(net, optimizer, run, [x, y], batches, epoch * len(batches), total, loss_fn, rt, "joint")
+    net.eval()
+    xt = torch.cat([task.test.tensors[0] for task in seq])
+    yt = torch.cat([torch.tensor(task.classes)[task.test.tensors[1]] for task in seq])
+    return accuracy(net, xt, yt, rt, "joint test")
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def cost(
+    agnostic: TaskAgnosticModel, x: torch.Tensor, shape: tuple[int, ...], repeats: int
+) -> dict[str, Any]:
+    """Multiply-adds per sample and wall time per batch: every task against one task, measured alternately."""
+    macs = agnostic_macs(agnostic, shape)
+    one = agnostic.task_models[0]
+    pairs = [(seconds(lambda: agnostic.predict(x)), seconds(lambda: one(x))) for _ in range(repeats)]
+    t_all, t_one = (statistics.median(column) for column in zip(*pairs, strict=True))
+    return {
+        "macs_all_tasks": sum(macs.values()),
+        "macs_one_task": macs[one.task],
+        "macs_ratio": sum(macs.values()) / macs[one.task],
+        "batch": len(x),
+        "seconds_all_tasks": t_all,
+        "seconds_one_task": t_one,
+        "time_ratio": t_all / t_one,
+    }
+
+
+def run_model(name: str, card: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    """Every figure of one model (see the module docstring)."""
+    recipe = load_recipe(card or name)
+    seq = load_benchmark(recipe)
+    model = hatzoo.load(name).eval()
+    agnostic = TaskAgnosticModel.from_task_models([model.specialize(t) for t in range(len(seq))])
+    x, task, target = test_rows(seq, args.max_test_per_task)
+    rules = list(RULES)
+    result: dict[str, Any] = {"model": name, "benchmark": seq.name, "test_rows": len(x), "rules": {}}
+    for rule, acc in evaluate(agnostic, x, task, target, rules).items():
+        result["rules"][rule] = dataclasses.asdict(acc)
+    if args.fit_temperatures:
+        temps = fit_temperatures(agnostic, validation_split(seq, args.val_fraction, recipe.benchmark.seed))
+        result["temperatures"] = temps
+        for rule, acc in evaluate(agnostic, x, task, target, rules, temps).items():
+            result["rules"][f"{rule}+T"] = dataclasses.asdict(acc)
+    first = next(iter(result["rules"].values()))
+    result["task_incremental"] = first["task_incremental"]
+    if args.joint:
+        epochs = args.joint_epochs or recipe.recipe.epochs
+        start = time.perf_counter()
+        result["joint"] = {"accuracy": train_joint_classifier(model, recipe, seq, epochs), "epochs": epochs}
+        result["joint"]["seconds"] = time.perf_counter() - start
+    result["cost"] = cost(agnostic, x[: args.batch], tuple(seq.input_shape), args.repeats)
+    return result
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """One table row per (model, rule), percentages and cost ratios."""
+    lines = [
+        "| model | rule | task prediction | class-incremental (10-way) | task-incremental (ceiling) "
+        "| joint 10-way | CIL - joint | MACs all / one task | time all / one task |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        joint = r.get("joint", {}).get("accuracy")
+        c = r["cost"]
+        for rule, a in r["rules"].items():
+            gap = "-" if joint is None else f"{100 * (a['class_incremental'] - joint):+.2f}"
+            cells = [
+                r["model"],
+                rule,
+                f"{100 * a['task']:.2f}",
+                f"{100 * a['class_incremental']:.2f}",
+                f"{100 * a['task_incremental']:.2f}",
+                "-" if joint is None else f"{100 * joint:.2f}",
+                gap,
+                f"{c['macs_ratio']:.2f} ({c['macs_all_tasks'] / 1e6:.2f}M / {c['macs_one_task'] / 1e6:.2f}M)",
+                f"{c['time_ratio']:.2f} ({1e3 * c['seconds_all_tasks']:.1f} / "
+                f"{1e3 * c['seconds_one_task']:.1f} ms, batch {c['batch']})",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def card_block(result: dict[str, Any]) -> dict[str, Any]:
+    """A model's figures as the card's ``results.task_agnostic`` mapping (percent, 2 decimals)."""
+    pct = lambda v: round(100 * v, 2)  # noqa: E731
+    block: dict[str, Any] = {
+        "rules": {
+            rule: {"task": pct(a["task"]), "class_incremental": pct(a["class_incremental"])}
+            for rule, a in result["rules"].items()
+        },
+        "task_incremental": pct(result["task_incremental"]),
+        "macs_ratio": round(result["cost"]["macs_ratio"], 2),
+    }
+    if "joint" in result:
+        block["joint_class_incremental"] = pct(result["joint"]["accuracy"])
+    return block
+
+
+def write_card(card: str | Path, result: dict[str, Any]) -> None:
+    """Put a model's figures into its card's results (as ``results.task_agnostic``) with the card writer."""
+    current = read_card(card).results
+    if current is None:
+        raise hatzoo.InputError(
+            f"{card} has no results yet; train the model (hatzoo train) before adding these"
+        )
+    results = dataclasses.asdict(current)
+    results["task_agnostic"] = card_block(result)
+    update_card(card, results=results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("models", nargs="+", help="zoo names or checkpoint folders")
+    parser.add_argument("--card", help="the card (benchmark and recipe) of a model given as a folder")
+    parser.add_argument("--joint", action="store_true", help="also train the joint 10-way classifier")
+    parser.add_argument(
+        "--joint-epochs", type=int, help="epochs of the joint classifier (default: the card's)"
+    )
+    parser.add_argument(
+        "--fit-temperatures", action="store_true", help="also evaluate with fitted temperatures"
+    )
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="training share held out for temperatures"
+    )
+    parser.add_argument("--max-test-per-task", type=int, help="test rows per task (default: all)")
+    parser.add_argument("--batch", type=int, default=64, help="batch size of the timed calls")
+    parser.add_argument("--repeats", type=int, default=20, help="timed repeats (median)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--write-cards", action="store_true", help="write each zoo model's figures into its card"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results = [run_model(m, args.card, args) for m in args.models]
+    print(markdown(results))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    if args.write_cards:
+        for r in results:
+            write_card(load_recipe(args.card or r["model"]).source, r)
+
+
+if __name__ == "__main__":
+    main()
