@@ -122,7 +122,7 @@ def run_model(name: str, card: str | None, args: argparse.Namespace) -> dict[str
     recipe = load_recipe(card or name)
     seq = load_benchmark(recipe)
     model = hatzoo.load(name).eval()
-    agnostic = TaskAgnosticModel.from_task_models([model.specialize(t) for t in range(len(seq))])
+    agnostic = TaskAgnosticModel.from_hat_model(model)
     x, task, target = test_rows(seq, args.max_test_per_task)
     rules = list(RULES)
     result: dict[str, Any] = {"model": name, "benchmark": seq.name, "test_rows": len(x), "rules": {}}

@@ -68,6 +68,11 @@ class TaskAgnosticModel(nn.Module):
         """The wrapper over ``task_models`` (eval mode)."""
         return cls(task_models).eval()
 
+    @classmethod
+    def from_hat_model(cls, model: HATModel) -> TaskAgnosticModel:
+        """Every ended, non-forgotten task of ``model``, pruned (``model.specialize(t)``) and wrapped."""
+        return cls.from_task_models([model.specialize(t) for t in active_tasks(model)])
+
     @property
     def tasks(self) -> list[int]:
         return [m.task for m in self.task_models]

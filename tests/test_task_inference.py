@@ -162,6 +162,7 @@ def test_specialized_task_models_answer_like_the_hat_model(trained: hatzoo.HATMo
     x = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(4))
     wrapper = TaskAgnosticModel.from_task_models([trained.specialize(t) for t in (0, 2, 3)])
     assert wrapper.tasks == [0, 2, 3] and not wrapper.training
+    assert TaskAgnosticModel.from_hat_model(trained).tasks == [0, 2, 3]
     for rule in RULES:
         a, b = predict(trained, x, rule=rule), wrapper.predict(x, rule=rule)
         assert (
