@@ -177,7 +177,7 @@ def _pretrained_cfg(model: HATModel) -> dict[str, Any]:
     """What timm's resolve_data_config reads: input size, normalization, resize and crop."""
     data = model.data_config
     cfg: dict[str, Any] = {"num_classes": 0}
-    shape = data.get("input_shape") or model.spec.input_shape
+    shape = data.get("input_size") or data.get("input_shape") or model.spec.input_shape
     if shape is not None and len(shape) == 3 and all(isinstance(x, int) for x in shape):
         cfg["input_size"] = list(shape)
     if "mean" in data and "std" in data:

@@ -191,17 +191,18 @@ def _check_data_config(s: _Schema, data: Any, path: str) -> None:
     if not isinstance(data, dict):
         raise s.fail(path, f"must be a mapping, got {_kind(data)}")
     channels = None
-    if "input_shape" in data:
-        shape = s.items(data["input_shape"], f"{path}.input_shape", 4)
-        for i, x in enumerate(shape):
-            s.integer(x, f"{path}.input_shape[{i}]", 1, 1 << 16)
-        channels = shape[0] if len(shape) == 3 else None
+    for key in ("input_shape", "input_size"):
+        if key in data:
+            shape = s.items(data[key], f"{path}.{key}", 4)
+            for i, x in enumerate(shape):
+                s.integer(x, f"{path}.{key}[{i}]", 1, 1 << 16)
+            channels = shape[0] if len(shape) == 3 else None
     if "mean" in data:
         s.numbers(data["mean"], f"{path}.mean", channels)
     if "std" in data:
         s.numbers(data["std"], f"{path}.std", channels, positive=True)
     for key, value in data.items():
-        if key in ("input_shape", "mean", "std"):
+        if key in ("input_shape", "input_size", "mean", "std"):
             continue
         if isinstance(value, (list, dict)) and any(isinstance(x, (list, dict)) for x in _values(value)):
             raise s.fail(f"{path}.{key}", "must be a JSON scalar or a flat list")
