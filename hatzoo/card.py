@@ -85,11 +85,20 @@ class CardResults:
     gap_to_joint: float | None = None
     train_seconds: float | None = None
     joint_seconds: float | None = None
+    # the shipped files, measured after saving: {precision, accuracy: [per task], average_accuracy}
+    release: dict[str, Any] | None = None
+    # inference without a task id (bench/bench_task_inference.py): per rule, beside the ceilings
+    task_agnostic: dict[str, Any] | None = None
 
     @property
     def final(self) -> list[float]:
         """Each task's accuracy after the last task (the matrix's last row)."""
         return list(self.accuracy[-1]) if self.accuracy else []
+
+    @property
+    def shipped(self) -> list[float]:
+        """Each task's accuracy as the published files score it (the release's, else the final row)."""
+        return list(self.release["accuracy"]) if self.release else self.final
 
 
 @dataclass

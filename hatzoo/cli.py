@@ -200,14 +200,17 @@ def _info(argv: list[str]) -> int:
 
     zoo = default_zoo()
     results = zoo.get_card(args.model).results if args.model in zoo else None
-    final = results.final if results else []
+    final = results.shipped if results else []
     model = hatzoo.load(args.model, revision=args.revision)
     print(f"{args.model}: {model.num_tasks} tasks, architecture {model.spec.arch.get('name', 'sequential')}")
     for t, info in enumerate(model.tasks):
         acc = f", test accuracy {final[t]:.2f}% (card)" if t < len(final) else ""
         print(f"  task {t} [{info.status}]: {', '.join(info.labels)}{acc}")
     if results and results.average_accuracy is not None:
-        print(f"average accuracy {results.average_accuracy:.2f}%, backward transfer {results.bwt:.2f}%")
+        average = results.release["average_accuracy"] if results.release else results.average_accuracy
+        print(f"average accuracy {average:.2f}%, backward transfer {results.bwt:.2f}%")
+    if results and results.task_agnostic:
+        _print_task_agnostic(results.task_agnostic)
     capacity = model.capacity()
     size = sum(g["size"] for g in capacity.values())
     used = size - sum(g["free"] for g in capacity.values())
@@ -216,6 +219,19 @@ def _info(argv: list[str]) -> int:
         share = (group["size"] - group["free"]) / max(group["size"], 1)
         print(f"  {name:<28} {share:>6.1%} of {group['size']:<5} used; per task {group['used']}")
     return 0
+
+
+def _print_task_agnostic(block: dict) -> None:
+    """The card's accuracy without a task id, per task-inference rule (percent)."""
+    print(
+        f"without a task id (task-incremental ceiling {block['task_incremental']:.2f}%, "
+        f"joint 10-way classifier {block.get('joint_class_incremental') or float('nan'):.2f}%):"
+    )
+    for rule, scores in block["rules"].items():
+        print(
+            f"  {rule:<16} task predicted {scores['task']:.2f}%, "
+            f"class-incremental accuracy {scores['class_incremental']:.2f}%"
+        )
 
 
 def _list(argv: list[str]) -> int:
