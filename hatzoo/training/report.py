@@ -89,25 +89,22 @@ def plot_capacity(results: Results, path: str | os.PathLike[str]) -> None:
     plt.close(fig)
 
 
-def model_index(results: Results, recipe: Recipe) -> list[dict[str, Any]]:
-    """The Hub's ``model-index`` entry: one accuracy per task (final row), average accuracy and BWT."""
+def model_index(
+    results: Results, recipe: Recipe, release: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """The Hub's ``model-index`` entry: one accuracy per task, average accuracy and BWT.
+
+    With a ``release`` block the accuracies are those of the published files, else the final row.
+    """
     dataset_id, dataset_name = HUB_DATASETS.get(recipe.benchmark.name, (recipe.benchmark.name,) * 2)
+    final = release["accuracy"] if release else [round(100 * a, 2) for a in results.final]
     metrics: list[dict[str, Any]] = [
-        {
-            "type": "accuracy",
-            "name": f"Task {j} ({task_title(task)}) accuracy",
-            "value": round(100 * acc, 2),
-        }
-        for j, (task, acc) in enumerate(zip(results.tasks, results.final, strict=False))
+        {"type": "accuracy", "name": f"Task {j} ({task_title(task)}) accuracy", "value": acc}
+        for j, (task, acc) in enumerate(zip(results.tasks, final, strict=False))
     ]
     if results.average_accuracy is not None:
-        metrics.append(
-            {
-                "type": "accuracy",
-                "name": "Average accuracy",
-                "value": round(100 * results.average_accuracy, 2),
-            }
-        )
+        average = release["average_accuracy"] if release else round(100 * results.average_accuracy, 2)
+        metrics.append({"type": "accuracy", "name": "Average accuracy", "value": average})
     if results.bwt is not None:
         metrics.append({"type": "bwt", "name": "Backward transfer", "value": round(100 * results.bwt, 4)})
     return [
@@ -124,8 +121,8 @@ def model_index(results: Results, recipe: Recipe) -> list[dict[str, Any]]:
     ]
 
 
-def render_card(results: Results, recipe: Recipe) -> str:
-    """The model card README.md for ``results`` of ``recipe``."""
+def render_card(results: Results, recipe: Recipe, release: dict[str, Any] | None = None) -> str:
+    """The model card README.md for ``results`` of ``recipe`` (and of its published files, ``release``)."""
     dataset_id, dataset_name = HUB_DATASETS.get(recipe.benchmark.name, (recipe.benchmark.name,) * 2)
     front = {
         "library_name": "hatzoo",
@@ -133,7 +130,7 @@ def render_card(results: Results, recipe: Recipe) -> str:
         "tags": ["hat", "continual-learning", "image-classification", "timm"],
         "datasets": [dataset_id],
         "pipeline_tag": "image-classification",
-        "model-index": model_index(results, recipe),
+        "model-index": model_index(results, recipe, release),
     }
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
     lines += [f"# {recipe.name}", "", recipe.description or f"A HAT model trained on {dataset_name}.", ""]
@@ -196,6 +193,14 @@ def render_card(results: Results, recipe: Recipe) -> str:
             + ", ".join(f"T{j} {_pct(a)}" for j, a in enumerate(results.joint)),
             "",
         ]
+    if release:
+        lines += [
+            f"**These files** store the shared Linear and Conv weights in {release['precision']} (widened "
+            "to float32 on load; norms, heads and masks in float32). Measured on them after saving: "
+            + ", ".join(f"T{j} {a:.2f}" for j, a in enumerate(release["accuracy"]))
+            + f" (average {release['average_accuracy']:.2f}%).",
+            "",
+        ]
     lines += ["Per task: " + ", ".join(f"T{j} = {task_title(t)}" for j, t in enumerate(results.tasks))]
     lines += ["", "![accuracy matrix](accuracy.png)", "", "## Capacity", ""]
     if results.capacity:
@@ -221,9 +226,12 @@ def render_card(results: Results, recipe: Recipe) -> str:
         "",
         "```python",
         "import hatzoo",
-        f'model = hatzoo.load("{recipe.name}", task=0)   # one task, ready for inference',
+        f'model = hatzoo.load("{recipe.name}", task=0)   # one task, ready for inference: model(x)',
         f'full = hatzoo.load("{recipe.name}")            # the full HAT model: add and train new tasks',
         "```",
+        "",
+        "`hatzoo.load` finds the card's pinned revision in the Hugging Face cache or on the Hub, else the "
+        "release bundled in a hatzoo checkout (`zoo/`), checked against the pinned sha256.",
         "",
         f"Trained with `hatzoo train --card cards/{recipe.name}.yaml`; "
         f"Hub repository `{recipe.hub.repo_id}`.",
