@@ -46,7 +46,7 @@ def release(name: str, runs: Path, zoo: Path, precision: str) -> str:
     folder = zoo / name
     model.save_pretrained(folder, precision=precision, card="")
     shipped = load_pretrained(folder, locks=False)
-    accuracy = [evaluate(shipped, seq[t], t, Runtime(progress=False)) for t in range(len(seq))]
+    accuracy = [evaluate(shipped, seq[t], t, Runtime(progress=False)) for t in range(results.num_trained)]
     block = card_results(results)
     block["release"] = {
         "precision": precision,
