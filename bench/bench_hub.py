@@ -89,7 +89,7 @@ def main() -> None:
         weights = (tmp / "plain.safetensors").stat().st_size
         masks = sum(math.ceil(g.size / 8) for g in model.groups.values())
         head = sum(p.numel() * 4 for p in model.heads[0].parameters())
-        own = sum(p.numel() * 4 for p in model._per_task_tensors(0)) - head
+        own = sum(p.numel() * 4 for p in model.task_parameters(0)) - head
         own -= sum(model.embedding(g, 0).numel() * 4 for g in model.groups)
         print("storage (5 tasks, ViT-S img 32 patch 4)")
         print(f"  checkpoint {checkpoint:,} B, plain timm weights {weights:,} B")

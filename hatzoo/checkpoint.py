@@ -58,7 +58,6 @@ from hatzoo.core.arch import build_backbone, check_arch
 from hatzoo.core.config import HATConfig
 from hatzoo.core.groups import group_key
 from hatzoo.core.model import HATModel, TaskInfo
-from hatzoo.core.task_modules import TaskModule
 from hatzoo.errors import CheckpointError, HATError, InputError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load_pretrained", "save_pretrained"]
@@ -92,13 +91,13 @@ def unpack_mask(packed: torch.Tensor, size: int, what: str) -> torch.Tensor:
 # --------------------------------------------------------------------------- saving
 def checkpoint_tensors(model: HATModel) -> dict[str, torch.Tensor]:
     """Every tensor the checkpoint stores, by key."""
-    model._guard.enforce()
+    model.enforce_locks()
     tensors: dict[str, torch.Tensor] = {}
-    per_task_prefixes = list(_task_modules(model))
+    per_task_prefixes = list(model.task_modules())
     for name, value in model.backbone.state_dict().items():
         if not any(name.startswith(prefix + ".") for prefix in per_task_prefixes):
             tensors[name] = value
-    default = model._latest_task()
+    default = model.default_task
     for t, info in enumerate(model.tasks):
         if info.status == "forgotten":
             continue
@@ -106,12 +105,18 @@ def checkpoint_tensors(model: HATModel) -> dict[str, torch.Tensor]:
             tensors[f"tasks.{t}.{name}"] = value
             if t == default and not name.startswith(("head.", "masks.", "embeddings.")):
                 tensors[name] = value.clone()  # the plain-named copy for timm users
-    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    # stored in float32 whatever the model's dtype (loading converts to the dtype asked for)
+    return {k: _canonical(v) for k, v in tensors.items()}
+
+
+def _canonical(tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.detach().cpu()
+    return (tensor.float() if tensor.is_floating_point() else tensor).contiguous()
 
 
 def _task_tensors(model: HATModel, t: int) -> dict[str, torch.Tensor]:
     out = {f"head.{k}": v for k, v in model.heads[t].state_dict().items()}
-    for path, module in _task_modules(model).items():
+    for path, module in model.task_modules().items():
         for k, v in module.tasks[t].state_dict().items():
             out[f"{path}.{k}"] = v
     for host, attr in model.spec.per_task_params:
@@ -127,7 +132,7 @@ def _task_tensors(model: HATModel, t: int) -> dict[str, torch.Tensor]:
 
 def release_keys(model: HATModel) -> set[str]:
     """The tensors a bf16 release stores in bfloat16: weights of the shared Linear and Conv layers."""
-    per_task = tuple(prefix + "." for prefix in _task_modules(model))
+    per_task = tuple(prefix + "." for prefix in model.task_modules())
     return {
         f"{name}.weight"
         for name, module in model.backbone.named_modules()
@@ -163,7 +168,7 @@ def checkpoint_config(
         "tasks": [
             {"num_classes": i.num_classes, "labels": i.labels, "status": i.status} for i in model.tasks
         ],
-        "default_task": model._latest_task(),
+        "default_task": model.default_task,
         "data_config": model.data_config,
         "metadata": extra or {},
         "release_precision": precision,
@@ -296,14 +301,14 @@ def load_pretrained(
         ) from error
     _check_groups(model, section["groups"], directory)
     for info in section["tasks"]:
-        model._append_task(TaskInfo(info["num_classes"], list(info["labels"]), info["status"]))
+        model.restore_task(TaskInfo(info["num_classes"], list(info["labels"]), info["status"]))
     bf16 = release_keys(model) if section.get("release_precision", "fp32") == "bf16" else set()
     _load_tensors(model, tensors, path, bf16)
     model.data_config = dict(section.get("data_config") or {})
     if torch.device(device) != torch.device("cpu") or dtype is not None:
         model.to(device=device, dtype=dtype)
     if locks:
-        model._refresh_locks()
+        model.refresh_locks()
     return model.eval()
 
 
@@ -425,14 +430,10 @@ def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], path: Path,
                 value = tensors[prefix + name]
                 if name.startswith("masks."):
                     group = name[len("masks.") :]
-                    model.masks(group)[t] = unpack_mask(value, model.groups[group].size, prefix + name)
+                    model.set_mask(group, t, unpack_mask(value, model.groups[group].size, prefix + name))
                 else:
                     target.copy_(value)
 
 
 def _first(keys: list[str], count: int = 5) -> str:
     return str(keys[:count]) + ("..." if len(keys) > count else "")
-
-
-def _task_modules(model: HATModel) -> dict[str, TaskModule]:
-    return {n: m for n, m in model.backbone.named_modules() if isinstance(m, TaskModule)}

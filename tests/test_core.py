@@ -112,15 +112,12 @@ def test_locked_entries_bitwise_unchanged_and_free_ones_train(arch, optimizer_na
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
     _, optimizer = train_task(model, factory, None, x, y)
     before = {n: p.detach().clone() for n, p in shared_parameters(model).items()}
-    locks = {id(lk.param): lk for lk in model._guard._locks.values()}
+    locks = {name.removeprefix("backbone."): m for name, m in model.locked_entries().items()}
     train_task(model, factory, optimizer, x, y)
     changed_free = locked_total = 0
     for name, param in shared_parameters(model).items():
-        lock = locks.get(id(param))  # no lock: task 0 used none of the units this tensor touches
-        if lock is None:
-            locked = torch.zeros_like(param, dtype=torch.bool)
-        else:
-            locked = torch.ones_like(param, dtype=torch.bool) if lock.locked is None else lock.locked
+        # absent: task 0 used none of the units this tensor touches
+        locked = locks.get(name, torch.zeros_like(param, dtype=torch.bool))
         assert torch.equal(param[locked], before[name][locked]), f"locked entries of {name} moved"
         changed_free += int((param[~locked] != before[name][~locked]).sum())
         locked_total += int(locked.sum())
@@ -376,9 +373,9 @@ def test_optimizer_state_of_locked_entries_is_zeroed_so_it_cannot_go_subnormal()
         F.cross_entropy(model(x, task=task, scale=10.0), y).backward()
         optimizer.step()
     checked = 0
-    for lock in model._guard._locks.values():
-        state = optimizer.state.get(lock.param, {})
-        locked = torch.ones_like(lock.param, dtype=torch.bool) if lock.locked is None else lock.locked
+    params = dict(model.named_parameters())
+    for name, locked in model.locked_entries().items():
+        state = optimizer.state.get(params[name], {})
         for name in ("exp_avg", "exp_avg_sq"):
             if name in state:
                 assert not state[name][locked].any(), f"{name} of locked entries is not zero"

@@ -46,6 +46,7 @@ class LockGuard:
     def __init__(self) -> None:
         self._locks: dict[int, _Lock] = {}
         self._clamps: list[tuple[nn.Parameter, float]] = []
+        self._clamp_versions: dict[int, int] = {}
         self._hooked: set[int] = set()
         self._generation = 0
         self._cleaned: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = weakref.WeakKeyDictionary()
@@ -71,6 +72,7 @@ class LockGuard:
     def set_clamps(self, clamps: list[tuple[nn.Parameter, float]]) -> None:
         """Parameters (the open task's embeddings) kept within [-bound, bound] after each step."""
         self._clamps = clamps
+        self._clamp_versions: dict[int, int] = {}
 
     def __deepcopy__(self, memo: dict) -> LockGuard:
         """A guard over the copied parameters, with its gradient filters registered on them."""
@@ -82,6 +84,13 @@ class LockGuard:
 
     def has_locks(self) -> bool:
         return bool(self._locks)
+
+    def locked_mask(self, param: nn.Parameter) -> torch.Tensor | None:
+        """Bool mask of the locked entries of ``param``, or None when none of them is locked."""
+        lock = self._locks.get(id(param))
+        if lock is None:
+            return None
+        return torch.ones_like(param, dtype=torch.bool) if lock.locked is None else lock.locked
 
     def _gradient_filter(self, key: int):
         def hook(param: nn.Parameter) -> None:
@@ -119,18 +128,34 @@ class LockGuard:
 
     @torch.no_grad()
     def enforce(self) -> None:
-        """Restore locked entries of every tensor modified since the last call; clamp embeddings."""
+        """Restore locked entries of every tensor modified since the last call; clamp embeddings.
+
+        Whole-tensor restores and the clamps run as one ``torch._foreach_*`` kernel each; only
+        tensors whose version changed are touched, so a forward pass after an exact step costs
+        nothing here.
+        """
+        whole, snapshots, changed = [], [], []
         for lock in self._locks.values():
             param = lock.param
             if param._version == lock.version:
                 continue
+            changed.append(lock)
             if lock.locked is None:
-                param.copy_(lock.snapshot)
+                whole.append(param)
+                snapshots.append(lock.snapshot)
             else:
                 torch.where(lock.locked, lock.snapshot, param, out=param)
-            lock.version = param._version
-        for param, bound in self._clamps:
-            param.clamp_(-bound, bound)
+        if whole:
+            torch._foreach_copy_(whole, snapshots)
+        for lock in changed:
+            lock.version = lock.param._version
+        moved = [(p, b) for p, b in self._clamps if self._clamp_versions.get(id(p)) != p._version]
+        for bound in {b for _, b in moved}:
+            params = [p for p, b in moved if b == bound]
+            torch._foreach_clamp_min_(params, -bound)
+            torch._foreach_clamp_max_(params, bound)
+        for param, _ in moved:
+            self._clamp_versions[id(param)] = param._version
 
     @torch.no_grad()
     def clear_optimizer_state(self, optimizer: torch.optim.Optimizer) -> None:

@@ -74,6 +74,9 @@ class HATModel(nn.Module):
         self._wrap_per_task_parts(spec)
         self._install_gates(spec.groups)
         self._slices = self._index_slices(spec.groups)
+        self._register_gate_layout(spec.groups)
+        self._binary_cache: dict[int, dict[str, torch.Tensor]] = {}
+        self._reg_weights: dict[int, torch.Tensor] = {}
         self._guard = LockGuard()
 
     # ----------------------------------------------------------------- construction
@@ -96,6 +99,20 @@ class HATModel(nn.Module):
                 module.register_forward_hook(hook.on_output)
             else:
                 module.register_forward_pre_hook(hook.on_input)
+
+    def _register_gate_layout(self, groups: list[MaskGroup]) -> None:
+        """All groups' gates live in one flat vector: units in group order, then expanded to activations.
+
+        Computing every gate of a forward pass together costs a handful of kernels instead of a few
+        per group, and the expansion (a head's unit covers head_dim activations) is one gather.
+        """
+        self._unit_sizes = [g.size for g in groups]
+        self._act_sizes = [g.size * g.gate.expand for g in groups]
+        index = [torch.arange(g.size).repeat_interleave(g.gate.expand) for g in groups]
+        offsets = torch.tensor([0, *self._unit_sizes[:-1]]).cumsum(0).tolist() if groups else []
+        flat = torch.cat([i + o for i, o in zip(index, offsets, strict=True)]) if groups else torch.zeros(0)
+        expands = any(g.gate.expand > 1 for g in groups)
+        self.register_buffer("_gate_index", flat.long() if expands else None, persistent=False)
 
     def _index_slices(self, groups: list[MaskGroup]) -> dict[str, list[tuple[str, UnitSlice]]]:
         """Map each backbone tensor ('module.tensor') to the (group, slice) pairs that touch it."""
@@ -134,15 +151,19 @@ class HATModel(nn.Module):
         current = self.open_task()
         if current is not None:
             raise TaskError(f"task {current} is still open; call end_task({current}) before adding a task")
-        task = self._append_task(TaskInfo(num_classes=num_classes, labels=labels))
-        self._refresh_locks()
+        task = self.restore_task(TaskInfo(num_classes=num_classes, labels=labels))
+        self.refresh_locks()
         return task
 
-    def _append_task(self, info: TaskInfo) -> int:
-        """Create a task's parameters and mask rows (no checks, no lock refresh: for add_task and loading)."""
+    def restore_task(self, info: TaskInfo) -> int:
+        """Append a task in the state ``info`` describes, with fresh parameters and empty mask rows.
+
+        For checkpoint loaders: no life-cycle checks and no lock refresh. Load the task's tensors
+        (``task_tensors``, ``set_mask``), then call ``refresh_locks()`` once.
+        """
         task = len(self.tasks)
         device, dtype = self._device_dtype()
-        source = self._latest_task() if self.config.norm_init == "copy" else None
+        source = self.default_task if self.config.norm_init == "copy" else None
         for module in self._task_modules():
             module.add_task(source)
         for module in self.task_params.values():
@@ -154,6 +175,7 @@ class HATModel(nn.Module):
             grown = torch.cat([self.masks(g.name), torch.zeros(1, g.size, dtype=torch.bool, device=device)])
             setattr(self, self._mask_buffer(g.name), grown)
         self.tasks.append(info)
+        self._invalidate_gate_caches()
         return task
 
     def end_task(self, task: int) -> None:
@@ -161,11 +183,11 @@ class HATModel(nn.Module):
         self._check_task(task, allow_open=True)
         if self.tasks[task].status != "open":
             raise TaskError(f"task {task} has already ended; end_task is called once per task")
-        self._guard.enforce()
+        self.enforce_locks()
         for g in self.groups.values():
             self.masks(g.name)[task] = self.embedding(g.name, task).detach() > 0
         self.tasks[task].status = "ended"
-        self._refresh_locks()
+        self.refresh_locks()
 
     def reopen_task(self, task: int) -> None:
         """Make an ended task trainable again; every other ended task stays locked."""
@@ -173,20 +195,20 @@ class HATModel(nn.Module):
         current = self.open_task()
         if current is not None:
             raise TaskError(f"task {current} is open; end it before reopening task {task}")
-        self._guard.enforce()
+        self.enforce_locks()
         for g in self.groups.values():
             self.masks(g.name)[task] = False
         self.tasks[task].status = "open"
-        self._refresh_locks()
+        self.refresh_locks()
 
     def forget(self, task: int) -> None:
         """Drop a task: the units only it used become free for new tasks; others are untouched."""
         self._check_task(task, allow_open=True)
-        self._guard.enforce()
+        self.enforce_locks()
         for g in self.groups.values():
             self.masks(g.name)[task] = False
         self.tasks[task].status = "forgotten"
-        self._refresh_locks()
+        self.refresh_locks()
 
     # ----------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, task: int | None = None, scale: float | None = None) -> torch.Tensor:
@@ -206,7 +228,7 @@ class HATModel(nn.Module):
             self._last_scale[task] = float(scale)
         elif scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
             raise InputError(f"scale must be a number > 0, got {scale!r}")
-        self._guard.enforce()
+        self.enforce_locks()
         gates = self.gates(task, scale=None if binary else scale)
         with self._context.run(task, gates):
             features = self.backbone(x)
@@ -214,14 +236,30 @@ class HATModel(nn.Module):
 
     def gates(self, task: int, scale: float | None = None) -> dict[str, torch.Tensor]:
         """Gate vectors per group, expanded to activation width: binary when scale is None."""
-        out = {}
-        for g in self.groups.values():
-            if scale is None:
-                unit = self.binary_mask(g.name, task)
-            else:
-                unit = self._soft_gate(g.name, task, scale)
-            out[g.name] = unit.repeat_interleave(g.gate.expand) if g.gate.expand > 1 else unit
-        return out
+        if scale is not None:
+            return self._split_gates(self._flat_soft_gate(task, scale))
+        if self.tasks[task].status == "open":
+            return self._split_gates(self._flat_embedding(task).detach().gt(0).to(self._device_dtype()[1]))
+        if task not in self._binary_cache:
+            flat = torch.cat([self.masks(g)[task] for g in self.groups]).to(self._device_dtype()[1])
+            self._binary_cache[task] = self._split_gates(flat)
+        return self._binary_cache[task]
+
+    def _flat_embedding(self, task: int) -> torch.Tensor:
+        return torch.cat([self.embedding(g, task) for g in self.groups])
+
+    def _flat_soft_gate(self, task: int, scale: float) -> torch.Tensor:
+        cfg = self.config
+        return soft_gate(self._flat_embedding(task), scale, cfg.smax, cfg.cosh_clamp)
+
+    def _split_gates(self, units: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A flat per-unit vector -> per-group gates at activation width (views of one tensor)."""
+        flat = units if self._gate_index is None else units.index_select(0, self._gate_index)
+        return dict(zip(self.groups, flat.split(self._act_sizes), strict=True))
+
+    def _invalidate_gate_caches(self) -> None:
+        self._binary_cache.clear()
+        self._reg_weights.clear()
 
     def binary_mask(self, group: str, task: int) -> torch.Tensor:
         """Task's binary mask of a group as 0/1 floats: the stored one, or e > 0 while open."""
@@ -232,26 +270,52 @@ class HATModel(nn.Module):
     def embedding(self, group: str, task: int) -> nn.Parameter:
         return self.embeddings[group_key(group)][task]
 
+    def set_mask(self, group: str, task: int, mask: torch.Tensor) -> None:
+        """Store task's binary mask of one group (for checkpoint loaders; call refresh_locks after)."""
+        self.masks(group)[task] = mask.to(self.masks(group).device)
+        self._invalidate_gate_caches()
+
+    @property
+    def default_task(self) -> int | None:
+        """The latest task that is not forgotten: what a checkpoint stores under plain names."""
+        alive = [i for i, info in enumerate(self.tasks) if info.status != "forgotten"]
+        return alive[-1] if alive else None
+
+    def task_modules(self) -> dict[str, TaskModule]:
+        """The per-task module wrappers (norms) by qualified backbone name."""
+        return {n: m for n, m in self.backbone.named_modules() if isinstance(m, TaskModule)}
+
+    def check_task(self, task: Any, allow_open: bool = False) -> None:
+        """Raise TaskError unless ``task`` exists, is not forgotten, and (unless allowed) has ended."""
+        self._check_task(task, allow_open)
+
     # ----------------------------------------------------------------- regularizer
     def regularization(self, task: int, scale: float | None = None) -> torch.Tensor:
         """The HAT mask regularizer: reg_c times the share of free units the task's gates open."""
         self._check_task(task, allow_open=True)
         if scale is None:
             scale = self._last_scale.get(task, self.config.smax)
-        previous = self._used_units(exclude=task)
-        numerators, denominators = [], []
-        for g in self.groups.values():
-            gate = self._soft_gate(g.name, task, scale)
-            free = (~previous[g.name]).to(gate.dtype)
-            numerators.append((gate * free).sum())
-            denominators.append(free.sum())
+        if task not in self._reg_weights:
+            self._reg_weights[task] = self._regularizer_weights(task)
+        return self.config.reg_c * (self._flat_soft_gate(task, scale) * self._reg_weights[task]).sum()
+
+    def _regularizer_weights(self, task: int) -> torch.Tensor:
+        """Per-unit weights w such that sum(gate * w) is the regularizer's ratio; fixed until masks change.
+
+        "global": free units / all free units; "per_layer": the mean over groups with free units of
+        each group's free-unit ratio. Used units (of other ended tasks) weigh nothing.
+        """
+        used = self._used_units(exclude=task)
+        free = [(~used[g]).cpu() for g in self.groups]
+        counts = [int(f.sum()) for f in free]
         if self.config.reg_mode == "per_layer":
-            ratios = [n / d for n, d in zip(numerators, denominators, strict=True) if d > 0]
-            value = torch.stack(ratios).mean() if ratios else torch.zeros(())
+            groups_with_free = sum(1 for c in counts if c)
+            scales = [1.0 / (c * groups_with_free) if c else 0.0 for c in counts]
         else:
-            den = torch.stack(denominators).sum()
-            value = torch.stack(numerators).sum() / den if den > 0 else torch.zeros(())
-        return self.config.reg_c * value
+            scales = [1.0 / sum(counts) if sum(counts) else 0.0] * len(counts)
+        device, dtype = self._device_dtype()
+        weights = torch.cat([f.to(torch.float64) * w for f, w in zip(free, scales, strict=True)])
+        return weights.to(device=device, dtype=dtype)
 
     # ----------------------------------------------------------------- capacity
     def capacity(self) -> dict[str, dict[str, Any]]:
@@ -275,6 +339,12 @@ class HATModel(nn.Module):
 
         return specialize(self, task)
 
+    def predict(self, x: torch.Tensor, **options: Any):
+        """Answer ``x`` without a task id: every task runs, a rule infers the task (hatzoo.task_inference)."""
+        from hatzoo.task_inference import predict
+
+        return predict(self, x, **options)
+
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         """The parameters created for one task (head, gates, norms, tokens), for ``add_param_group``."""
         self._check_task(task, allow_open=True)
@@ -282,7 +352,7 @@ class HATModel(nn.Module):
 
     # ----------------------------------------------------------------- checkpoints and the Hub
     def save_pretrained(self, directory: str | Path, **options: Any) -> Path:
-        """Write model.safetensors, config.json and README.md; options: see hatzoo.checkpoint.save_pretrained."""
+        """Write model.safetensors, config.json and README.md (options: hatzoo.checkpoint.save_pretrained)."""
         from hatzoo.checkpoint import save_pretrained
 
         return save_pretrained(self, directory, **options)
@@ -334,7 +404,18 @@ class HATModel(nn.Module):
         )
 
     # ----------------------------------------------------------------- locks
-    def _refresh_locks(self) -> None:
+    def locked_entries(self) -> dict[str, torch.Tensor]:
+        """Bool masks of the locked entries, by parameter name; parameters with none locked are absent."""
+        masks = {name: self._guard.locked_mask(p) for name, p in self.named_parameters()}
+        return {name: mask for name, mask in masks.items() if mask is not None}
+
+    def enforce_locks(self) -> None:
+        """Write back the stored value of every locked entry changed since the last call."""
+        self._guard.enforce()
+
+    def refresh_locks(self) -> None:
+        """Rebuild the locks and gate caches from the task states and masks (after loading or a change)."""
+        self._invalidate_gate_caches()
         ended = self._ended_tasks()
         locks: list[tuple[nn.Parameter, torch.Tensor | None]] = []
         if ended:
@@ -399,19 +480,12 @@ class HATModel(nn.Module):
             )
         return out
 
-    def _soft_gate(self, group: str, task: int, scale: float) -> torch.Tensor:
-        return soft_gate(self.embedding(group, task), scale, self.config.smax, self.config.cosh_clamp)
-
     # ----------------------------------------------------------------- checks and helpers
     def _task_modules(self) -> list[TaskModule]:
-        return [m for m in self.backbone.modules() if isinstance(m, TaskModule)]
+        return list(self.task_modules().values())
 
     def _ended_tasks(self) -> list[int]:
         return [i for i, info in enumerate(self.tasks) if info.status == "ended"]
-
-    def _latest_task(self) -> int | None:
-        alive = [i for i, info in enumerate(self.tasks) if info.status != "forgotten"]
-        return alive[-1] if alive else None
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         param = next(self.backbone.parameters())
@@ -472,8 +546,10 @@ class HATModel(nn.Module):
 
     def _apply(self, fn, recurse=True):
         module = super()._apply(fn, recurse)
-        if getattr(self, "_guard", None) is not None and self._guard.has_locks():
-            self._refresh_locks()  # the stored values must follow the tensors to their device / dtype
+        if getattr(self, "_guard", None) is not None:
+            self._invalidate_gate_caches()
+            if self._guard.has_locks():
+                self.refresh_locks()  # the stored values must follow the tensors to their device / dtype
         return module
 
     def extra_repr(self) -> str:

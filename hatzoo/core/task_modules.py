@@ -53,6 +53,11 @@ class TaskModule(nn.Module):
         origin = self.template[0] if source is None else self.tasks[source]
         self.tasks.append(copy.deepcopy(origin))
 
+    def _apply(self, fn, recurse=True):
+        # the template is outside the module tree; it must follow .to() / .double() like the copies
+        self.template[0]._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
     def forward(self, *args, **kwargs):
         return self.tasks[self._context[0].require_task()](*args, **kwargs)
 
@@ -75,6 +80,14 @@ class TaskParameter(nn.Module):
     def add_task(self, source: int | None) -> None:
         origin = self.template[0] if source is None else self.tasks[source]
         self.tasks.append(nn.Parameter(origin.detach().clone()))
+
+    def _apply(self, fn, recurse=True):
+        # the template and the host's plain attribute live outside the module tree: move them along
+        self.template[0] = fn(self.template[0])
+        host = self._host[0]
+        if isinstance(host.__dict__.get(self.name), torch.Tensor):
+            host.__dict__[self.name] = fn(host.__dict__[self.name].detach()).detach()
+        return super()._apply(fn, recurse)
 
     def _select(self, module: nn.Module, args) -> None:
         module.__dict__[self.name] = self.tasks[self._context[0].require_task()]
