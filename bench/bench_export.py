@@ -2,8 +2,8 @@
 
 For each architecture, one HAT model gets two tasks whose masks keep a random 50% and 25% of the units of
 every mask group. Each task is exported twice: pruned (``export_task``, masked units removed) and dense
-masked (``dense_masked``: the unpruned network with its 0/1 gate multiplications, i.e. what serving the
-HAT model unpruned costs). Both run on ONNX Runtime CPU at batch 1 and 32, interleaved, median of
+masked (``specialize(t, prune=False)``: the unpruned network with its 0/1 gate multiplications, what
+serving the HAT model unpruned costs). Both run on ONNX Runtime CPU at batch 1 and 32, interleaved, median of
 several repeats. Printed per setting: the kept-FLOPs fraction, time(pruned) / time(dense), that ratio
 divided by the FLOPs fraction (target <= 1.25: pruning saves time in proportion to the work it removes),
 and at batch 1 the speed-up of the pruned ONNX graph over the PyTorch HAT model in eval mode (target >= 3).
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hatzoo.export.baking import dense_masked
 from hatzoo.export.onnx_export import export_module, export_task
 
 import hatzoo
+from hatzoo.core.specialize import specialize
 
 KEEPS = (0.5, 0.25)
 
@@ -96,7 +96,9 @@ def bench_setting(setting: Setting, work: Path, repeats: int) -> list[dict]:
     for t, keep in enumerate(KEEPS):
         pruned = export_task(model, t, work / f"{setting.name}-{t}-pruned.onnx", image_size=setting.shape[1:])
         example = torch.randn(2, *setting.shape)
-        dense_path = export_module(dense_masked(model, t), example, work / f"{setting.name}-{t}-dense.onnx")
+        dense_path = export_module(
+            specialize(model, t, prune=False), example, work / f"{setting.name}-{t}-dense.onnx"
+        )
         sessions = {"pruned": session(pruned.path), "dense": session(dense_path)}
         row = {
             "setting": setting.label,

@@ -1,87 +1,16 @@
-"""Torch-side preparation for export: the per-sample input shape, and the dense masked reference network.
+"""Torch-side preparation for export: the per-sample input shape a task's graph takes.
 
-The *dense masked* network is one task of a HAT model as plain modules with nothing removed: the task's
-norms and tokens in place, BatchNorms folded, and every gate a constant 0/1 multiplication. It computes
-what ``model.eval()(x, task=t)`` computes, so its ONNX graph is the baseline that pruning is measured
-against (same work as serving the HAT model unpruned).
+The unpruned baseline that pruning is measured against is ``model.specialize(t, prune=False)``.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
-import torch
-from torch import nn
-
-from hatzoo.core.gates import apply_gate
 from hatzoo.core.model import HATModel
-from hatzoo.core.specialize import fold_batchnorm, select_task, strip_hooks
 from hatzoo.errors import InputError
 
 DEFAULT_IMAGE_SIZE = 224
-
-
-class GatedOutput(nn.Module):
-    """Runs ``inner`` and multiplies its output by a fixed 0/1 gate along ``dim``."""
-
-    def __init__(self, inner: nn.Module, gate: torch.Tensor, dim: int) -> None:
-        super().__init__()
-        self.inner = inner
-        self.dim = dim
-        self.register_buffer("gate", gate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return apply_gate(self.inner(x), self.gate, self.dim)
-
-
-class GatedInput(nn.Module):
-    """Multiplies the input by a fixed 0/1 gate along ``dim``, then runs ``inner``."""
-
-    def __init__(self, inner: nn.Module, gate: torch.Tensor, dim: int) -> None:
-        super().__init__()
-        self.inner = inner
-        self.dim = dim
-        self.register_buffer("gate", gate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(apply_gate(x, self.gate, self.dim))
-
-
-class DenseTaskModel(nn.Module):
-    """One task of a HAT model, unpruned, with its binary masks multiplied in: ``logits = net(x)``."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Linear, task: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.task = task
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-
-@torch.no_grad()
-def dense_masked(model: HATModel, task: int) -> DenseTaskModel:
-    """Task ``task`` as an unpruned module computing the HAT model's eval output (the export baseline)."""
-    model._check_task(task)
-    backbone = copy.deepcopy(model.backbone)
-    strip_hooks(backbone)
-    select_task(backbone, model, task)
-    gates = model.gates(task)
-    for group in model.groups.values():
-        site = group.gate
-        parent, _, child = site.module.rpartition(".")
-        host = backbone.get_submodule(parent) if parent else backbone
-        wrap = GatedOutput if site.where == "output" else GatedInput
-        gate = gates[group.name].detach().clone()
-        setattr(host, child, wrap(getattr(host, child), gate, site.dim))
-    for conv, norm in model.spec.fold_pairs:
-        fold_batchnorm(backbone, conv, norm)
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    head = copy.deepcopy(model.heads[task]).requires_grad_(False)
-    return DenseTaskModel(backbone, head, task).eval()
 
 
 def sample_shape(

@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from hatzoo.export.baking import dense_masked
 from hatzoo.export.onnx_export import (
     ExportReport,
     check_graph,
@@ -25,7 +24,7 @@ from hatzoo.export.onnx_export import (
 from torch import nn
 
 import hatzoo
-from hatzoo.core.specialize import ConstantBranch
+from hatzoo.core.specialize import ConstantBranch, specialize
 from hatzoo.errors import ExportError, InputError, TaskError
 
 ATOL = 1e-4
@@ -140,7 +139,7 @@ def test_dynamic_batch_runs_in_onnx_runtime(exported, name: str) -> None:
 def test_pruned_graph_is_smaller_than_the_dense_masked_graph(exported, name: str, tmp_path: Path) -> None:
     trained, reports = exported[name]
     report = reports[0]
-    dense = dense_masked(trained.model, report.task)
+    dense = specialize(trained.model, report.task, prune=False)
     path = export_module(dense, torch.randn(2, *trained.shape), tmp_path / "dense.onnx")
     dense_params = check_graph(path)
     assert report.num_parameters < dense_params

@@ -22,9 +22,7 @@ def triton_model_config():
     try:
         dist = importlib.metadata.distribution("tritonclient")
     except importlib.metadata.PackageNotFoundError:
-        pytest.fail(
-            "tritonclient is missing: run scripts/bootstrap.sh (pip install -e '.[test]')"
-        )
+        pytest.fail("tritonclient is missing: run scripts/bootstrap.sh (pip install -e '.[test]')")
     path = Path(dist.locate_file("tritonclient/grpc/model_config_pb2.py"))
     spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
     mod = importlib.util.module_from_spec(spec)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from hatzoo.core.groups import MaskGroup, group_key
+from hatzoo.core.gates import apply_gate
+from hatzoo.core.groups import GateSite, MaskGroup, group_key
 from hatzoo.core.task_modules import TaskModule
 
 if TYPE_CHECKING:
@@ -50,30 +51,56 @@ class TaskModel(nn.Module):
 
 
 @torch.no_grad()
-def specialize(model: HATModel, task: int, *, consume: bool = False) -> TaskModel:
-    """Task ``task`` of ``model`` as a pruned ``TaskModel`` in eval mode.
+def specialize(model: HATModel, task: int, *, prune: bool = True, consume: bool = False) -> TaskModel:
+    """Task ``task`` of ``model`` as a plain ``TaskModel`` in eval mode.
 
-    ``consume=True`` prunes the model's own backbone instead of a copy (the loader's fast path for
-    a model it throws away); the HAT model must not be used afterwards.
+    ``prune=True`` removes the masked units physically; ``prune=False`` keeps every unit and
+    multiplies the task's 0/1 gates in as constants (the unpruned baseline that export measures
+    pruning against). ``consume=True`` works on the model's own backbone instead of a copy (the
+    loader's fast path for a model it throws away); the HAT model must not be used afterwards.
     """
-    model._check_task(task)
-    model._guard.enforce()
+    model.check_task(task)
+    model.enforce_locks()
     backbone = model.backbone if consume else copy.deepcopy(model.backbone)
     strip_hooks(backbone)
     select_task(backbone, model, task)
+    gates = model.gates(task)
     kept = {}
     for group in model.groups.values():
         keep = model.masks(group.name)[task].cpu()
         kept[group.name] = [int(keep.sum()), group.size]
-        _prune_group(backbone, group, keep)
+        if prune:
+            _prune_group(backbone, group, keep)
+        else:
+            _multiply_gate(backbone, group, gates[group.name].detach().clone())
     for conv, norm in model.spec.fold_pairs:
         fold_batchnorm(backbone, conv, norm)
     for p in backbone.parameters():
         p.requires_grad_(False)
     head = copy.deepcopy(model.heads[task]).requires_grad_(False)
-    if model.spec.feature_group is not None:
+    if prune and model.spec.feature_group is not None:
         _prune_head(head, model.masks(model.spec.feature_group)[task].cpu(), model.spec.num_features)
     return TaskModel(backbone, head, model.tasks[task].labels, task, kept).eval()
+
+
+class Gated(nn.Module):
+    """Runs ``inner`` with a fixed 0/1 gate multiplied into its output or its input along ``dim``."""
+
+    def __init__(self, inner: nn.Module, gate: torch.Tensor, site: GateSite) -> None:
+        super().__init__()
+        self.inner, self.dim, self.on_output = inner, site.dim, site.where == "output"
+        self.register_buffer("gate", gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.on_output:
+            return apply_gate(self.inner(x), self.gate, self.dim)
+        return self.inner(apply_gate(x, self.gate, self.dim))
+
+
+def _multiply_gate(backbone: nn.Module, group: MaskGroup, gate: torch.Tensor) -> None:
+    parent, _, child = group.gate.module.rpartition(".")
+    host = backbone.get_submodule(parent) if parent else backbone
+    setattr(host, child, Gated(getattr(host, child), gate, group.gate))
 
 
 def strip_hooks(module: nn.Module) -> None:
