@@ -1,8 +1,8 @@
 """``hatzoo demo``: the whole life cycle on this machine, in about a minute on 2 CPU cores.
 
 Train the demo recipe (cards/hat-vit-demo.yaml) on Split-MNIST, publish it to an embedded local Hub
-and pin it in a card, load task 3 in a fresh process and predict, export task 3 to a pruned ONNX
-graph, serve it and send a request, then shut everything down. Each step is a public library call
+and pin it in a card, load task 3 in a fresh process and predict, export every task to a pruned ONNX
+graphs, serve them and send a request, then shut everything down. Each step is a public library call
 or a ``hatzoo`` command; the Hub settings reach only the processes started here.
 """
 
@@ -112,22 +112,10 @@ def run_demo(workdir: Path, port: int | None = None) -> dict[str, Any]:
                 f"[demo] truth     {[labels[i] for i in y[:8]]}"
             )
 
-        with step(5, f"export task {TASK} to a pruned ONNX graph"):
+        with step(5, "export every task to a pruned ONNX graph"):
             bundle = workdir / "bundle"
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "hatzoo.cli",
-                    "export",
-                    ZOO_NAME,
-                    "--task",
-                    str(TASK),
-                    "-o",
-                    str(bundle),
-                ],
-                env,
-            )
+            export = ["export", ZOO_NAME, "--all-tasks", "-o", str(bundle)]
+            _run([sys.executable, "-m", "hatzoo.cli", *export], env)
             exported = json.loads((bundle / "manifest.json").read_text())["tasks"][str(TASK)]
             figures.update(
                 kept_flops_fraction=exported["flops_fraction"], max_abs_diff=exported["max_abs_diff"]

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
@@ -33,3 +38,21 @@ def test_demo_runs_end_to_end(tmp_path):
         assert f"[demo] step {step} done" in done.stdout
     card = (tmp_path / "cards" / "hat-vit-demo.yaml").read_text()  # the pin the fresh process loaded
     assert f"revision: {figures['published'].split('@')[1]}" in card
+
+    readme_serving_example_runs_as_written(tmp_path / "bundle")
+
+
+def readme_serving_example_runs_as_written(bundle: Path) -> None:
+    """README's curl session against the demo bundle, with only the bundle path and the port changed."""
+    readme = (ROOT / "README.md").read_text()
+    script = re.search(r"After `hatzoo demo`.*?```bash\n(.*?)```", readme, re.S).group(1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = script.replace("demo-output/bundle", str(bundle)).replace("8000", str(port))
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with_task, without_task = (json.loads(line) for line in done.stdout.splitlines() if line.startswith("{"))
+    assert [k["label"] for k in with_task["top_k"][0]] in (["7", "6"], ["6", "7"])
+    assert len(with_task["logits"][0]) == 2
+    assert without_task["rule"] == "energy" and len(without_task["scores"][0]) == 5
