@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
+import torch
 from torch import nn
 
 from hatzoo.card import Card
@@ -31,13 +33,19 @@ _STALE_CACHE = "the cached file is corrupted or the repository changed; delete i
 
 
 def load(
-    name_or_repo: str | Path, task: int | None = None, revision: str | None = None, *, device: str = "cpu"
+    name_or_repo: str | Path,
+    task: int | Literal["auto"] | None = None,
+    revision: str | None = None,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """Load a zoo model (cache, Hub or bundled release), a Hub repository (through its cache) or a folder.
 
     ``task=None`` returns the full ``HATModel`` (eval mode; call ``add_task`` and ``train()`` to
-    continue); ``task=t`` returns task t's pruned, ready-to-run ``TaskModel``. A zoo name resolves
-    through the cards to a repo id and pinned revision; ``revision`` overrides it.
+    continue); ``task=t`` returns task t's pruned, ready-to-run ``TaskModel``; ``task="auto"`` every
+    task pruned, answering without a task id (``hatzoo.task_inference.TaskAgnosticModel``). A zoo name
+    resolves through the cards to a repo id and pinned revision; ``revision`` overrides it.
     """
     zoo = default_zoo()
     target, resolved_revision = zoo.resolve(name_or_repo, revision)
@@ -46,8 +54,12 @@ def load(
     else:
         folder = snapshot(target, resolved_revision)
     if task is None:
-        return load_pretrained(folder, device=device)
-    model: HATModel = load_pretrained(folder, device=device, locks=False)
+        return load_pretrained(folder, device=device, dtype=dtype)
+    model: HATModel = load_pretrained(folder, device=device, dtype=dtype, locks=False)
+    if task == "auto":
+        from hatzoo.task_inference import TaskAgnosticModel
+
+        return TaskAgnosticModel.from_hat_model(model)
     return specialize(model, task, consume=True)
 
 

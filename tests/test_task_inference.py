@@ -217,3 +217,13 @@ def test_clear_errors() -> None:
         TaskAgnosticModel([])
     with pytest.raises(InputError, match="HATModel or a TaskAgnosticModel"):
         predict(nn.Linear(2, 2), x)
+
+
+def test_load_with_task_auto_answers_like_the_saved_model(trained: hatzoo.HATModel, tmp_path) -> None:
+    trained.save_pretrained(tmp_path / "m")
+    auto = hatzoo.load(tmp_path / "m", task="auto")
+    assert isinstance(auto, TaskAgnosticModel) and auto.tasks == [0, 2, 3]
+    x = torch.randn(32, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    a, b = trained.predict(x), auto.predict(x)
+    assert torch.equal(a.task, b.task) and a.label == b.label
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
