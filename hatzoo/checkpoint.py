@@ -1,10 +1,13 @@
-"""The hatzoo checkpoint format (version 1): ``model.safetensors`` + ``config.json`` + ``README.md``.
+"""The hatzoo checkpoint format (version 2): ``model.safetensors`` + ``tasks.safetensors`` + ``config.json``
++ ``README.md``.
 
-``model.safetensors`` keys:
+``model.safetensors`` is exactly the timm backbone's state dict, so
+``timm.create_model("hf-hub:<repo>", pretrained=True)`` loads it strictly, without a warning: every
+backbone tensor shared by all tasks under its plain timm / torch name, plus the per-task tensors
+(norms, tokens) of the *default task* (the latest one) under their plain names too.
 
-- ``<name>``: every backbone tensor shared by all tasks, under its plain timm / torch name, plus
-  the per-task tensors (norms, tokens) of the *default task* (the latest one) under their plain
-  names too, so a timm user can load the file as an ordinary backbone state dict;
+``tasks.safetensors`` holds every per-task tensor, in float32 (masks in uint8):
+
 - ``tasks.<t>.head.weight`` / ``.bias``: task t's classifier;
 - ``tasks.<t>.<name>``: task t's norms, position embedding, class token (plain names after the
   prefix);
@@ -15,15 +18,21 @@
 The real-valued gate embeddings of ended tasks are not stored: inference and continued training
 need only the binary masks (they define the locks), so they would be dead weight.
 
-The header's metadata holds ``format: pt``, ``hatzoo_format``, ``hatzoo_format_version``,
-``hatzoo_release_precision`` and ``hatzoo_weights_id`` (the sha256 of the tensors' names, dtypes,
-shapes and bytes). Its keys are sorted and nothing in it depends on time or process, so the same
-model always saves to the same bytes.
+Both headers' metadata hold ``format: pt``, ``hatzoo_format`` and ``hatzoo_format_version``;
+``model.safetensors``' also holds ``hatzoo_release_precision``, ``hatzoo_weights_id`` (the sha256 of
+the names, dtypes, shapes and bytes of the tensors of both files) and ``hatzoo_tasks_sha256`` (the
+sha256 of ``tasks.safetensors``, which is written first). Loading refuses a tasks file with another
+sha256, so a pin of ``model.safetensors``' sha256 (a zoo card's) covers both files. Header keys are
+sorted and nothing in them depends on time or process, so the same model always saves to the same
+bytes.
+
+Format version 1 (a single file: the ``tasks.<t>.*`` tensors inside ``model.safetensors``, no
+``hatzoo_tasks_sha256``) still loads.
 
 Release precision: ``"fp32"`` (the default) stores every tensor in float32. ``"bf16"`` stores the
 weights of the shared backbone's Linear and Conv layers in bfloat16 and keeps everything else in
-float32 (biases, norms, BatchNorm statistics, position embeddings and tokens, heads, per-task
-tensors) and the masks as uint8. Loading widens them to the model's dtype.
+float32 (biases, norms, BatchNorm statistics, position embeddings and tokens, and all of
+``tasks.safetensors``) and the masks as uint8. Loading widens them to the model's dtype.
 
 ``config.json`` holds timm's fields (``architecture``, ``num_classes: 0``, ``num_features``,
 ``model_args``, and ``pretrained_cfg`` with the data config timm's ``resolve_data_config`` reads:
@@ -36,11 +45,13 @@ different saves are refused). Checkpoints without the last two are fp32 and load
 Loading reads JSON and safetensors only: nothing is ever unpickled. The config is checked against
 a schema (``hatzoo.checkpoint_schema``), the architecture against an allow-list
 (``hatzoo.core.arch.check_arch``), and every size against the tensor shapes in the safetensors
-header before anything is allocated. Saving over a folder replaces it in one step.
+headers before anything is allocated. Saving over a folder replaces it in one step.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
 from pathlib import Path
@@ -63,6 +74,8 @@ from hatzoo.errors import CheckpointError, HATError, InputError
 __all__ = ["FORMAT", "FORMAT_VERSION", "load_pretrained", "save_pretrained"]
 
 WEIGHTS_NAME = "model.safetensors"
+TASKS_NAME = "tasks.safetensors"
+_TASKS_SHA256 = "hatzoo_tasks_sha256"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 _RELEASE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -213,12 +226,15 @@ def save_pretrained(
         for key in release_keys(model):
             tensors[key] = tensors[key].to(torch.bfloat16)
     weights_id = tensors_id(tensors)
-    header = {
-        "format": "pt",
-        "hatzoo_format": FORMAT,
-        "hatzoo_format_version": str(FORMAT_VERSION),
+    identity = {"format": "pt", "hatzoo_format": FORMAT, "hatzoo_format_version": str(FORMAT_VERSION)}
+    tasks_file = io.BytesIO()
+    write_safetensors({k: v for k, v in tensors.items() if k.startswith("tasks.")}, tasks_file, identity)
+    tasks_bytes = tasks_file.getvalue()
+    backbone = {k: v for k, v in tensors.items() if not k.startswith("tasks.")}
+    header = identity | {
         "hatzoo_release_precision": precision,
         "hatzoo_weights_id": weights_id,
+        _TASKS_SHA256: hashlib.sha256(tasks_bytes).hexdigest(),
     }
     config = checkpoint_config(model, metadata, precision=precision, weights_id=weights_id)
     card_text = card if card is not None else default_card(model, directory.name)
@@ -227,7 +243,8 @@ def save_pretrained(
         return lambda handle: handle.write(value.encode())
 
     files: dict[str, Any] = {
-        WEIGHTS_NAME: lambda handle: write_safetensors(tensors, handle, header),
+        TASKS_NAME: lambda handle: handle.write(tasks_bytes),
+        WEIGHTS_NAME: lambda handle: write_safetensors(backbone, handle, header),
         CONFIG_NAME: text(json.dumps(config, indent=2, sort_keys=True) + "\n"),
         CARD_NAME: text(card_text),
     }
@@ -282,11 +299,10 @@ def load_pretrained(
     """
     directory = Path(directory)
     section = read_config(directory)
-    path = directory / WEIGHTS_NAME
-    shapes = _read_header(path, section)
-    _check_head_shapes(section, shapes, path)
-    _check_backbone_shapes(build_backbone(section["arch"], device="meta"), shapes, path)
-    tensors = _read_weights(path)
+    shapes, files = _read_headers(directory, section)
+    _check_head_shapes(section, shapes, directory)
+    _check_backbone_shapes(build_backbone(section["arch"], device="meta"), shapes, directory)
+    tensors = {key: value for path in files for key, value in _read_weights(path).items()}
     from hatzoo.core.hatify import hatify
 
     try:
@@ -303,7 +319,7 @@ def load_pretrained(
     for info in section["tasks"]:
         model.restore_task(TaskInfo(info["num_classes"], list(info["labels"]), info["status"]))
     bf16 = release_keys(model) if section.get("release_precision", "fp32") == "bf16" else set()
-    _load_tensors(model, tensors, path, bf16)
+    _load_tensors(model, tensors, directory, bf16)
     model.data_config = dict(section.get("data_config") or {})
     if torch.device(device) != torch.device("cpu") or dtype is not None:
         model.to(device=device, dtype=dtype)
@@ -312,16 +328,14 @@ def load_pretrained(
     return model.eval()
 
 
-def _read_header(path: Path, section: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Shapes of the stored tensors, from the header alone; checks that it belongs to the config."""
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent} has no {WEIGHTS_NAME}")
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            metadata = handle.metadata() or {}
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise _unreadable(path, error) from error
+def _read_headers(directory: Path, section: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], list[Path]]:
+    """Shapes of the stored tensors, from the headers alone, and the files that hold them.
+
+    Checks that the weights belong to the config and the tasks file to the weights. A model.safetensors
+    that names no tasks file is the single-file layout of format version 1.
+    """
+    path = directory / WEIGHTS_NAME
+    metadata, shapes = _read_header(path)
     for name, ours in (
         ("weights_id", "hatzoo_weights_id"),
         ("release_precision", "hatzoo_release_precision"),
@@ -332,10 +346,48 @@ def _read_header(path: Path, section: dict[str, Any]) -> dict[str, tuple[int, ..
                 f"the weights' is {metadata.get(ours)!r}. The folder mixes two saves: save or download it "
                 "again"
             )
-    return shapes
+    if _TASKS_SHA256 not in metadata:
+        return shapes, [path]
+    tasks_path = directory / TASKS_NAME
+    if not tasks_path.is_file():
+        raise CheckpointError(
+            f"{directory} has no {TASKS_NAME}, which its {WEIGHTS_NAME} was saved with; the folder is "
+            "incomplete: save or download it again"
+        )
+    with open(tasks_path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    if digest != metadata[_TASKS_SHA256]:
+        raise CheckpointError(
+            f"{directory}: the sha256 of {TASKS_NAME} is {digest}, but its {WEIGHTS_NAME} was saved with "
+            f"one of sha256 {metadata[_TASKS_SHA256]}. The folder mixes two saves or the file is corrupted: "
+            "save or download it again"
+        )
+    task_shapes = _read_header(tasks_path)[1]
+    misplaced = sorted(k for k in shapes if k.startswith("tasks.")) + sorted(
+        k for k in task_shapes if not k.startswith("tasks.")
+    )
+    if misplaced:
+        raise CheckpointError(
+            f"{directory}: tensors {_first(misplaced)} are in the wrong file: {TASKS_NAME} holds the "
+            f"tasks.<t>.* tensors and {WEIGHTS_NAME} all the others"
+        )
+    return shapes | task_shapes, [path, tasks_path]
 
 
-def _check_head_shapes(section: dict[str, Any], shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """A safetensors file's metadata and tensor shapes, without reading its data."""
+    if not path.is_file():
+        raise CheckpointError(f"{path.parent} has no {path.name}")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return handle.metadata() or {}, {
+                key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()
+            }
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _unreadable(path, error) from error
+
+
+def _check_head_shapes(section: dict[str, Any], shapes: dict[str, tuple[int, ...]], directory: Path) -> None:
     """Each stored task's class count, from its head's shape, before any head is allocated."""
     for t, info in enumerate(section["tasks"]):
         if info["status"] == "forgotten":
@@ -343,16 +395,16 @@ def _check_head_shapes(section: dict[str, Any], shapes: dict[str, tuple[int, ...
         shape = shapes.get(f"tasks.{t}.head.weight")
         if shape is None or len(shape) != 2:
             raise CheckpointError(
-                f"{path} has no 2-d tensor tasks.{t}.head.weight for task {t} of its config"
+                f"{directory}'s weights have no 2-d tensor tasks.{t}.head.weight for task {t} of its config"
             )
         if shape[0] != info["num_classes"]:
             raise CheckpointError(
-                f"{path.parent / CONFIG_NAME}: hatzoo.tasks[{t}].num_classes is {info['num_classes']}, "
+                f"{directory / CONFIG_NAME}: hatzoo.tasks[{t}].num_classes is {info['num_classes']}, "
                 f"but the weights' head of task {t} has {shape[0]} classes"
             )
 
 
-def _check_backbone_shapes(backbone: nn.Module, shapes: dict[str, tuple[int, ...]], path: Path) -> None:
+def _check_backbone_shapes(backbone: nn.Module, shapes: dict[str, tuple[int, ...]], directory: Path) -> None:
     """Compare the architecture, built on the meta device, with the stored shapes before allocating it."""
     stored = sum(math.prod(s) for s in shapes.values())
     absent = 0
@@ -361,13 +413,13 @@ def _check_backbone_shapes(backbone: nn.Module, shapes: dict[str, tuple[int, ...
             absent += tensor.numel()
         elif shapes[key] != tuple(tensor.shape):
             raise CheckpointError(
-                f"{path}: tensor {key} is {shapes[key]}, the architecture in {CONFIG_NAME} needs "
-                f"{tuple(tensor.shape)}; config and weights come from different models"
+                f"{directory / WEIGHTS_NAME}: tensor {key} is {shapes[key]}, the architecture in "
+                f"{CONFIG_NAME} needs {tuple(tensor.shape)}; config and weights come from different models"
             )
     if absent > stored:
         raise CheckpointError(
-            f"{path} holds {stored} values but the architecture in {CONFIG_NAME} needs more than that "
-            "beyond them; config and weights come from different models"
+            f"{directory}'s weights hold {stored} values but the architecture in {CONFIG_NAME} needs more "
+            "than that beyond them; config and weights come from different models"
         )
 
 
@@ -399,13 +451,13 @@ def _check_groups(model: HATModel, groups: list[dict[str, Any]], directory: Path
         )
 
 
-def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], path: Path, bf16: set[str]) -> None:
+def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], directory: Path, bf16: set[str]) -> None:
     expected = checkpoint_tensors(model)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"{path} does not match its config.json: "
+            f"the weights in {directory} do not match its {CONFIG_NAME}: "
             f"missing {_first(missing)}, unexpected {_first(unexpected)}"
         )
     for key, value in tensors.items():
@@ -415,7 +467,7 @@ def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], path: Path,
         want_dtype = torch.bfloat16 if key in bf16 else want.dtype
         if value.shape != want.shape or value.dtype != want_dtype:
             raise CheckpointError(
-                f"{path}: tensor {key} is {tuple(value.shape)} {value.dtype}, the architecture needs "
+                f"{directory}: tensor {key} is {tuple(value.shape)} {value.dtype}, the architecture needs "
                 f"{tuple(want.shape)} {want_dtype}; config and weights come from different models"
             )
     with torch.no_grad():

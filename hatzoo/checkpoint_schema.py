@@ -16,7 +16,8 @@ from hatzoo.core.arch import check_arch, check_timm_args
 from hatzoo.errors import CheckpointError
 
 FORMAT = "hatzoo"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: the tasks' tensors inside model.safetensors; 2: in tasks.safetensors
 STATUSES = ("open", "ended", "forgotten")
 PRECISIONS = ("fp32", "bf16")
 MAX_TASKS = 10_000
@@ -114,11 +115,12 @@ def _check_format(s: _Schema, section: dict[str, Any]) -> None:
     """Format and version first: a newer format gets an upgrade message rather than schema errors."""
     if section.get("format") != FORMAT:
         raise s.fail("hatzoo.format", f"must be {FORMAT!r}, got {section.get('format')!r}")
-    if section.get("format_version") != FORMAT_VERSION:
+    version = section.get("format_version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{s.where} has hatzoo format version {section.get('format_version')!r}; this hatzoo reads "
-            f"version {FORMAT_VERSION}. Upgrade hatzoo (pip install -U hatzoo) or re-save the model with "
-            "this version."
+            f"{s.where} has hatzoo format version {version!r}; this hatzoo reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Upgrade hatzoo (pip install -U hatzoo) or re-save "
+            "the model with this version."
         )
 
 

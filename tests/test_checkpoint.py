@@ -19,6 +19,11 @@ from hatzoo.checkpoint import pack_mask, unpack_mask
 from hatzoo.checkpoint_files import tensors_id
 
 
+def stored(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint: the timm backbone file and the tasks file."""
+    return load_file(folder / "model.safetensors") | load_file(folder / "tasks.safetensors")
+
+
 def train_tasks(model: hatzoo.HATModel, num_tasks: int, x: torch.Tensor, seed: int = 0) -> hatzoo.HATModel:
     torch.manual_seed(seed)
     for _ in range(num_tasks):
@@ -67,21 +72,22 @@ def test_round_trip_is_bitwise_and_task_models_match(saved):
 
 def test_file_stores_packed_masks_and_no_embeddings(saved):
     model, folder, _ = saved
-    tensors = load_file(folder / "model.safetensors")
+    tensors = load_file(folder / "tasks.safetensors")
+    assert all(key.startswith("tasks.") for key in tensors)
     for group in model.groups.values():
         packed = tensors[f"tasks.1.masks.{group.name}"]
         assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(group.size / 8)
         assert torch.equal(unpack_mask(packed, group.size, "x"), model.masks(group.name)[1])
     assert not any(".embeddings." in key for key in tensors)
     config = json.loads((folder / "config.json").read_text())
-    assert config["hatzoo"]["format_version"] == 1
+    assert config["hatzoo"]["format_version"] == 2
     assert config["architecture"] == "vit_tiny_patch16_224"
     assert [t["status"] for t in config["hatzoo"]["tasks"]] == ["ended"] * 3
 
 
 def test_per_task_storage_is_masks_heads_and_norms(saved):
     model, folder, _ = saved
-    tensors = load_file(folder / "model.safetensors")
+    tensors = load_file(folder / "tasks.safetensors")
     for t in range(3):
         stored = sum(v.numel() * v.element_size() for k, v in tensors.items() if k.startswith(f"tasks.{t}."))
         masks = sum(math.ceil(g.size / 8) for g in model.groups.values())
@@ -95,9 +101,7 @@ def test_plain_timm_loads_the_backbone_weights(saved):
     model, folder, _ = saved
     config = json.loads((folder / "config.json").read_text())
     backbone = timm.create_model(config["architecture"], num_classes=0, **config["model_args"])
-    missing, unexpected = backbone.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
-    assert missing == []
-    assert all(key.startswith("tasks.") for key in unexpected)
+    backbone.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
     shared = backbone.state_dict()["blocks.0.attn.qkv.weight"]
     assert torch.equal(shared, model.backbone.blocks[0].attn.qkv.weight)
 
@@ -136,7 +140,8 @@ def rewrite_weights(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
     config["hatzoo"]["weights_id"] = tensors_id(tensors)
     (folder / "config.json").write_text(json.dumps(config))
     metadata = {"hatzoo_weights_id": config["hatzoo"]["weights_id"], "hatzoo_release_precision": "fp32"}
-    save_file(tensors, str(folder / "model.safetensors"), metadata=metadata)
+    save_file(tensors, str(folder / "model.safetensors"), metadata=metadata)  # the single-file layout
+    (folder / "tasks.safetensors").unlink()
 
 
 def test_truncated_weights_are_a_clear_error(saved, tmp_path):
@@ -169,7 +174,7 @@ def test_config_from_another_architecture(saved, tmp_path):
 
 def test_mask_of_the_wrong_size(saved, tmp_path):
     folder = copy_checkpoint(saved[1], tmp_path)
-    tensors = load_file(folder / "model.safetensors")
+    tensors = stored(folder)
     key = next(k for k in tensors if ".masks." in k)
     tensors[key] = torch.zeros(tensors[key].numel() + 3, dtype=torch.uint8)
     rewrite_weights(folder, tensors)
@@ -179,7 +184,7 @@ def test_mask_of_the_wrong_size(saved, tmp_path):
 
 def test_weights_that_do_not_match_config(saved, tmp_path):
     folder = copy_checkpoint(saved[1], tmp_path)
-    tensors = load_file(folder / "model.safetensors")
+    tensors = stored(folder)
     tensors["blocks.0.attn.qkv.weight"] = torch.zeros(3, 3)
     rewrite_weights(folder, tensors)
     with pytest.raises(hatzoo.CheckpointError, match="blocks.0.attn.qkv.weight"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import pickle
@@ -68,7 +69,7 @@ def edited(folder: Path, tmp_path: Path, edits: dict[str, object]) -> Path:
     """A copy of ``folder`` whose config.json has ``edits`` applied (key path -> value or DELETE)."""
     target = tmp_path / folder.name
     target.mkdir()
-    for name in ("model.safetensors", "README.md"):
+    for name in ("model.safetensors", "tasks.safetensors", "README.md"):
         (target / name).write_bytes((folder / name).read_bytes())
     config = json.loads((folder / "config.json").read_text())
     for path, value in edits.items():
@@ -195,7 +196,7 @@ VIT_CASES = [
     ("hatzoo.tasks[0].status", 1, "hatzoo.tasks[0].status must be a string"),
     ("hatzoo.tasks[0].status", DELETE, "hatzoo.tasks[0].status is missing"),
     ("hatzoo.tasks[0].origin", "x", "hatzoo.tasks[0].origin is not a known key"),
-    ("hatzoo.tasks[1].status", "open", "does not match its config.json: missing ['tasks.1.embeddings"),
+    ("hatzoo.tasks[1].status", "open", "do not match its config.json: missing ['tasks.1.embeddings"),
     ("hatzoo.groups", "x", "hatzoo.groups must be a list"),
     ("hatzoo.groups[0]", 5, "hatzoo.groups[0] must be a mapping"),
     ("hatzoo.groups[0].size", "4", "hatzoo.groups[0].size must be an integer"),
@@ -378,7 +379,7 @@ def test_save_killed_at_every_step_leaves_the_old_or_the_new_model(tmp_path):
     assert proc.returncode == 0, "the save never completed"
     assert "mixed" not in outcomes
     assert outcomes[0] == "old" and outcomes[-1] == "new"
-    assert len(outcomes) >= 5  # killed before, between and after the three files and the swap
+    assert len(outcomes) >= 6  # killed before, between and after the four files and the swap
 
 
 def test_weights_and_config_of_different_saves_do_not_load(tmp_path):
@@ -388,6 +389,19 @@ def test_weights_and_config_of_different_saves_do_not_load(tmp_path):
         (tmp_path / "two" / "model.safetensors").read_bytes()
     )
     with pytest.raises(hatzoo.CheckpointError, match="mixes two saves"):
+        hatzoo.HATModel.from_pretrained(tmp_path / "one")
+
+
+def test_a_tasks_file_of_another_save_is_refused_by_its_sha256(tmp_path):
+    tiny_mlp(["a", "b"], seed=1).save_pretrained(tmp_path / "one")
+    tiny_mlp(["a", "b"], seed=2).save_pretrained(tmp_path / "two")
+    (tmp_path / "one" / "tasks.safetensors").write_bytes(
+        (tmp_path / "two" / "tasks.safetensors").read_bytes()
+    )
+    with pytest.raises(hatzoo.CheckpointError, match="sha256 of tasks.safetensors"):
+        hatzoo.HATModel.from_pretrained(tmp_path / "one")
+    (tmp_path / "one" / "tasks.safetensors").unlink()
+    with pytest.raises(hatzoo.CheckpointError, match="has no tasks.safetensors"):
         hatzoo.HATModel.from_pretrained(tmp_path / "one")
 
 
@@ -441,11 +455,14 @@ def test_the_same_model_saves_to_the_same_bytes_in_any_process(tmp_path, precisi
             timeout=300,
         )
         assert digests(tmp_path / run / "model") == first
-    assert set(first) == {"README.md", "config.json", "model.safetensors"}
-    header = (tmp_path / "a" / "model" / "model.safetensors").read_bytes()
-    text = header[8 : 8 + int.from_bytes(header[:8], "little")].decode()
-    assert list(json.loads(text)) == sorted(json.loads(text))
-    assert list(json.loads(text)["__metadata__"]) == sorted(json.loads(text)["__metadata__"])
+    assert set(first) == {"README.md", "config.json", "model.safetensors", "tasks.safetensors"}
+    headers = {}
+    for name in ("model.safetensors", "tasks.safetensors"):
+        data = (tmp_path / "a" / "model" / name).read_bytes()
+        headers[name] = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")].decode())
+        assert list(headers[name]) == sorted(headers[name])
+        assert list(headers[name]["__metadata__"]) == sorted(headers[name]["__metadata__"])
+    assert headers["model.safetensors"]["__metadata__"]["hatzoo_tasks_sha256"] == first["tasks.safetensors"]
 
 
 # ----------------------------------------------------------------------------- release precision and dtype
@@ -456,6 +473,9 @@ def test_bf16_release_stores_shared_conv_and_linear_weights_in_bf16(tmp_path):
     tensors = load_file(bf16 / "model.safetensors")
     low = {k for k, v in tensors.items() if v.dtype == torch.bfloat16}
     assert low == release_keys(model)
+    per_task = load_file(bf16 / "tasks.safetensors")
+    assert {v.dtype for v in per_task.values()} == {torch.float32, torch.uint8}
+    assert (bf16 / "tasks.safetensors").read_bytes() == (fp32 / "tasks.safetensors").read_bytes()
     assert {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight"} <= low
     assert all(not k.startswith("tasks.") and k.endswith(".weight") and "norm" not in k for k in low)
     assert tensors["blocks.0.attn.qkv.bias"].dtype == torch.float32
@@ -483,18 +503,44 @@ def test_load_to_a_dtype_gives_every_floating_tensor_that_dtype(tmp_path, dtype,
         assert loaded(torch.randn(2, 1, 16, 16, dtype=dtype), task=1).dtype == dtype
 
 
+def single_file_layout(folder: Path, metadata: dict[str, str], drop: tuple[str, ...] = ()) -> None:
+    """Rewrite a checkpoint as format version 1 stored it: the tasks' tensors inside model.safetensors."""
+    tensors = load_file(folder / "model.safetensors") | load_file(folder / "tasks.safetensors")
+    (folder / "tasks.safetensors").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    config["hatzoo"]["format_version"] = 1
+    for key in drop:
+        del config["hatzoo"][key]
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(tensors, str(folder / "model.safetensors"), metadata={**metadata, "hatzoo_format_version": "1"})
+
+
 def test_checkpoints_of_the_previous_writer_still_load(tmp_path):
     """The zoo's runs were written by safetensors' own writer, without weights_id or release precision."""
     model = tiny_vit(["a", "b", "c"])
     folder = model.save_pretrained(tmp_path / "m")
+    metadata = {"format": "pt", "hatzoo_format": "hatzoo"}
+    single_file_layout(folder, metadata, drop=("weights_id", "release_precision"))
     config = json.loads((folder / "config.json").read_text())
-    del config["hatzoo"]["weights_id"], config["hatzoo"]["release_precision"]
     config["pretrained_cfg"] = {"num_classes": 0}
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    metadata = {"format": "pt", "hatzoo_format": "hatzoo", "hatzoo_format_version": "1"}
-    save_file(load_file(folder / "model.safetensors"), str(folder / "model.safetensors"), metadata=metadata)
     loaded = hatzoo.HATModel.from_pretrained(folder)
     assert same_model(loaded, model)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_single_file_layout_of_format_version_1_still_loads(tmp_path, precision):
+    model = tiny_vit(["a", "b", "c"])
+    folder = model.save_pretrained(tmp_path / "m", precision=precision)
+    header = {"format": "pt", "hatzoo_format": "hatzoo", "hatzoo_release_precision": precision}
+    header["hatzoo_weights_id"] = json.loads((folder / "config.json").read_text())["hatzoo"]["weights_id"]
+    single_file_layout(folder, header)
+    assert any(k.startswith("tasks.") for k in load_file(folder / "model.safetensors"))
+    loaded = hatzoo.HATModel.from_pretrained(folder)
+    assert same_model(loaded, load_pretrained(model.save_pretrained(tmp_path / "now", precision=precision)))
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(hatzoo.load(folder, task=1)(x), hatzoo.load(tmp_path / "now", task=1)(x))
 
 
 def test_unknown_precision_is_refused(tmp_path):
@@ -504,7 +550,7 @@ def test_unknown_precision_is_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- timm data config
 @pytest.mark.integration
-def test_timm_resolves_the_models_data_config_from_the_hub(hub_env, repo_id, tmp_path):
+def test_timm_loads_a_hub_repo_strictly_and_resolves_its_data_config(hub_env, repo_id, tmp_path, caplog):
     import timm
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
@@ -515,7 +561,10 @@ def test_timm_resolves_the_models_data_config_from_the_hub(hub_env, repo_id, tmp
     model.data_config = {"mean": [0.286], "std": [0.353], "input_shape": [1, 28, 28], "benchmark": "fmnist"}
     publish_git(model.save_pretrained(tmp_path / "m"), repo_id, mirror_root=hub_env.hub.mirror_root)
 
-    backbone = timm.create_model(f"hf-hub:{repo_id}", pretrained=True, pretrained_strict=False)
+    with caplog.at_level(logging.DEBUG, logger="timm"):
+        backbone = timm.create_model(f"hf-hub:{repo_id}", pretrained=True)  # strict, timm's default
+    assert not [r for r in caplog.records if "unexpected" in r.getMessage().lower()]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     config = resolve_data_config({}, model=backbone)
     assert {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()} == {
         "input_size": (1, 28, 28),
