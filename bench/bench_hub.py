@@ -85,7 +85,7 @@ def main() -> None:
             strict=False,
         )
         save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(tmp / "plain.safetensors"))
-        checkpoint = (folder / "model.safetensors").stat().st_size
+        checkpoint = sum((folder / f).stat().st_size for f in ("model.safetensors", "tasks.safetensors"))
         weights = (tmp / "plain.safetensors").stat().st_size
         masks = sum(math.ceil(g.size / 8) for g in model.groups.values())
         head = sum(p.numel() * 4 for p in model.heads[0].parameters())
