@@ -160,6 +160,9 @@ def parse_card(text: str, source: str) -> Card:
     return Card.from_dict(data, source)
 
 
+_OPTIONAL_RESULTS = ("release", "task_agnostic")
+
+
 def update_card(
     path: str | os.PathLike[str],
     *,
@@ -178,6 +181,8 @@ def update_card(
     if not path.is_file():
         raise CardError(f"card file {path} does not exist")
     text = path.read_text(encoding="utf-8")
+    if results is not None:  # optional blocks a run did not measure are left out, not written as null
+        results = {k: v for k, v in results.items() if v is not None or k not in _OPTIONAL_RESULTS}
     for key, value in (("hub", hub and dataclasses.asdict(hub)), ("results", results)):
         if value is not None:
             text = _set_block(text, key, value)
