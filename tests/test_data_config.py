@@ -36,3 +36,15 @@ def test_round_trip_and_the_older_form():
 def test_bad_configs_say_what_is_wrong(data, message):
     with pytest.raises(hatzoo.InputError, match=message):
         DataConfig.from_dict(data)
+
+
+def test_loaded_models_carry_their_data_config_for_timm(tmp_path):
+    model = hatzoo.create_model("hat-vit-tiny", img_size=28, patch_size=7, in_chans=1, depth=1)
+    model.add_task(num_classes=2)
+    model.end_task(0)
+    model.data_config = FASHION.to_dict()
+    model.save_pretrained(tmp_path / "m")
+    for loaded in (hatzoo.load(tmp_path / "m"), hatzoo.load(tmp_path / "m", task=0)):
+        assert DataConfig.from_dict(loaded.data_config) == FASHION
+        config = timm.data.resolve_data_config({}, model=loaded)
+        assert [list(config[k]) for k in ("input_size", "mean", "std")] == [[1, 28, 28], [0.286], [0.353]]

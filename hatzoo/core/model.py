@@ -350,6 +350,13 @@ class HATModel(nn.Module):
         self._check_task(task, allow_open=True)
         return self._per_task_tensors(task)
 
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """The inputs in timm's ``pretrained_cfg`` shape, so ``timm.data.resolve_data_config`` reads them."""
+        from hatzoo.core.specialize import timm_data_config
+
+        return timm_data_config(self.data_config)
+
     # ----------------------------------------------------------------- checkpoints and the Hub
     def save_pretrained(self, directory: str | Path, **options: Any) -> Path:
         """Write model.safetensors, config.json and README.md (options: hatzoo.checkpoint.save_pretrained)."""

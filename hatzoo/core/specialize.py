@@ -37,7 +37,13 @@ class TaskModel(nn.Module):
     """One task of a HAT model as an ordinary module: ``logits = net(x)``."""
 
     def __init__(
-        self, backbone: nn.Module, head: nn.Linear, labels: list[str], task: int, kept: dict
+        self,
+        backbone: nn.Module,
+        head: nn.Linear,
+        labels: list[str],
+        task: int,
+        kept: dict,
+        data_config: dict | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -45,6 +51,12 @@ class TaskModel(nn.Module):
         self.labels = list(labels)
         self.task = task
         self.kept_units = kept
+        self.data_config = dict(data_config or {})
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """The inputs in timm's ``pretrained_cfg`` shape, so ``timm.data.resolve_data_config`` reads them."""
+        return timm_data_config(self.data_config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -80,7 +92,14 @@ def specialize(model: HATModel, task: int, *, prune: bool = True, consume: bool 
     head = copy.deepcopy(model.heads[task]).requires_grad_(False)
     if prune and model.spec.feature_group is not None:
         _prune_head(head, model.masks(model.spec.feature_group)[task].cpu(), model.spec.num_features)
-    return TaskModel(backbone, head, model.tasks[task].labels, task, kept).eval()
+    return TaskModel(backbone, head, model.tasks[task].labels, task, kept, model.data_config).eval()
+
+
+def timm_data_config(data_config: dict) -> dict:
+    """``data_config`` (hatzoo's, possibly empty) as timm's ``pretrained_cfg`` keys."""
+    from hatzoo.data_config import DataConfig
+
+    return DataConfig.from_dict(data_config).to_dict() if data_config else {}
 
 
 class Gated(nn.Module):
