@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from hatzoo.errors import HubError
@@ -38,12 +39,12 @@ _REF_RE = re.compile(r"^(?!/)(?!.*(?:\.\.|//|@\{|\.lock$|/$))[A-Za-z0-9._/-]+$")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _git(
+def run_git(
     args: list[str], cwd: Path, *, env: dict[str, str] | None = None, input_text: str | None = None
 ) -> str:
     """Run one git command; a failure becomes a HubError quoting git's own message."""
     if shutil.which("git") is None:
-        raise HubError("git is not installed: install git to publish with git, or publish over HTTP")
+        raise HubError("git is not installed: install git to publish with git or serve the zoo's releases")
     proc = subprocess.run(
         ["git", *args],
         cwd=cwd,
@@ -57,6 +58,22 @@ def _git(
         msg = (proc.stderr or proc.stdout).strip()
         raise HubError(f"git {' '.join(args[:2])} failed in {cwd}: {msg}")
     return proc.stdout.strip()
+
+
+def write_tree(
+    repo: Path, root: Path, files: list[str], env: dict[str, str], mode: Callable[[Path], str] | None = None
+) -> str:
+    """Store ``files`` (relative to ``root``) in ``repo`` as one tree, through a temporary index; its sha."""
+    mode = mode or _mode
+    with tempfile.TemporaryDirectory(prefix="hatzoo-index-") as tmp:
+        idx_env = dict(env, GIT_INDEX_FILE=str(Path(tmp) / "index"))
+        paths = "".join(f"{root / f}\n" for f in files)
+        blobs = run_git(["hash-object", "-w", "--no-filters", "--stdin-paths"], repo, input_text=paths)
+        entries = "".join(
+            f"{mode(root / f)} {sha}\t{f}\n" for f, sha in zip(files, blobs.splitlines(), strict=True)
+        )
+        run_git(["update-index", "--add", "--index-info"], repo, env=idx_env, input_text=entries)
+        return run_git(["write-tree"], repo, env=idx_env)
 
 
 def _git_env(cwd: Path) -> dict[str, str]:
@@ -129,7 +146,7 @@ def _tag(repo: Path, tag: str, sha: str, env: dict[str, str]) -> None:
         return
     if old is not None:
         raise HubError(f"tag {tag!r} already points at commit {old[:12]} in {repo}; choose a new tag name")
-    _git(["tag", tag, sha], repo, env=env)
+    run_git(["tag", tag, sha], repo, env=env)
 
 
 # -------------------------------------------------------------------------------------------- git: mirror
@@ -141,7 +158,7 @@ def _commit_into_mirror(repo: Path, root: Path, files: list[str], branch: str, m
     created = [p for p in (repo, *repo.parents) if not p.exists()]
     try:
         repo.mkdir(parents=True)
-        _git(["init", "-q", "-b", branch], repo)
+        run_git(["init", "-q", "-b", branch], repo)
         return _commit_tree(repo, root, files, branch, message)
     except BaseException:
         shutil.rmtree(repo, ignore_errors=True)
@@ -155,19 +172,11 @@ def _commit_tree(repo: Path, root: Path, files: list[str], branch: str, message:
     """Commit the files as the whole tree of ``branch`` with git plumbing (works bare or not)."""
     env = _git_env(repo)
     parent = _rev(repo, f"refs/heads/{branch}")
-    with tempfile.TemporaryDirectory(prefix="hatzoo-index-") as tmp:
-        idx_env = dict(env, GIT_INDEX_FILE=str(Path(tmp) / "index"))
-        paths = "".join(f"{root / f}\n" for f in files)
-        blobs = _git(["hash-object", "-w", "--no-filters", "--stdin-paths"], repo, input_text=paths)
-        entries = "".join(
-            f"{_mode(root / f)} {sha}\t{f}\n" for f, sha in zip(files, blobs.splitlines(), strict=True)
-        )
-        _git(["update-index", "--add", "--index-info"], repo, env=idx_env, input_text=entries)
-        tree = _git(["write-tree"], repo, env=idx_env)
-    if parent is not None and _git(["rev-parse", f"{parent}^{{tree}}"], repo) == tree:
+    tree = write_tree(repo, root, files, env)
+    if parent is not None and run_git(["rev-parse", f"{parent}^{{tree}}"], repo) == tree:
         return parent  # nothing changed: the branch already holds exactly these files
-    sha = _git(["commit-tree", tree, *(["-p", parent] if parent else []), "-m", message], repo, env=env)
-    _git(["update-ref", f"refs/heads/{branch}", sha, *([parent] if parent else [])], repo)
+    sha = run_git(["commit-tree", tree, *(["-p", parent] if parent else []), "-m", message], repo, env=env)
+    run_git(["update-ref", f"refs/heads/{branch}", sha, *([parent] if parent else [])], repo)
     _sync_worktree(repo, branch)
     return sha
 
@@ -179,13 +188,13 @@ def _mode(path: Path) -> str:
 
 def _sync_worktree(repo: Path, branch: str) -> None:
     """Make a non-bare mirror's checkout show the new commit when ``branch`` is the one checked out."""
-    if _git(["rev-parse", "--is-bare-repository"], repo) == "true":
+    if run_git(["rev-parse", "--is-bare-repository"], repo) == "true":
         return
     head = ""
     with contextlib.suppress(HubError):
-        head = _git(["symbolic-ref", "-q", "HEAD"], repo)
+        head = run_git(["symbolic-ref", "-q", "HEAD"], repo)
     if head == f"refs/heads/{branch}":
-        _git(["reset", "-q", "--hard", "HEAD"], repo)
+        run_git(["reset", "-q", "--hard", "HEAD"], repo)
 
 
 # -------------------------------------------------------------------------------------------- git: remote
@@ -204,43 +213,43 @@ def _commit_and_push(
         work = Path(tmp) / "repo"
         env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_LFS_SKIP_SMUDGE="1")
         try:
-            _git(["clone", "-q", "--no-checkout", url, str(work)], Path(tmp), env=env)
+            run_git(["clone", "-q", "--no-checkout", url, str(work)], Path(tmp), env=env)
         except HubError as err:
             raise HubError(
                 f"cannot clone {url}: {err}. Check the URL and your credentials (for the Hugging Face Hub: "
                 "create the repo first and log in with `hf auth login`, or put a token in the URL)"
             ) from err
-        has_branch = bool(_git(["ls-remote", "--heads", "origin", branch], work, env=env))
+        has_branch = bool(run_git(["ls-remote", "--heads", "origin", branch], work, env=env))
         if has_branch:
-            _git(["checkout", "-q", "-B", branch, f"origin/{branch}"], work, env=env)
+            run_git(["checkout", "-q", "-B", branch, f"origin/{branch}"], work, env=env)
         else:
-            _git(["checkout", "-q", "--orphan", branch], work, env=env)
+            run_git(["checkout", "-q", "--orphan", branch], work, env=env)
         keep = {".gitattributes"} if lfs_files else set()
-        tracked = [t for t in _git(["ls-files", "-z"], work).split("\0") if t and t not in keep]
+        tracked = [t for t in run_git(["ls-files", "-z"], work).split("\0") if t and t not in keep]
         if tracked:
-            _git(["rm", "-q", "-r", "--cached", "--ignore-unmatch", "--", *tracked], work, env=env)
+            run_git(["rm", "-q", "-r", "--cached", "--ignore-unmatch", "--", *tracked], work, env=env)
             for t in tracked:
                 with contextlib.suppress(FileNotFoundError):
                     (work / t).unlink()
         if lfs_files:
-            _git(["lfs", "install", "--local"], work, env=env)
-            _git(["lfs", "track", *LFS_PATTERNS], work, env=env)
+            run_git(["lfs", "install", "--local"], work, env=env)
+            run_git(["lfs", "track", *LFS_PATTERNS], work, env=env)
         for f in files:
             (work / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / f, work / f)
-        _git(["add", "-A", "--", "."], work, env=env)
+        run_git(["add", "-A", "--", "."], work, env=env)
         commit_env = _git_env(work) | {"GIT_TERMINAL_PROMPT": "0"}
-        if has_branch and not _git(["status", "--porcelain"], work):
-            sha = _git(["rev-parse", "HEAD"], work)
+        if has_branch and not run_git(["status", "--porcelain"], work):
+            sha = run_git(["rev-parse", "HEAD"], work)
         else:
-            _git(["commit", "-q", "-m", message], work, env=commit_env)
-            sha = _git(["rev-parse", "HEAD"], work)
+            run_git(["commit", "-q", "-m", message], work, env=commit_env)
+            sha = run_git(["rev-parse", "HEAD"], work)
         refs = [f"HEAD:refs/heads/{branch}"]
         if tag is not None:
             _tag(work, tag, sha, commit_env)
             refs.append(f"refs/tags/{tag}")
         try:
-            _git(["push", "-q", "origin", *refs], work, env=env)
+            run_git(["push", "-q", "origin", *refs], work, env=env)
         except HubError as err:
             raise HubError(
                 f"the push to {url} was refused: {err}. Pull the branch's newer commits first, or check "

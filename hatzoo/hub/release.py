@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from hatzoo.card import HubPin
 from hatzoo.errors import CheckpointError, HubError
 from hatzoo.hub.local_hub import repo_folder
+from hatzoo.hub.publish import run_git, write_tree
 
 __all__ = [
     "ZOO_ENV",
@@ -163,30 +161,12 @@ def release_pin(folder: str | os.PathLike[str], repo_id: str) -> HubPin:
 
 
 # ------------------------------------------------------------------------------------------------- mirror
-def _git(args: list[str], cwd: Path, *, env: dict[str, str] | None = None, stdin: str | None = None) -> str:
-    """Run one git command; a failure is a HubError quoting git."""
-    if shutil.which("git") is None:
-        raise HubError("git is not installed: install git to serve the zoo from a local Hub")
-    proc = subprocess.run(
-        ["git", *args],
-        cwd=cwd,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise HubError(f"git {args[0]} failed in {cwd}: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout.strip()
-
-
 def _commit_release(folder: Path, repo: Path) -> str:
     """Commit a release folder as the root commit of ``repo``'s main branch and check out its files."""
     root, files = _release_files(folder)
     if not (repo / ".git").exists():
         repo.mkdir(parents=True, exist_ok=True)
-        _git(["init", "-q", "--object-format=sha1", "-b", "main"], repo)
+        run_git(["init", "-q", "--object-format=sha1", "-b", "main"], repo)
     name, email = RELEASE_IDENTITY
     env = dict(
         os.environ,
@@ -197,17 +177,11 @@ def _commit_release(folder: Path, repo: Path) -> str:
         GIT_COMMITTER_EMAIL=email,
         GIT_COMMITTER_DATE=RELEASE_DATE,
     )
-    with tempfile.TemporaryDirectory(prefix="hatzoo-index-") as tmp:
-        index_env = dict(env, GIT_INDEX_FILE=str(Path(tmp) / "index"))
-        paths = "".join(f"{root / f}\n" for f in files)
-        blobs = _git(["hash-object", "-w", "--no-filters", "--stdin-paths"], repo, stdin=paths)
-        entries = "".join(f"100644 {sha}\t{f}\n" for f, sha in zip(files, blobs.splitlines(), strict=True))
-        _git(["update-index", "--add", "--index-info"], repo, env=index_env, stdin=entries)
-        tree = _git(["write-tree"], repo, env=index_env)
-    sha = _git(["commit-tree", "--no-gpg-sign", tree], repo, env=env, stdin=RELEASE_MESSAGE)
-    _git(["update-ref", "refs/heads/main", sha], repo)
-    _git(["symbolic-ref", "HEAD", "refs/heads/main"], repo)
-    _git(["reset", "-q", "--hard", "main"], repo)
+    tree = write_tree(repo, root, files, env, mode=lambda _: "100644")
+    sha = run_git(["commit-tree", "--no-gpg-sign", tree], repo, env=env, input_text=RELEASE_MESSAGE)
+    run_git(["update-ref", "refs/heads/main", sha], repo)
+    run_git(["symbolic-ref", "HEAD", "refs/heads/main"], repo)
+    run_git(["reset", "-q", "--hard", "main"], repo)
     return sha
 
 
