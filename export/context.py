@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -38,7 +41,9 @@ class Serving:
     def __post_init__(self) -> None:
         # Processes, not threads: json.loads and numpy conversions hold the GIL for a whole large body.
         ctx = multiprocessing.get_context("spawn")
-        self.parser = ProcessPoolExecutor(self.config.parse_workers, mp_context=ctx)
+        self.parser = ProcessPoolExecutor(
+            self.config.parse_workers, mp_context=ctx, initializer=exit_with_parent, initargs=(os.getpid(),)
+        )
         self.v2_names = {}
         for b in self.pool.bundles.values():
             for tid in b.tasks:
@@ -77,7 +82,22 @@ class Serving:
     def close(self) -> None:
         self.batcher.close()
         self.pool.close()
-        self.parser.shutdown(wait=False, cancel_futures=True)
+        self.parser.shutdown(wait=True, cancel_futures=True)
+
+
+def exit_with_parent(parent: int) -> None:
+    """In a decode worker: exit as soon as the server is gone, however it ended (even SIGKILL).
+
+    A worker holds both ends of its task queue and the server's stdout, so it would otherwise
+    outlive a killed server and keep the pipes of whoever started it open.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="hatzoo-exit-with-server").start()
 
 
 def validate_input(arr: np.ndarray, spec: TaskSpec, max_batch: int) -> np.ndarray:

@@ -113,3 +113,29 @@ def test_concurrent_load_zero_errors_and_exact_answers(load_bundles: list[Path])
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.mark.parametrize("stop", ["terminate", "kill"])
+def test_a_stopped_server_leaves_no_process_holding_its_output(load_bundles: list[Path], stop: str) -> None:
+    """Decode workers exit with the server, even on SIGKILL: the server's output pipe reaches EOF."""
+    from hatzoo.export.client import ClientError, HatzooClient
+
+    port = helpers.free_port()
+    cmd = [sys.executable, "-m", "hatzoo.export.server", str(load_bundles[0]), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    client = HatzooClient(f"http://127.0.0.1:{port}", timeout=30)
+    t0 = time.monotonic()
+    while True:
+        try:
+            client.health()
+            break
+        except ClientError:
+            assert proc.poll() is None and time.monotonic() - t0 < 60, "server did not start"
+            time.sleep(0.2)
+    model, task = ROUTES[0]
+    client.predict(model, task, np.zeros((2, 1, 8, 8), np.float32), use_npy=False)  # JSON: in a worker
+    getattr(proc, stop)()
+    proc.wait(30)
+    closed = threading.Event()
+    threading.Thread(target=lambda: (proc.stdout.read(), closed.set()), daemon=True).start()
+    assert closed.wait(20), "a decode worker outlived the server and holds its output open"
