@@ -207,16 +207,14 @@ def main() -> None:
     parser.add_argument("models", nargs="+", help="zoo names or checkpoint folders")
     parser.add_argument("--card", help="the card (benchmark and recipe) of a model given as a folder")
     parser.add_argument("--joint", action="store_true", help="also train the joint 10-way classifier")
-    parser.add_argument(
-        "--joint-epochs", type=int, help="epochs of the joint classifier (default: the card's)"
-    )
+    parser.add_argument("--joint-epochs", type=int, help="epochs of the joint classifier; None: the card's")
     parser.add_argument(
         "--fit-temperatures", action="store_true", help="also evaluate with fitted temperatures"
     )
     parser.add_argument(
         "--val-fraction", type=float, default=0.1, help="training share held out for temperatures"
     )
-    parser.add_argument("--max-test-per-task", type=int, help="test rows per task (default: all)")
+    parser.add_argument("--max-test-per-task", type=int, help="test rows per task; None: all")
     parser.add_argument("--batch", type=int, default=64, help="batch size of the timed calls")
     parser.add_argument("--repeats", type=int, default=20, help="timed repeats (median)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
