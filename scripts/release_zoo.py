@@ -4,8 +4,8 @@ For each name: the finished run ``RUNS/<name>`` is loaded, saved into ``zoo/<nam
 precision (``config.json``, ``model.safetensors``, ``tasks.safetensors``, ``README.md`` and the run's
 plots), loaded back from there, and scored task by task on the full test split. The card gets the
 run's results with the release's own accuracy, and the pin (deterministic revision, and the sha256 of
-model.safetensors, which binds tasks.safetensors); the README the same numbers. A run trained without its joint bound keeps the bound the card already reports for the
-same recipe.
+model.safetensors, which binds tasks.safetensors); the README the same numbers. A run trained
+without its joint bound keeps the bound the card already reports for the same recipe.
 
     python scripts/release_zoo.py --runs runs hat-vit-small hat-vit-tiny hat-resnet18 hat-resnet18-mixed
 """
