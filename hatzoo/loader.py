@@ -75,14 +75,19 @@ def _zoo_folder(card: Card, revision: str | None) -> Path:
     online = not hub_offline()
     named_hub = bool(os.environ.get("HF_ENDPOINT"))
     hub_error: HubError | None = None
-    if online and named_hub:
+
+    def from_hub() -> Path | None:
+        nonlocal hub_error
         try:
-            folder = snapshot(pin.repo_id, revision)
+            found = snapshot(pin.repo_id, revision)
         except HubError as err:
             hub_error = err
-        else:
-            verify_sha256(folder, expected, card.name, _STALE_CACHE)
-            return folder
+            return None
+        verify_sha256(found, expected, card.name, _STALE_CACHE)
+        return found
+
+    if online and named_hub and (folder := from_hub()) is not None:
+        return folder
     bundled = release_folder(card.name) if pinned else None
     if bundled is not None:
         if not pin.sha256:
@@ -98,14 +103,8 @@ def _zoo_folder(card: Card, revision: str | None) -> Path:
             "update the card's hub pin",
         )
         return bundled
-    if online and not named_hub:
-        try:
-            folder = snapshot(pin.repo_id, revision)
-        except HubError as err:
-            hub_error = err
-        else:
-            verify_sha256(folder, expected, card.name, _STALE_CACHE)
-            return folder
+    if online and not named_hub and (folder := from_hub()) is not None:
+        return folder
     raise _not_found(card, revision, hub_error)
 
 
