@@ -139,7 +139,7 @@ def test_timm_alone_loads_backbone_weights_from_the_hub(local_hub, hub_env, repo
     x = torch.randn(4, 1, 16, 16)
     model = train_tasks(vit(), 2, x, seed=4)
     model.push_to_hub(repo_id, git_mirror=local_hub.mirror_root)
-    backbone = timm.create_model(f"hf-hub:{repo_id}", pretrained=True, pretrained_strict=False)
+    backbone = timm.create_model(f"hf-hub:{repo_id}", pretrained=True)
     assert torch.equal(backbone.patch_embed.proj.weight, model.backbone.patch_embed.proj.weight)
     assert torch.equal(backbone.blocks[1].mlp.fc1.weight, model.backbone.blocks[1].mlp.fc1.weight)
 

@@ -195,7 +195,7 @@ DOWNLOAD = textwrap.dedent(
         assert (net(refs["x"]) - refs["logits1"]).abs().max().item() <= 1e-5
     config = hf_hub_download(repo, "config.json", revision=revision)
     assert f"/snapshots/{revision}/" in config, config
-    backbone = timm.create_model(f"hf-hub:{repo}", pretrained=True, pretrained_strict=False)
+    backbone = timm.create_model(f"hf-hub:{repo}", pretrained=True)
     print("SERVED", type(backbone).__name__)
     """
 )
