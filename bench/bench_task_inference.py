@@ -2,7 +2,8 @@
 
 For each model (a zoo name or a checkpoint folder, with ``--card`` for its benchmark), on its benchmark's
 test split: per task-inference rule the share of inputs whose task is inferred right and the class-
-incremental accuracy (right global class with no task id), beside the task-incremental accuracy (task
+incremental accuracy (right global class with no task id; ``mahalanobis`` with each task's feature
+Gaussians fitted on its training split), beside the task-incremental accuracy (task
 given: the ceiling) and, with ``--joint``, a joint classifier over all classes of the same architecture
 trained with the card's optimizer, learning rate, batch size and epochs (the usual class-incremental upper
 bound). ``--fit-temperatures`` adds each rule with per-task temperatures fitted on a split held out from
@@ -31,7 +32,14 @@ from torch import nn
 import hatzoo
 from hatzoo.card import read_card, update_card
 from hatzoo.data import TaskSequence
-from hatzoo.task_inference import TaskAgnosticModel, agnostic_macs, evaluate, fit_temperatures
+from hatzoo.task_inference import (
+    FeatureGaussian,
+    TaskAgnosticModel,
+    agnostic_macs,
+    evaluate,
+    fit_feature_gaussians,
+    fit_temperatures,
+)
 from hatzoo.training import ddp
 from hatzoo.training.common import Runtime, accuracy, derive_seed, load_benchmark, make_optimizer, train_epoch
 from hatzoo.training.joint import plain_backbone
@@ -59,6 +67,15 @@ def validation_split(
         gen = torch.Generator().manual_seed(derive_seed(seed, 11, t))
         rows = torch.randperm(len(y), generator=gen)[: max(1, int(fraction * len(y)))]
         out[t] = (x[rows], y[rows])
+    return out
+
+
+def training_batches(seq: TaskSequence, size: int) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Each task's whole training split in batches of ``size`` rows (what the feature Gaussians fit on)."""
+    out = {}
+    for t, task in enumerate(seq):
+        x, y = task.train.tensors
+        out[t] = [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
     return out
 
 
@@ -99,21 +116,33 @@ def seconds(fn) -> float:
 
 @torch.no_grad()
 def cost(
-    agnostic: TaskAgnosticModel, x: torch.Tensor, shape: tuple[int, ...], repeats: int
+    agnostic: TaskAgnosticModel,
+    gaussians: dict[int, FeatureGaussian],
+    x: torch.Tensor,
+    shape: tuple[int, ...],
+    repeats: int,
 ) -> dict[str, Any]:
-    """Multiply-adds per sample and wall time per batch: every task against one task, measured alternately."""
+    """Multiply-adds per sample and wall time per batch: every task (energy, and mahalanobis) against one
+    task, measured alternately."""
     macs = agnostic_macs(agnostic, shape)
     one = agnostic.task_models[0]
-    pairs = [(seconds(lambda: agnostic.predict(x)), seconds(lambda: one(x))) for _ in range(repeats)]
-    t_all, t_one = (statistics.median(column) for column in zip(*pairs, strict=True))
+    calls = (
+        lambda: agnostic.predict(x),
+        lambda: agnostic.predict(x, rule="mahalanobis", gaussians=gaussians),
+        lambda: one(x),
+    )
+    times = [[seconds(call) for call in calls] for _ in range(repeats)]
+    t_all, t_maha, t_one = (statistics.median(column) for column in zip(*times, strict=True))
     return {
         "macs_all_tasks": sum(macs.values()),
         "macs_one_task": macs[one.task],
         "macs_ratio": sum(macs.values()) / macs[one.task],
         "batch": len(x),
         "seconds_all_tasks": t_all,
+        "seconds_all_tasks_mahalanobis": t_maha,
         "seconds_one_task": t_one,
         "time_ratio": t_all / t_one,
+        "time_ratio_mahalanobis": t_maha / t_one,
     }
 
 
@@ -124,14 +153,16 @@ def run_model(name: str, card: str | None, args: argparse.Namespace) -> dict[str
     model = hatzoo.load(name).eval()
     agnostic = TaskAgnosticModel.from_hat_model(model)
     x, task, target = test_rows(seq, args.max_test_per_task)
-    rules = list(RULES)
     result: dict[str, Any] = {"model": name, "benchmark": seq.name, "test_rows": len(x), "rules": {}}
-    for rule, acc in evaluate(agnostic, x, task, target, rules).items():
+    start = time.perf_counter()
+    gaussians = fit_feature_gaussians(agnostic, training_batches(seq, 500))
+    result["gaussians_fit_seconds"] = time.perf_counter() - start
+    for rule, acc in evaluate(agnostic, x, task, target, gaussians=gaussians).items():
         result["rules"][rule] = dataclasses.asdict(acc)
     if args.fit_temperatures:
         temps = fit_temperatures(agnostic, validation_split(seq, args.val_fraction, recipe.benchmark.seed))
         result["temperatures"] = temps
-        for rule, acc in evaluate(agnostic, x, task, target, rules, temps).items():
+        for rule, acc in evaluate(agnostic, x, task, target, list(RULES), temps).items():
             result["rules"][f"{rule}+T"] = dataclasses.asdict(acc)
     first = next(iter(result["rules"].values()))
     result["task_incremental"] = first["task_incremental"]
@@ -140,7 +171,7 @@ def run_model(name: str, card: str | None, args: argparse.Namespace) -> dict[str
         start = time.perf_counter()
         result["joint"] = {"accuracy": train_joint_classifier(model, recipe, seq, epochs), "epochs": epochs}
         result["joint"]["seconds"] = time.perf_counter() - start
-    result["cost"] = cost(agnostic, x[: args.batch], tuple(seq.input_shape), args.repeats)
+    result["cost"] = cost(agnostic, gaussians, x[: args.batch], tuple(seq.input_shape), args.repeats)
     return result
 
 
@@ -155,6 +186,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
         joint = r.get("joint", {}).get("accuracy")
         c = r["cost"]
         for rule, a in r["rules"].items():
+            suffix = "_mahalanobis" if rule == "mahalanobis" else ""
             gap = "-" if joint is None else f"{100 * (a['class_incremental'] - joint):+.2f}"
             cells = [
                 r["model"],
@@ -165,7 +197,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 "-" if joint is None else f"{100 * joint:.2f}",
                 gap,
                 f"{c['macs_ratio']:.2f} ({c['macs_all_tasks'] / 1e6:.2f}M / {c['macs_one_task'] / 1e6:.2f}M)",
-                f"{c['time_ratio']:.2f} ({1e3 * c['seconds_all_tasks']:.1f} / "
+                f"{c[f'time_ratio{suffix}']:.2f} ({1e3 * c[f'seconds_all_tasks{suffix}']:.1f} / "
                 f"{1e3 * c['seconds_one_task']:.1f} ms, batch {c['batch']})",
             ]
             lines.append("| " + " | ".join(cells) + " |")

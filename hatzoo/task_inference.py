@@ -10,14 +10,23 @@ and ``p = softmax(z / T)``, the rules (``hatzoo.export.agnostic.RULES``, shared 
 - ``energy``:  T logsumexp(z / T)               (negative free energy; the default)
 
 Temperatures (one per task, 1 by default) are fitted by :func:`fit_temperatures` on a validation split
-held out from each task's training data, never its test split. The cost of one answer is the sum of the
-tasks' kept FLOPs (:func:`agnostic_macs`).
+held out from each task's training data, never its test split.
+
+The logits of a task trained on its own classes only say little about inputs of other tasks. The fitted
+feature rule reads the features its head reads instead, with ``f`` task t's features and
+``mu_c``, ``P`` its class means and shared precision (:func:`fit_feature_gaussians`, on task t's
+training data, which continual learning has at the end of task t; the task's units never change after):
+
+- ``mahalanobis``: -min_c (f - mu_c)^T P (f - mu_c)   (Lee et al., 2018; needs ``gaussians=``)
+
+The cost of one answer is the sum of the tasks' kept FLOPs (:func:`agnostic_macs`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +43,8 @@ from hatzoo.export.flops import count_macs
 _LOG_T_GRID = torch.linspace(float(np.log(0.05)), float(np.log(20.0)), 601, dtype=torch.float64)
 
 TaskData = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
+FEATURE_RULE = "mahalanobis"
+ALL_RULES = (*RULES, FEATURE_RULE)
 
 
 @dataclass
@@ -84,7 +95,7 @@ class TaskAgnosticModel(nn.Module):
         """Every task's logits for ``x``, in the order of ``tasks``."""
         return [m(x) for m in self.task_models]
 
-    def predict(self, x: torch.Tensor, **options) -> TaskPrediction:
+    def predict(self, x: torch.Tensor, **options: Any) -> TaskPrediction:
         """See :func:`predict`."""
         return predict(self, x, **options)
 
@@ -111,14 +122,27 @@ def _labels(model: Predictor, task: int) -> list[str]:
 
 
 @torch.no_grad()
-def task_logits(model: Predictor, x: torch.Tensor) -> tuple[list[int], list[torch.Tensor]]:
-    """(task ids, logits [B, C_t] per task): every answering task run on the whole batch."""
+def task_outputs(
+    model: Predictor, x: torch.Tensor
+) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
+    """(task ids, features [B, d_t], logits [B, C_t]) per task: every answering task run on the batch."""
     tasks = active_tasks(model)
     if model.training:
         raise InputError("task-agnostic prediction runs the binary masks: call model.eval() first")
+    features = [_features(model, x, t) for t in tasks]
+    return tasks, features, [_head(model, t)(f) for t, f in zip(tasks, features, strict=True)]
+
+
+def _features(model: Predictor, x: torch.Tensor, task: int) -> torch.Tensor:
     if isinstance(model, TaskAgnosticModel):
-        return tasks, model(x)
-    return tasks, [model(x, task=t) for t in tasks]
+        return model.task_models[model.tasks.index(task)].forward_features(x)
+    return model.forward_features(x, task=task)
+
+
+def _head(model: Predictor, task: int) -> nn.Module:
+    if isinstance(model, TaskAgnosticModel):
+        return model.task_models[model.tasks.index(task)].head
+    return model.heads[task]
 
 
 def _temperature_list(tasks: Sequence[int], temperatures: Mapping[int, float] | None) -> list[float] | None:
@@ -132,20 +156,65 @@ def _temperature_list(tasks: Sequence[int], temperatures: Mapping[int, float] | 
     return [float(temperatures.get(t, 1.0)) for t in tasks]
 
 
+@dataclass(frozen=True)
+class FeatureGaussian:
+    """Class-conditional Gaussians over one task's features with one shared covariance (float64, CPU)."""
+
+    means: torch.Tensor  # [C, d]
+    precision: torch.Tensor  # [d, d]: the inverse of the shrunk shared covariance
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """-min_c (f - mu_c)^T P (f - mu_c) per row of ``features`` [B, d]: higher = more typical."""
+        if features.shape[1:] != self.means.shape[1:]:
+            raise InputError(
+                f"these Gaussians were fitted on {self.means.shape[1]} features, got {features.shape[1:]}; "
+                "fit them on the model that answers (a pruned task model has fewer features)"
+            )
+        diff = features.double().cpu()[:, None, :] - self.means[None]
+        return -((diff @ self.precision) * diff).sum(-1).min(1).values
+
+
+Gaussians = Mapping[int, FeatureGaussian]
+
+
+def _scores(
+    tasks: Sequence[int],
+    features: Sequence[torch.Tensor],
+    logits: Sequence[torch.Tensor],
+    rule: str,
+    temperatures: Mapping[int, float] | None,
+    gaussians: Gaussians | None,
+) -> np.ndarray:
+    """Scores [B, T] (float64, higher = more likely) of the answering tasks under ``rule``."""
+    if rule != FEATURE_RULE:
+        if rule not in RULES:
+            raise InputError(f"unknown task-inference rule {rule!r}; choose one of {', '.join(ALL_RULES)}")
+        z = [v.double().cpu().numpy() for v in logits]
+        return task_scores(z, rule, _temperature_list(tasks, temperatures))
+    missing = sorted(set(tasks) - set(gaussians or {}))
+    if missing:
+        raise InputError(
+            f"rule {FEATURE_RULE!r} needs the feature Gaussians of tasks {missing}: pass "
+            "gaussians=fit_feature_gaussians(model, {task: (x, y) of its training data})"
+        )
+    assert gaussians is not None
+    return torch.stack([gaussians[t].score(f) for t, f in zip(tasks, features, strict=True)], 1).numpy()
+
+
 def predict(
     model: Predictor,
     x: torch.Tensor,
     rule: str = DEFAULT_RULE,
     temperatures: Mapping[int, float] | None = None,
+    gaussians: Gaussians | None = None,
 ) -> TaskPrediction:
     """Answer ``x`` without a task id: run every task, infer each row's task with ``rule``, give its label.
 
     ``temperatures`` maps task ids to fitted temperatures (:func:`fit_temperatures`); missing ones are 1.
+    ``gaussians`` (:func:`fit_feature_gaussians`) is what the ``mahalanobis`` rule reads.
     """
-    tasks, logits = task_logits(model, x)
-    scores = task_scores(
-        [z.double().cpu().numpy() for z in logits], rule, _temperature_list(tasks, temperatures)
-    )
+    tasks, features, logits = task_outputs(model, x)
+    scores = _scores(tasks, features, logits, rule, temperatures, gaussians)
     best = choose(scores)
     ids = torch.tensor([tasks[c] for c in best], dtype=torch.long)
     stacked = [logits[c][i] for i, c in enumerate(best)]
@@ -160,6 +229,26 @@ def _batches(data: TaskData) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     return data
 
 
+def _check_fit_data(model: Predictor, data: Mapping[int, TaskData], what: str) -> list[int]:
+    tasks = active_tasks(model)
+    missing = sorted(set(tasks) - set(data))
+    if missing:
+        raise InputError(f"no {what} data for tasks {missing}; give (x, y) for every answering task")
+    if model.training:
+        raise InputError(f"fit on the binary masks: call model.eval() before fitting {what} statistics")
+    return tasks
+
+
+def _task_rows(model: Predictor, data: TaskData, task: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """(features, labels) per batch of one task's data, labels checked against its class count."""
+    classes = len(_labels(model, task))
+    for xb, yb in _batches(data):
+        y = yb.long().cpu()
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise InputError(f"task {task} has {classes} classes; its labels must be in [0, {classes})")
+        yield _features(model, xb, task), y
+
+
 @torch.no_grad()
 def fit_temperatures(model: Predictor, validation: Mapping[int, TaskData]) -> dict[int, float]:
     """Per-task temperature minimizing the NLL of the task's own head on its validation data.
@@ -168,30 +257,46 @@ def fit_temperatures(model: Predictor, validation: Mapping[int, TaskData]) -> di
     from task t's *training* data; labels are class indices within the task. The search runs over a
     grid of log T (T from 0.05 to 20), so it is deterministic and needs no gradient.
     """
-    tasks = active_tasks(model)
-    missing = sorted(set(tasks) - set(validation))
-    if missing:
-        raise InputError(f"no validation data for tasks {missing}; give (x, y) for every answering task")
-    if model.training:
-        raise InputError("fit temperatures on the binary masks: call model.eval() first")
     out = {}
-    for t in tasks:
-        zs, ys = [], []
-        for xb, yb in _batches(validation[t]):
-            zs.append(_one_task(model, xb, t).double().cpu())
-            ys.append(yb.long().cpu())
-        if not zs:
+    for t in _check_fit_data(model, validation, "validation"):
+        rows = [(_head(model, t)(f).double().cpu(), y) for f, y in _task_rows(model, validation[t], t)]
+        if not rows:
             raise InputError(f"the validation data of task {t} is empty")
-        z, y = torch.cat(zs), torch.cat(ys)
+        z, y = (torch.cat(v) for v in zip(*rows, strict=True))
         nll = torch.stack([F.cross_entropy(z / torch.exp(lt), y) for lt in _LOG_T_GRID])
         out[t] = float(torch.exp(_LOG_T_GRID[int(nll.argmin())]))
     return out
 
 
-def _one_task(model: Predictor, x: torch.Tensor, task: int) -> torch.Tensor:
-    if isinstance(model, TaskAgnosticModel):
-        return model.task_models[model.tasks.index(task)](x)
-    return model(x, task=task)
+@torch.no_grad()
+def fit_feature_gaussians(
+    model: Predictor, training: Mapping[int, TaskData], shrinkage: float = 1e-3
+) -> dict[int, FeatureGaussian]:
+    """Each task's class means and shared feature precision, for the ``mahalanobis`` rule.
+
+    ``training[t]`` is ``(x, y)`` or an iterable of batches of task t's training data (labels are class
+    indices within the task); every class needs at least one row. The covariance is shrunk towards
+    ``shrinkage`` times its mean variance on the diagonal, so features that the task's masks switch off
+    (constant) keep it invertible. Computed in float64.
+    """
+    if not shrinkage > 0:
+        raise InputError(f"shrinkage must be > 0, got {shrinkage!r}")
+    out = {}
+    for t in _check_fit_data(model, training, "training"):
+        rows = [(f.double().cpu(), y) for f, y in _task_rows(model, training[t], t)]
+        if not rows:
+            raise InputError(f"the training data of task {t} is empty")
+        f, y = (torch.cat(v) for v in zip(*rows, strict=True))
+        classes = len(_labels(model, t))
+        n = torch.bincount(y, minlength=classes)
+        if not bool((n > 0).all()):
+            raise InputError(f"the training data of task {t} needs at least one row of each of its classes")
+        means = torch.zeros(classes, f.shape[1], dtype=f.dtype).index_add_(0, y, f) / n[:, None]
+        centred = f - means[y]
+        cov = centred.T @ centred / len(f)
+        cov += shrinkage * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(len(cov), dtype=cov.dtype)
+        out[t] = FeatureGaussian(means, torch.linalg.inv(cov))
+    return out
 
 
 @dataclass
@@ -210,12 +315,14 @@ def evaluate(
     x: torch.Tensor,
     task: torch.Tensor,
     target: torch.Tensor,
-    rules: Sequence[str] = tuple(RULES),
+    rules: Sequence[str] | None = None,
     temperatures: Mapping[int, float] | None = None,
     batch_size: int = 256,
+    gaussians: Gaussians | None = None,
 ) -> dict[str, AgnosticAccuracy]:
     """Accuracy per rule on (x, true task id, true class within the task); the tasks run once per batch.
 
+    ``rules`` defaults to the logit rules, and ``mahalanobis`` too when ``gaussians`` are given.
     Class-incremental: right task and right class (with disjoint classes per task, the right global
     class); task-incremental: the true task's arg-max class, the ceiling of the two.
     """
@@ -223,19 +330,20 @@ def evaluate(
         raise InputError(
             f"x, task and target must have one row each, got {len(x)}, {len(task)}, {len(target)}"
         )
+    if rules is None:
+        rules = ALL_RULES if gaussians is not None else tuple(RULES)
     hits = {rule: torch.zeros(3, dtype=torch.long) for rule in rules}
     for start in range(0, len(x), batch_size):
         rows = slice(start, start + batch_size)
-        tasks, logits = task_logits(model, x[rows])
+        tasks, features, logits = task_outputs(model, x[rows])
         t, y = task[rows].long().cpu(), target[rows].long().cpu()
         unknown = sorted(set(t.tolist()) - set(tasks))
         if unknown:
             raise InputError(f"true tasks {unknown} do not answer; answering tasks: {tasks}")
         column = [tasks.index(v) for v in t.tolist()]
         given = torch.stack([logits[c][i].argmax().cpu() for i, c in enumerate(column)])
-        z = [v.double().cpu().numpy() for v in logits]
         for rule in rules:
-            best = choose(task_scores(z, rule, _temperature_list(tasks, temperatures)))
+            best = choose(_scores(tasks, features, logits, rule, temperatures, gaussians))
             right = torch.from_numpy(best) == torch.tensor(column)
             inferred = torch.stack([logits[c][i].argmax().cpu() for i, c in enumerate(best)])
             hits[rule] += torch.stack([right.sum(), (right & (inferred == y)).sum(), (given == y).sum()])

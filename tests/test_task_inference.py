@@ -15,6 +15,7 @@ from hatzoo.task_inference import (
     TaskAgnosticModel,
     agnostic_macs,
     evaluate,
+    fit_feature_gaussians,
     fit_temperatures,
     global_class,
     predict,
@@ -227,3 +228,72 @@ def test_load_with_task_auto_answers_like_the_saved_model(trained: hatzoo.HATMod
     a, b = trained.predict(x), auto.predict(x)
     assert torch.equal(a.task, b.task) and a.label == b.label
     torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
+
+
+def _training_data(
+    model: hatzoo.HATModel, rows: int, seed: int
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Each task's separable inputs with their classes, as its training data."""
+    x, task, cls = separable_inputs(rows, seed)
+    return {t: (x[task == t], cls[task == t]) for t in range(NUM_TASKS)}
+
+
+def test_mahalanobis_recovers_the_task_of_separable_inputs() -> None:
+    model = separable_model()
+    gaussians = fit_feature_gaussians(model, _training_data(model, 600, seed=1))
+    x, task, cls = separable_inputs(300)
+    p = model.predict(x, rule="mahalanobis", gaussians=gaussians)
+    assert torch.equal(p.task, task) and torch.equal(p.class_index, cls)
+    acc = evaluate(model, x, task, cls, gaussians=gaussians, batch_size=64)
+    assert set(acc) == {"msp", "entropy", "energy", "mahalanobis"}
+    assert (acc["mahalanobis"].task, acc["mahalanobis"].class_incremental) == (1.0, 1.0)
+
+
+def test_mahalanobis_scores_equal_an_independent_reference(trained: hatzoo.HATModel) -> None:
+    """Means, shrunk covariance and distances written again with torch.cov and a per-class loop."""
+    gen = torch.Generator().manual_seed(8)
+    data = {}
+    for t in (0, 2, 3):
+        k = trained.tasks[t].num_classes
+        data[t] = [
+            (torch.randn(40, 1, 4, 4, generator=gen), torch.arange(40) % k),
+            (torch.randn(25, 1, 4, 4, generator=gen), torch.randint(0, k, (25,), generator=gen)),
+        ]
+    gaussians = fit_feature_gaussians(trained, data, shrinkage=0.01)
+    x = torch.randn(19, 1, 4, 4, generator=gen)
+    p = predict(trained, x, rule="mahalanobis", gaussians=gaussians)
+    with torch.no_grad():
+        for column, t in enumerate(p.tasks):
+            f = torch.cat([trained.forward_features(xb, task=t) for xb, _ in data[t]]).double()
+            y = torch.cat([yb for _, yb in data[t]])
+            means = torch.stack([f[y == c].mean(0) for c in range(trained.tasks[t].num_classes)])
+            cov = torch.cov((f - means[y]).T, correction=0)
+            cov += 0.01 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype)
+            torch.testing.assert_close(gaussians[t].means, means)
+            torch.testing.assert_close(gaussians[t].precision @ cov, torch.eye(len(cov), dtype=cov.dtype))
+            g = trained.forward_features(x, task=t).double()
+            dist = torch.stack([((g - m) * torch.linalg.solve(cov, (g - m).T).T).sum(1) for m in means], 1)
+            torch.testing.assert_close(p.scores[:, column], -dist.min(1).values, rtol=1e-6, atol=1e-6)
+    # the specialized tasks answer with Gaussians fitted on their own (pruned) features
+    wrapper = TaskAgnosticModel.from_hat_model(trained)
+    own = fit_feature_gaussians(wrapper, data, shrinkage=0.01)
+    assert wrapper.predict(x, rule="mahalanobis", gaussians=own).tasks == p.tasks
+
+
+def test_mahalanobis_clear_errors(trained: hatzoo.HATModel) -> None:
+    x = torch.randn(4, 1, 4, 4)
+    with pytest.raises(InputError, match=r"needs the feature Gaussians of tasks \[0, 2, 3\]"):
+        predict(trained, x, rule="mahalanobis")
+    with pytest.raises(InputError, match="msp, entropy, energy, mahalanobis"):
+        predict(trained, x, rule="maha")
+    with pytest.raises(InputError, match="no training data for tasks"):
+        fit_feature_gaussians(trained, {0: (x, torch.zeros(4, dtype=torch.long))})
+    two = {t: (x, torch.zeros(4, dtype=torch.long)) for t in (0, 2, 3)}
+    with pytest.raises(InputError, match="at least one row of each of its classes"):
+        fit_feature_gaussians(trained, two)
+    with pytest.raises(InputError, match=r"labels must be in \[0, 2\)"):
+        fit_feature_gaussians(trained, {**two, 0: (x, torch.full((4,), 2))})
+    wide = separable_model()
+    gaussians = fit_feature_gaussians(wide, _training_data(wide, 60, seed=2))
+    with pytest.raises(InputError, match="fitted on 6 features"):
+        gaussians[0].score(torch.zeros(2, 5))

@@ -214,6 +214,13 @@ class HATModel(nn.Module):
     def forward(self, x: torch.Tensor, task: int | None = None, scale: float | None = None) -> torch.Tensor:
         """Logits of ``task`` for a batch ``x``: soft gates at ``scale`` in training, binary in eval."""
         task = self._resolve_task(task)
+        return self.heads[task](self.forward_features(x, task, scale))
+
+    def forward_features(
+        self, x: torch.Tensor, task: int | None = None, scale: float | None = None
+    ) -> torch.Tensor:
+        """The backbone's features under ``task``'s gates (what its head reads), as in :meth:`forward`."""
+        task = self._resolve_task(task)
         self._check_input(x)
         binary = not self.training
         if self.training:
@@ -231,8 +238,7 @@ class HATModel(nn.Module):
         self.enforce_locks()
         gates = self.gates(task, scale=None if binary else scale)
         with self._context.run(task, gates):
-            features = self.backbone(x)
-        return self.heads[task](features)
+            return self.backbone(x)
 
     def gates(self, task: int, scale: float | None = None) -> dict[str, torch.Tensor]:
         """Gate vectors per group, expanded to activation width: binary when scale is None."""

@@ -61,6 +61,10 @@ class TaskModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pruned backbone's features (what the head reads)."""
+        return self.backbone(x)
+
 
 @torch.no_grad()
 def specialize(model: HATModel, task: int, *, prune: bool = True, consume: bool = False) -> TaskModel:
