@@ -5,6 +5,8 @@
 ``hub_env`` points huggingface_hub at it for one test (environment and ``huggingface_hub.constants``,
 which the library reads once at import, so timm's ``hf-hub:`` follows too) with a fresh cache folder.
 ``make_checkpoint(folder, seed=0, extra_files=None)`` writes a tiny checkpoint-like folder.
+``bundles`` (session) are the two tiny serving bundles of tests/serving_support.py (tiny-cnn with tasks 0,1,2
+and tiny-mlp with tasks 0,5), ``bundle`` the first, ``reference`` runs their graphs directly on ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from hatzoo.hub.local_hub import LocalHub
+from tests.serving_support import Reference, build_bundles
 
 _counter = itertools.count()
 
@@ -95,3 +98,20 @@ def write_checkpoint(folder: Path, seed: int = 0, extra_files: dict[str, str] | 
 def make_checkpoint() -> Callable[..., Path]:
     """A factory for tiny checkpoint-like folders (see write_checkpoint)."""
     return write_checkpoint
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The two serving test bundles, exported once per session (tests copy them before changing them)."""
+    return build_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+@pytest.fixture(scope="session")
+def bundle(bundles: list[Path]) -> Path:
+    """The tiny-cnn bundle (tasks 0, 1, 2)."""
+    return bundles[0]
+
+
+@pytest.fixture(scope="session")
+def reference(bundles: list[Path]) -> Reference:
+    return Reference(bundles)

@@ -4,176 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hatzoo.errors import HATError
-
-# Tasks of the two test models: (task id, number of classes, seed). Different weights per task, so routing
-# to the wrong task gives visibly wrong logits.
-MODEL_A = ("tiny-cnn", [(0, 3, 10), (1, 4, 11), (2, 5, 12)])
-MODEL_B = ("tiny-mlp", [(0, 2, 20), (5, 3, 21)])
-SHAPE = (1, 8, 8)
-
-
-def _net(kind: str, k: int, seed: int):
-    """A tiny torch model taking [B, 1, 8, 8] (tests may use torch; serving may not)."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(seed)
-    if kind == "cnn":
-        return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, k)).eval()
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, k)).eval()
-
-
-def export_graph(net, path: Path, shape: tuple[int, ...] = SHAPE) -> None:
-    """Export with a batch-2 example and a dynamic batch dimension, as one file."""
-    import torch
-
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(
-        net,
-        (torch.randn(2, *shape),),
-        str(path),
-        dynamo=True,
-        external_data=False,
-        input_names=["x"],
-        output_names=["logits"],
-        dynamic_shapes=({0: batch},),
-        opset_version=18,
-        verbose=False,
-    )
-
-
-def build_bundles(root: Path) -> list[Path]:
-    """Export both test models' tasks and write their manifests with write_manifest."""
-    from hatzoo.export.bundle import write_manifest
-
-    dirs = []
-    for (name, tasks), kind in ((MODEL_A, "cnn"), (MODEL_B, "mlp")):
-        d = root / name
-        d.mkdir(parents=True)
-        entries = {}
-        for tid, k, seed in tasks:
-            export_graph(_net(kind, k, seed), d / f"task{tid}.onnx")
-            entries[tid] = {
-                "file": f"task{tid}.onnx",
-                "input_shape": [None, *SHAPE],
-                "normalization": {"mean": [0.5], "std": [0.25]},
-                "labels": [f"{name}-t{tid}-c{i}" for i in range(k)],
-                "kept_units": {"conv": [3, 4]},
-                "flops_fraction": 0.75,
-                "max_abs_diff": 1e-7,
-            }
-        write_manifest(d, model=name, source={"repo_id": f"test/{name}", "revision": "abc"}, tasks=entries)
-        dirs.append(d)
-    return dirs
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Two bundles (tiny-cnn with tasks 0,1,2 and tiny-mlp with tasks 0,5), built once per session."""
-    return build_bundles(tmp_path_factory.mktemp("bundles"))
-
-
-class Reference:
-    """Runs a task's graph directly with ONNX Runtime (the ground truth the server must match)."""
-
-    def __init__(self, dirs: list[Path]) -> None:
-        from hatzoo.export.bundle import read_bundle
-
-        self.bundles = {b.model: b for b in map(read_bundle, dirs)}
-        self._s: dict[tuple[str, str], object] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, model: str, task: str | int, x: np.ndarray) -> np.ndarray:
-        import onnxruntime as ort
-        from hatzoo.export.runtime import session_options
-
-        key = (model, str(task))
-        with self._lock:
-            if key not in self._s:
-                path = str(self.bundles[model].tasks[str(task)].path)
-                self._s[key] = ort.InferenceSession(
-                    path, session_options(), providers=["CPUExecutionProvider"]
-                )
-        return self._s[key].run(["logits"], {"x": x})[0]
-
-
-@pytest.fixture(scope="session")
-def reference(bundles: list[Path]) -> Reference:
-    return Reference(bundles)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running_server(dirs: list[Path], **options) -> Iterator[tuple[str, object]]:
-    """A real uvicorn server on 127.0.0.1 in a thread of this process; yields (base_url, app)."""
-    import uvicorn
-    from hatzoo.export.server import create_app
-
-    options.setdefault("global_thread_pool", False)  # keep this pytest process's other ORT sessions legal
-    app = create_app(dirs, **options)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    t0 = time.monotonic()
-    while not server.started:
-        if time.monotonic() - t0 > 20 or not th.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        th.join(10)
-
-
-def post(url: str, body: bytes, ctype: str = "application/json") -> tuple[int, dict]:
-    """POST raw bytes; returns (status, decoded JSON) for success and error answers alike."""
-    import httpx
-
-    r = httpx.post(url, content=body, headers={"Content-Type": ctype}, timeout=30)
-    return r.status_code, r.json()
-
-
-def npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a)
-    return buf.getvalue()
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Value of one Prometheus sample (0 if absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    prefix = f"{name}{{{want}}} " if labels else f"{name} "
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
-    return 0.0
-
+from tests.serving_support import (
+    MODEL_A,
+    MODEL_B,
+    Reference,
+    edit_manifest,
+    metric,
+    npy,
+    post,
+    running_server,
+)
 
 # --------------------------------------------------------------------------------------------- imports
 
@@ -224,11 +78,14 @@ def test_read_bundle_fields(bundles: list[Path]) -> None:
         (lambda d: (d / "task1.onnx").unlink(), "missing"),
         (lambda d: (d / "manifest.json").unlink(), "manifest.json not found"),
         (lambda d: (d / "manifest.json").write_text("{not json"), "not valid JSON"),
-        (lambda d: _edit(d, lambda m: m.update(format="other")), "'format'"),
-        (lambda d: _edit(d, lambda m: m.update(format_version=99)), "newer"),
-        (lambda d: _edit(d, lambda m: m["tasks"]["0"].update(dtype="int8")), "dtype"),
-        (lambda d: _edit(d, lambda m: m["tasks"]["0"].update(input_shape=[1, 1, 8, 8])), "input_shape"),
-        (lambda d: _edit(d, lambda m: m["tasks"]["0"].update(labels=[])), "labels"),
+        (lambda d: edit_manifest(d, lambda m: m.update(format="other")), "'format'"),
+        (lambda d: edit_manifest(d, lambda m: m.update(format_version=99)), "newer"),
+        (lambda d: edit_manifest(d, lambda m: m["tasks"]["0"].update(dtype="int8")), "dtype"),
+        (
+            lambda d: edit_manifest(d, lambda m: m["tasks"]["0"].update(input_shape=[1, 1, 8, 8])),
+            "input_shape",
+        ),
+        (lambda d: edit_manifest(d, lambda m: m["tasks"]["0"].update(labels=[])), "labels"),
     ],
 )
 def test_read_bundle_rejects_bad_bundles(bundles: list[Path], tmp_path: Path, corrupt, message: str) -> None:
@@ -240,12 +97,6 @@ def test_read_bundle_rejects_bad_bundles(bundles: list[Path], tmp_path: Path, co
     with pytest.raises(BundleError, match=message) as ei:
         read_bundle(d)
     assert isinstance(ei.value, HATError)
-
-
-def _edit(d: Path, fn) -> None:
-    m = json.loads((d / "manifest.json").read_text())
-    fn(m)
-    (d / "manifest.json").write_text(json.dumps(m))
 
 
 def test_write_manifest_errors(bundles: list[Path], tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ real HAT model and served by ONNX Runtime, against the library's answer."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -17,12 +16,7 @@ from torch import nn
 
 import hatzoo
 from hatzoo.task_inference import predict
-
-_spec = importlib.util.spec_from_file_location(
-    "_hatzoo_serving_helpers", Path(__file__).with_name("test_serving.py")
-)
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+from tests.serving_support import npy, post, running_server
 
 SHAPE = (1, 8, 8)
 RULES = ("msp", "entropy", "energy")
@@ -69,7 +63,7 @@ def bundle(hat: hatzoo.HATModel, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="module")
 def server(bundle: Path):
-    with helpers.running_server([bundle]) as (url, _app):
+    with running_server([bundle]) as (url, _app):
         yield url
 
 
@@ -83,7 +77,7 @@ def test_normalized_floats_answer_like_the_library(hat, server: str) -> None:
     x = np.random.default_rng(1).standard_normal((9, *SHAPE)).astype(np.float32)
     body = json.dumps({"inputs": x.tolist()}).encode()
     for rule in RULES:
-        status, got = helpers.post(f"{server}/v1/models/mlp:predict?rule={rule}", body)
+        status, got = post(f"{server}/v1/models/mlp:predict?rule={rule}", body)
         assert status == 200, got
         want = predict(hat, torch.from_numpy(x), rule=rule)
         assert got["model"] == "mlp" and got["rule"] == rule and got["tasks"] == ["0", "1", "2"]
@@ -91,7 +85,7 @@ def test_normalized_floats_answer_like_the_library(hat, server: str) -> None:
         assert got["class_index"] == want.class_index.tolist()
         assert got["label"] == want.label
         np.testing.assert_allclose(np.asarray(got["scores"]), want.scores.numpy(), rtol=0, atol=1e-4)
-    status, default = helpers.post(f"{server}/v1/models/mlp:predict", body)
+    status, default = post(f"{server}/v1/models/mlp:predict", body)
     assert status == 200 and default == got  # energy is the default rule (the last one asked above)
 
 
@@ -99,20 +93,18 @@ def test_pixels_are_normalized_per_task(hat, server: str) -> None:
     px = np.random.default_rng(2).integers(0, 256, (5, *SHAPE), dtype=np.uint8)
     inputs = {t: ((px / 255.0 - NORMS[t][0]) / NORMS[t][1]).astype(np.float32) for t in range(3)}
     want = _library_scores(hat, inputs, "msp")
-    status, got = helpers.post(
-        f"{server}/v1/models/mlp:predict?rule=msp", helpers.npy(px), "application/x-npy"
-    )
+    status, got = post(f"{server}/v1/models/mlp:predict?rule=msp", npy(px), "application/x-npy")
     assert status == 200, got
     np.testing.assert_allclose(np.asarray(got["scores"]), want, rtol=0, atol=1e-5)
     assert got["task"] == [str(c) for c in want.argmax(1)]
     # 0-1 float pixels with normalized: false are the same pixels
     body = json.dumps({"inputs": (px / 255.0).tolist(), "normalized": False}).encode()
-    status, floats = helpers.post(f"{server}/v1/models/mlp:predict?rule=msp", body)
+    status, floats = post(f"{server}/v1/models/mlp:predict?rule=msp", body)
     assert status == 200 and floats["task"] == got["task"] and floats["label"] == got["label"]
     np.testing.assert_allclose(floats["scores"], got["scores"], rtol=0, atol=1e-6)
     # without the flag, 0-1 floats are taken as normalized input, with a warning
     body = json.dumps({"inputs": (px / 255.0).tolist()}).encode()
-    status, warned = helpers.post(f"{server}/v1/models/mlp:predict", body)
+    status, warned = post(f"{server}/v1/models/mlp:predict", body)
     assert status == 200 and len(warned["warnings"]) == 2  # one per normalization
 
 
@@ -126,7 +118,7 @@ def test_v2_bare_model_name_answers_without_a_task(hat, bundle: Path, server: st
     assert [o["name"] for o in meta["outputs"]] == ["task", "label", "class_index", "scores"]
     assert meta["outputs"][3]["shape"] == [-1, 3]
     x = np.random.default_rng(3).standard_normal((4, *SHAPE)).astype(np.float32)
-    status, v1 = helpers.post(
+    status, v1 = post(
         f"{server}/v1/models/mlp:predict?rule=entropy", json.dumps({"inputs": x.tolist()}).encode()
     )
     assert status == 200
@@ -153,18 +145,18 @@ def test_v2_bare_model_name_answers_without_a_task(hat, bundle: Path, server: st
 
 def test_bad_requests_are_clear(server: str) -> None:
     body = json.dumps({"inputs": np.zeros((1, *SHAPE)).tolist()}).encode()
-    status, got = helpers.post(f"{server}/v1/models/mlp:predict?rule=soft", body)
+    status, got = post(f"{server}/v1/models/mlp:predict?rule=soft", body)
     assert (
         status == 400
         and "unknown task-inference rule 'soft'; choose one of msp, entropy, energy" in got["error"]
     )
-    status, got = helpers.post(f"{server}/v1/models/nope:predict", body)
+    status, got = post(f"{server}/v1/models/nope:predict", body)
     assert status == 404 and "unknown model 'nope'" in got["error"]
-    status, got = helpers.post(f"{server}/v1/models/mlp:explain", body)
+    status, got = post(f"{server}/v1/models/mlp:explain", body)
     assert status == 404 and "/v1/models/{model}:predict" in got["error"]
-    status, got = helpers.post(f"{server}/v1/models/mlp:predict", json.dumps({"inputs": [[1.0]]}).encode())
+    status, got = post(f"{server}/v1/models/mlp:predict", json.dumps({"inputs": [[1.0]]}).encode())
     assert status == 400 and "inputs must have shape" in got["error"]
-    status, got = helpers.post(
+    status, got = post(
         f"{server}/v2/models/mlp/infer",
         json.dumps(
             {

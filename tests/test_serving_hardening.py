@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,26 +15,15 @@ import numpy as np
 import pytest
 
 from hatzoo.errors import HATError
-
-_spec = importlib.util.spec_from_file_location(
-    "_hatzoo_serving_helpers", Path(__file__).with_name("test_serving.py")
-)
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return helpers.build_bundles(tmp_path_factory.mktemp("hardening_bundles"))[0]
+from tests.serving_support import edit_manifest, free_port, running_server
 
 
 def copy(bundle: Path, tmp_path: Path, edit=None) -> Path:
+    """A copy of the bundle in tmp_path/b; ``edit`` changes its task 0 manifest entry."""
     d = tmp_path / "b"
     shutil.copytree(bundle, d)
     if edit:
-        m = json.loads((d / "manifest.json").read_text())
-        edit(m["tasks"]["0"])
-        (d / "manifest.json").write_text(json.dumps(m))
+        edit_manifest(d, lambda m: edit(m["tasks"]["0"]))
     return d
 
 
@@ -45,16 +33,11 @@ def test_bundle_files_cannot_leave_the_folder(bundle: Path, tmp_path: Path, kind
 
     outside = tmp_path / "x.onnx"
     shutil.copy(bundle / "task0.onnx", outside)
-    d = copy(bundle, tmp_path)
-    m = json.loads((d / "manifest.json").read_text())
-    if kind == "dotdot":
-        m["tasks"]["0"]["file"] = "../x.onnx"
-    elif kind == "absolute":
-        m["tasks"]["0"]["file"] = str(outside)
-    else:
+    file = {"dotdot": "../x.onnx", "absolute": str(outside)}.get(kind)
+    d = copy(bundle, tmp_path, (lambda t: t.update(file=file)) if file else None)
+    if kind == "symlink":
         (d / "task0.onnx").unlink()
         (d / "task0.onnx").symlink_to(outside)
-    (d / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="inside the bundle folder|outside the bundle folder"):
         read_bundle(d)
 
@@ -132,33 +115,8 @@ def test_manifest_values_mode_and_labels(bundle: Path, tmp_path: Path) -> None:
         read_bundle(d)
 
 
-def _server(dirs, **options):
-    """A real uvicorn server with the serve() protocol settings (header timeout), on 127.0.0.1."""
-    import uvicorn
-    from hatzoo.export.guard import header_timeout_protocol
-    from hatzoo.export.server import create_app
-
-    options.setdefault("global_thread_pool", False)
-    app = create_app(dirs, **options)
-    port = helpers.free_port()
-    cfg = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        http=header_timeout_protocol(options.get("header_timeout_s", 10.0)),
-    )
-    server = uvicorn.Server(cfg)
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    while not server.started:
-        time.sleep(0.01)
-    return server, th, f"http://127.0.0.1:{port}", port
-
-
 def test_hostile_bodies_answer_4xx(bundle: Path) -> None:
-    server, th, url, _ = _server([bundle], max_request_batch=8)
-    try:
+    with running_server([bundle], max_request_batch=8) as (url, _app):
         p = f"{url}/v1/models/tiny-cnn/tasks/0:predict"
         row = [[[0.0] * 8] * 8]
         cases = [
@@ -178,15 +136,11 @@ def test_hostile_bodies_answer_4xx(bundle: Path) -> None:
             assert msg in r.json()["error"], (msg, r.json())
         models = httpx.get(f"{url}/v1/models").text
         assert str(bundle) not in models and str(bundle.parent) not in models
-    finally:
-        server.should_exit = True
-        th.join(10)
 
 
 def test_healthz_answers_while_a_large_body_is_parsed(bundle: Path) -> None:
     n = 16384  # 1M numbers, about 20 MB of JSON
-    server, th, url, _ = _server([bundle], max_request_batch=n, micro_batch=n)
-    try:
+    with running_server([bundle], max_request_batch=n, micro_batch=n) as (url, _app):
         body = json.dumps(
             {"inputs": np.random.default_rng(0).random((n, 1, 8, 8)).round(6).tolist()}
         ).encode()
@@ -218,14 +172,11 @@ def test_healthz_answers_while_a_large_body_is_parsed(bundle: Path) -> None:
             f"/healthz worst {max(lat) * 1000:.0f} ms over {len(lat)} probes"
         )
         assert max(lat) < max(0.5, took["big"] / 3)
-    finally:
-        server.should_exit = True
-        th.join(10)
 
 
 def test_slow_clients_are_cut_off(bundle: Path) -> None:
-    server, th, url, port = _server([bundle], header_timeout_s=0.5, body_timeout_s=0.5)
-    try:
+    with running_server([bundle], header_timeout_s=0.5, body_timeout_s=0.5) as (url, _app):
+        port = httpx.URL(url).port
         t0 = time.monotonic()
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.settimeout(10)
@@ -241,17 +192,14 @@ def test_slow_clients_are_cut_off(bundle: Path) -> None:
             answer = s.recv(4096)
         assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
         assert time.monotonic() - t0 < 10
-    finally:
-        server.should_exit = True
-        th.join(10)
 
 
 def test_api_key_and_concurrency_limit(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hatzoo.export.server import StartupError, serve
 
     monkeypatch.setenv("HATZOO_API_KEY", "s3cret")
-    server, th, url, port = _server([bundle], max_concurrency=1, body_timeout_s=5)
-    try:
+    with running_server([bundle], max_concurrency=1, body_timeout_s=5) as (url, _app):
+        port = httpx.URL(url).port
         assert httpx.get(f"{url}/healthz").status_code == 200
         r = httpx.get(f"{url}/v1/models")
         assert r.status_code == 401 and "API key" in r.json()["error"]
@@ -266,12 +214,9 @@ def test_api_key_and_concurrency_limit(bundle: Path, monkeypatch: pytest.MonkeyP
             time.sleep(0.3)
             r = httpx.get(f"{url}/v1/models", headers={"X-API-Key": "s3cret"})
             assert r.status_code == 503 and "retry" in r.json()["error"]
-    finally:
-        server.should_exit = True
-        th.join(10)
     monkeypatch.delenv("HATZOO_API_KEY")
     with pytest.raises(StartupError, match="API key"):
-        serve([bundle], host="0.0.0.0", port=helpers.free_port())
+        serve([bundle], host="0.0.0.0", port=free_port())
     assert isinstance(StartupError("x"), HATError)
 
 

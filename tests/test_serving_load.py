@@ -2,68 +2,63 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "_hatzoo_serving_helpers", Path(__file__).with_name("test_serving.py")
-)
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+from tests.serving_support import Reference, free_port, metric
 
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 50
 ROUTES = [("tiny-cnn", 0), ("tiny-cnn", 1), ("tiny-cnn", 2), ("tiny-mlp", 0), ("tiny-mlp", 5)]
 
 
-@pytest.fixture(scope="module")
-def load_bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return helpers.build_bundles(tmp_path_factory.mktemp("load_bundles"))
-
-
-def test_concurrent_load_zero_errors_and_exact_answers(load_bundles: list[Path]) -> None:
-    """8 client threads x 50 requests over 5 tasks against ``python -m hatzoo.export.server`` (defaults)."""
+@contextmanager
+def server_process(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``python -m hatzoo.export.server ARGS`` on a free port; yields (process, url) once /healthz answers,
+    and stops it afterwards (terminate, then kill) unless the test already did."""
     from hatzoo.export.client import ClientError, HatzooClient
 
-    port = helpers.free_port()
+    port = free_port()
+    cmd = [sys.executable, "-m", "hatzoo.export.server", *args, "--port", str(port)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "hatzoo.export.server",
-        *map(str, load_bundles),
-        "--port",
-        str(port),
-        "--max-sessions",
-        "4",
-        "--log-level",
-        "warning",
-    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        client = HatzooClient(url, timeout=5)
-        t0 = time.monotonic()
+        client, t0 = HatzooClient(url, timeout=5), time.monotonic()
         while True:
             try:
                 client.health()
                 break
             except ClientError:
-                if proc.poll() is not None or time.monotonic() - t0 > 30:
-                    raise RuntimeError(
-                        "server did not start: " + (proc.stdout.read() if proc.stdout else "")
-                    ) from None
+                if proc.poll() is not None or time.monotonic() - t0 > 60:
+                    proc.kill()
+                    raise RuntimeError("server did not start: " + proc.stdout.read()) from None
                 time.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
-        ref = helpers.Reference(load_bundles)
+
+def test_concurrent_load_zero_errors_and_exact_answers(bundles: list[Path], reference: Reference) -> None:
+    """8 client threads x 50 requests over 5 tasks against ``python -m hatzoo.export.server`` (defaults)."""
+    from hatzoo.export.client import HatzooClient
+
+    args = [*map(str, bundles), "--max-sessions", "4", "--log-level", "warning"]
+    with server_process(*args) as (_proc, url):
         errors: list[str] = []
         worst = [0.0]
         done = [0]
@@ -77,7 +72,7 @@ def test_concurrent_load_zero_errors_and_exact_answers(load_bundles: list[Path])
                 x = rng.standard_normal((int(rng.integers(1, 5)), 1, 8, 8)).astype(np.float32)
                 try:
                     y = c.predict(model, task, x, top_k=1, use_npy=bool(j % 4))
-                    diff = float(np.abs(y["logits"] - ref(model, task, x)).max())
+                    diff = float(np.abs(y["logits"] - reference(model, task, x)).max())
                     with lock:
                         worst[0] = max(worst[0], diff)
                         done[0] += 1
@@ -96,46 +91,29 @@ def test_concurrent_load_zero_errors_and_exact_answers(load_bundles: list[Path])
         assert not errors, errors[:5]
         assert done[0] == CLIENTS * REQUESTS_PER_CLIENT
         assert worst[0] <= 1e-5
-        text = client.metrics()
+        text = HatzooClient(url).metrics()
         total = sum(
-            helpers.metric(text, "hatzoo_requests_total", model=m, task=str(t), status="200")
-            for m, t in ROUTES
+            metric(text, "hatzoo_requests_total", model=m, task=str(t), status="200") for m, t in ROUTES
         )
         assert total == CLIENTS * REQUESTS_PER_CLIENT
-        assert all(helpers.metric(text, "hatzoo_errors_total", model=m, task=str(t)) == 0 for m, t in ROUTES)
-        assert helpers.metric(text, "hatzoo_sessions_loaded") <= 4
+        assert all(metric(text, "hatzoo_errors_total", model=m, task=str(t)) == 0 for m, t in ROUTES)
+        assert metric(text, "hatzoo_sessions_loaded") <= 4
         print(
             f"\n{total} requests in {elapsed:.2f} s ({total / elapsed:.0f} req/s), max |diff| {worst[0]:.2e}"
         )
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.mark.parametrize("stop", ["terminate", "kill"])
-def test_a_stopped_server_leaves_no_process_holding_its_output(load_bundles: list[Path], stop: str) -> None:
+def test_a_stopped_server_leaves_no_process_holding_its_output(bundle: Path, stop: str) -> None:
     """Decode workers exit with the server, even on SIGKILL: the server's output pipe reaches EOF."""
-    from hatzoo.export.client import ClientError, HatzooClient
+    from hatzoo.export.client import HatzooClient
 
-    port = helpers.free_port()
-    cmd = [sys.executable, "-m", "hatzoo.export.server", str(load_bundles[0]), "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    client = HatzooClient(f"http://127.0.0.1:{port}", timeout=30)
-    t0 = time.monotonic()
-    while True:
-        try:
-            client.health()
-            break
-        except ClientError:
-            assert proc.poll() is None and time.monotonic() - t0 < 60, "server did not start"
-            time.sleep(0.2)
-    model, task = ROUTES[0]
-    client.predict(model, task, np.zeros((2, 1, 8, 8), np.float32), use_npy=False)  # JSON: in a worker
-    getattr(proc, stop)()
-    proc.wait(30)
-    closed = threading.Event()
-    threading.Thread(target=lambda: (proc.stdout.read(), closed.set()), daemon=True).start()
-    assert closed.wait(20), "a decode worker outlived the server and holds its output open"
+    with server_process(str(bundle)) as (proc, url):
+        HatzooClient(url, timeout=30).predict(  # JSON: decoded in a worker
+            *ROUTES[0], np.zeros((2, 1, 8, 8), np.float32), use_npy=False
+        )
+        getattr(proc, stop)()
+        proc.wait(30)
+        closed = threading.Event()
+        threading.Thread(target=lambda: (proc.stdout.read(), closed.set()), daemon=True).start()
+        assert closed.wait(20), "a decode worker outlived the server and holds its output open"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -11,31 +10,21 @@ import httpx
 import numpy as np
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "_hatzoo_serving_helpers", Path(__file__).with_name("test_serving.py")
-)
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
+from tests.serving_support import Reference, npy, running_server
 
 MEAN, STD = 0.5, 0.25  # the test bundles' normalization
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return helpers.build_bundles(tmp_path_factory.mktemp("protocol_bundles"))
-
-
-@pytest.fixture(scope="module")
 def server(bundles: list[Path]):
-    with helpers.running_server(bundles) as (url, app):
+    with running_server(bundles) as (url, _app):
         yield url
 
 
-def test_v2_with_tritonclient_matches_onnx_runtime(bundles: list[Path], server: str) -> None:
+def test_v2_with_tritonclient_matches_onnx_runtime(server: str, reference: Reference) -> None:
     import tritonclient.http as tc
     from tritonclient.utils import InferenceServerException
 
-    ref = helpers.Reference(bundles)
     client = tc.InferenceServerClient(server.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("tiny-cnn_task1")
@@ -48,17 +37,17 @@ def test_v2_with_tritonclient_matches_onnx_runtime(bundles: list[Path], server: 
         inp = tc.InferInput("x", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)  # binary tensor extension, binary output (the client's defaults)
         got = client.infer(name, [inp]).as_numpy("logits")
-        np.testing.assert_array_equal(got, ref(model, task, x))
+        np.testing.assert_array_equal(got, reference(model, task, x))
         inp = tc.InferInput("x", list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=False)  # plain JSON both ways
         out = tc.InferRequestedOutput("logits", binary_data=False)
         got = client.infer(name, [inp], outputs=[out], headers={"Content-Type": "application/json"})
-        np.testing.assert_allclose(got.as_numpy("logits"), ref(model, task, x), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got.as_numpy("logits"), reference(model, task, x), rtol=1e-6, atol=1e-6)
     h = x.astype(np.float16)
     inp = tc.InferInput("x", list(x.shape), "FP16")
     inp.set_data_from_numpy(h)
     got = client.infer("tiny-cnn_task0", [inp]).as_numpy("logits")
-    np.testing.assert_array_equal(got, ref("tiny-cnn", 0, h.astype(np.float32)))
+    np.testing.assert_array_equal(got, reference("tiny-cnn", 0, h.astype(np.float32)))
     assert client.get_model_metadata("tiny-cnn")["platform"] == "hatzoo_task_agnostic"  # no task id
     with pytest.raises(InferenceServerException, match="unknown v2 model"):
         client.infer("tiny-cnn_task9", [inp])
@@ -68,8 +57,7 @@ def test_v2_with_tritonclient_matches_onnx_runtime(bundles: list[Path], server: 
         client.infer("tiny-cnn_task0", [bad])
 
 
-def test_v2_uint8_pixels_and_content_type(bundles: list[Path], server: str) -> None:
-    ref = helpers.Reference(bundles)
+def test_v2_uint8_pixels_and_content_type(server: str, reference: Reference) -> None:
     px = np.random.default_rng(1).integers(0, 256, (2, 1, 8, 8), dtype=np.uint8)
     body = {
         "inputs": [{"name": "x", "shape": [2, 1, 8, 8], "datatype": "UINT8", "data": px.ravel().tolist()}]
@@ -77,7 +65,7 @@ def test_v2_uint8_pixels_and_content_type(bundles: list[Path], server: str) -> N
     r = httpx.post(f"{server}/v2/models/tiny-cnn_task2/infer", json=body)
     assert r.status_code == 200, r.text
     (out,) = r.json()["outputs"]
-    want = ref("tiny-cnn", 2, ((px / 255.0 - MEAN) / STD).astype(np.float32))
+    want = reference("tiny-cnn", 2, ((px / 255.0 - MEAN) / STD).astype(np.float32))
     np.testing.assert_allclose(np.reshape(out["data"], out["shape"]), want, rtol=1e-5, atol=1e-5)
     r = httpx.post(f"{server}/v2/models/tiny-cnn_task2/infer", content=json.dumps(body).encode())
     assert r.status_code == 415 and "Content-Type" in r.json()["error"]
@@ -116,7 +104,7 @@ def test_images_and_pixels_give_the_normalized_array_logits(server: str) -> None
     np.testing.assert_allclose(logits(r), want, rtol=1e-5, atol=1e-5)
     r = httpx.post(url, json={"inputs": px[:, None].tolist(), "dtype": "uint8"})
     np.testing.assert_allclose(logits(r), want, rtol=1e-5, atol=1e-5)
-    r = httpx.post(url, content=helpers.npy(px[:, None]), headers={"Content-Type": "application/x-npy"})
+    r = httpx.post(url, content=npy(px[:, None]), headers={"Content-Type": "application/x-npy"})
     np.testing.assert_allclose(logits(r), want, rtol=1e-5, atol=1e-5)
     # raw 0-1 pixels sent without saying so still run, but the answer says they look unnormalized
     r = httpx.post(url, json={"inputs": raw.tolist()})

@@ -10,12 +10,6 @@ import pytest
 
 from hatzoo.errors import ExportError
 
-_spec = importlib.util.spec_from_file_location(
-    "_hatzoo_serving_helpers", Path(__file__).with_name("test_serving.py")
-)
-helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(helpers)
-
 
 def triton_model_config():
     """Triton's ModelConfig message class, loaded from tritonclient without its grpc-only package init."""
@@ -28,11 +22,6 @@ def triton_model_config():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return helpers.build_bundles(tmp_path_factory.mktemp("triton_bundles"))[0]
 
 
 def test_triton_repository_configs_parse(bundle: Path, tmp_path: Path) -> None:
