@@ -33,7 +33,7 @@ import hatzoo
 from hatzoo.card import read_card, update_card
 from hatzoo.data import TaskSequence
 from hatzoo.task_inference import (
-    FeatureGaussian,
+    FeatureGaussians,
     TaskAgnosticModel,
     agnostic_macs,
     evaluate,
@@ -117,7 +117,7 @@ def seconds(fn) -> float:
 @torch.no_grad()
 def cost(
     agnostic: TaskAgnosticModel,
-    gaussians: dict[int, FeatureGaussian],
+    gaussians: dict[int, FeatureGaussians],
     x: torch.Tensor,
     shape: tuple[int, ...],
     repeats: int,

@@ -12,12 +12,15 @@ and ``p = softmax(z / T)``, the rules (``hatzoo.export.agnostic.RULES``, shared 
 Temperatures (one per task, 1 by default) are fitted by :func:`fit_temperatures` on a validation split
 held out from each task's training data, never its test split.
 
-The logits of a task trained on its own classes only say little about inputs of other tasks. The fitted
-feature rule reads the features its head reads instead, with ``f`` task t's features and
-``mu_c``, ``P`` its class means and shared precision (:func:`fit_feature_gaussians`, on task t's
-training data, which continual learning has at the end of task t; the task's units never change after):
+The logits of a task trained on its own classes say little about inputs of other tasks. The fitted
+feature rule reads the task's features instead: at each of its feature layers ``l`` (the stages timm
+lists in ``feature_info``, average-pooled, and the final features the head reads), class means
+``mu_c`` and a shared precision ``P`` are fitted on the task's training data, which continual learning
+has at the end of the task (its units never change after; :func:`fit_feature_gaussians`). With
+``d_l = min_c (f_l - mu_c)^T P (f_l - mu_c)`` standardized by its mean and deviation on that training
+data (so layers and tasks compare):
 
-- ``mahalanobis``: -min_c (f - mu_c)^T P (f - mu_c)   (Lee et al., 2018; needs ``gaussians=``)
+- ``mahalanobis``: -sum_l (d_l - mean_l) / std_l   (Lee et al., 2018; needs ``gaussians=``)
 
 The cost of one answer is the sum of the tasks' kept FLOPs (:func:`agnostic_macs`).
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -123,20 +127,49 @@ def _labels(model: Predictor, task: int) -> list[str]:
 
 @torch.no_grad()
 def task_outputs(
-    model: Predictor, x: torch.Tensor
-) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
-    """(task ids, features [B, d_t], logits [B, C_t]) per task: every answering task run on the batch."""
+    model: Predictor, x: torch.Tensor, layers: bool = False
+) -> tuple[list[int], list[list[torch.Tensor]], list[torch.Tensor]]:
+    """(task ids, features, logits [B, C_t]) with every answering task run on the batch.
+
+    ``features[i]`` holds task i's final features [B, d] (what its head reads), after its pooled feature
+    layers when ``layers`` is true.
+    """
     tasks = active_tasks(model)
     if model.training:
         raise InputError("task-agnostic prediction runs the binary masks: call model.eval() first")
-    features = [_features(model, x, t) for t in tasks]
-    return tasks, features, [_head(model, t)(f) for t, f in zip(tasks, features, strict=True)]
+    features = [_features(model, x, t, layers) for t in tasks]
+    return tasks, features, [_head(model, t)(f[-1]) for t, f in zip(tasks, features, strict=True)]
 
 
-def _features(model: Predictor, x: torch.Tensor, task: int) -> torch.Tensor:
+def _features(model: Predictor, x: torch.Tensor, task: int, layers: bool) -> list[torch.Tensor]:
     if isinstance(model, TaskAgnosticModel):
-        return model.task_models[model.tasks.index(task)].forward_features(x)
-    return model.forward_features(x, task=task)
+        net = model.task_models[model.tasks.index(task)]
+        run, backbone = net.forward_features, net.backbone
+    else:
+        run, backbone = partial(model.forward_features, task=task), model.backbone
+    taps: list[torch.Tensor] = []
+    names = [info["module"] for info in getattr(backbone, "feature_info", [])] if layers else []
+    prefix = getattr(backbone, "num_prefix_tokens", 0)
+    handles = [
+        backbone.get_submodule(name).register_forward_hook(
+            lambda m, i, out: taps.append(_pooled(out, prefix))
+        )
+        for name in names
+    ]
+    try:
+        final = run(x)
+        return [*taps, final]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _pooled(out: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
+    """A feature layer's output as one vector per row: the mean over positions (NCHW) or over the patch
+    tokens (NLC, class and register tokens left out as timm's ``forward_intermediates`` does)."""
+    if out.ndim == 4:
+        return out.mean((2, 3))
+    return out[:, prefix_tokens:].mean(1) if out.ndim == 3 else out
 
 
 def _head(model: Predictor, task: int) -> nn.Module:
@@ -157,29 +190,41 @@ def _temperature_list(tasks: Sequence[int], temperatures: Mapping[int, float] | 
 
 
 @dataclass(frozen=True)
-class FeatureGaussian:
-    """Class-conditional Gaussians over one task's features with one shared covariance (float64, CPU)."""
+class FeatureGaussians:
+    """One task's Gaussians per feature layer (float64, CPU): class means, the shared precision, and the
+    mean and deviation of the distances on the training data they were fitted on."""
 
-    means: torch.Tensor  # [C, d]
-    precision: torch.Tensor  # [d, d]: the inverse of the shrunk shared covariance
+    means: list[torch.Tensor]  # per layer [C, d_l]
+    precisions: list[torch.Tensor]  # per layer [d_l, d_l]: the inverse of the shrunk shared covariance
+    center: torch.Tensor  # [L]
+    spread: torch.Tensor  # [L]
 
-    def score(self, features: torch.Tensor) -> torch.Tensor:
-        """-min_c (f - mu_c)^T P (f - mu_c) per row of ``features`` [B, d]: higher = more typical."""
-        if features.shape[1:] != self.means.shape[1:]:
+    def distances(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """min_c (f_l - mu_c)^T P_l (f_l - mu_c) per row and layer: [B, L]."""
+        widths = [m.shape[1] for m in self.means]
+        if [f.shape[1] for f in features] != widths:
             raise InputError(
-                f"these Gaussians were fitted on {self.means.shape[1]} features, got {features.shape[1:]}; "
-                "fit them on the model that answers (a pruned task model has fewer features)"
+                f"these Gaussians were fitted on feature layers of widths {widths}, got "
+                f"{[f.shape[1] for f in features]}; fit them on the model that answers "
+                "(a pruned task model has fewer features than its HAT model)"
             )
-        diff = features.double().cpu()[:, None, :] - self.means[None]
-        return -((diff @ self.precision) * diff).sum(-1).min(1).values
+        cols = []
+        for f, means, precision in zip(features, self.means, self.precisions, strict=True):
+            diff = f.double().cpu()[:, None, :] - means[None]
+            cols.append(((diff @ precision) * diff).sum(-1).min(1).values)
+        return torch.stack(cols, 1)
+
+    def score(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """-sum over layers of the standardized distances [B]: higher = more typical of the task."""
+        return -((self.distances(features) - self.center) / self.spread).sum(1)
 
 
-Gaussians = Mapping[int, FeatureGaussian]
+Gaussians = Mapping[int, FeatureGaussians]
 
 
 def _scores(
     tasks: Sequence[int],
-    features: Sequence[torch.Tensor],
+    features: Sequence[Sequence[torch.Tensor]],
     logits: Sequence[torch.Tensor],
     rule: str,
     temperatures: Mapping[int, float] | None,
@@ -213,7 +258,7 @@ def predict(
     ``temperatures`` maps task ids to fitted temperatures (:func:`fit_temperatures`); missing ones are 1.
     ``gaussians`` (:func:`fit_feature_gaussians`) is what the ``mahalanobis`` rule reads.
     """
-    tasks, features, logits = task_outputs(model, x)
+    tasks, features, logits = task_outputs(model, x, layers=rule == FEATURE_RULE)
     scores = _scores(tasks, features, logits, rule, temperatures, gaussians)
     best = choose(scores)
     ids = torch.tensor([tasks[c] for c in best], dtype=torch.long)
@@ -239,14 +284,16 @@ def _check_fit_data(model: Predictor, data: Mapping[int, TaskData], what: str) -
     return tasks
 
 
-def _task_rows(model: Predictor, data: TaskData, task: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def _task_rows(
+    model: Predictor, data: TaskData, task: int, layers: bool
+) -> Iterable[tuple[list[torch.Tensor], torch.Tensor]]:
     """(features, labels) per batch of one task's data, labels checked against its class count."""
     classes = len(_labels(model, task))
     for xb, yb in _batches(data):
         y = yb.long().cpu()
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
             raise InputError(f"task {task} has {classes} classes; its labels must be in [0, {classes})")
-        yield _features(model, xb, task), y
+        yield _features(model, xb, task, layers), y
 
 
 @torch.no_grad()
@@ -259,7 +306,8 @@ def fit_temperatures(model: Predictor, validation: Mapping[int, TaskData]) -> di
     """
     out = {}
     for t in _check_fit_data(model, validation, "validation"):
-        rows = [(_head(model, t)(f).double().cpu(), y) for f, y in _task_rows(model, validation[t], t)]
+        head = _head(model, t)
+        rows = [(head(f[-1]).double().cpu(), y) for f, y in _task_rows(model, validation[t], t, False)]
         if not rows:
             raise InputError(f"the validation data of task {t} is empty")
         z, y = (torch.cat(v) for v in zip(*rows, strict=True))
@@ -271,31 +319,37 @@ def fit_temperatures(model: Predictor, validation: Mapping[int, TaskData]) -> di
 @torch.no_grad()
 def fit_feature_gaussians(
     model: Predictor, training: Mapping[int, TaskData], shrinkage: float = 1e-3
-) -> dict[int, FeatureGaussian]:
-    """Each task's class means and shared feature precision, for the ``mahalanobis`` rule.
+) -> dict[int, FeatureGaussians]:
+    """Each task's Gaussians per feature layer, for the ``mahalanobis`` rule.
 
     ``training[t]`` is ``(x, y)`` or an iterable of batches of task t's training data (labels are class
-    indices within the task); every class needs at least one row. The covariance is shrunk towards
+    indices within the task); every class needs at least one row. Each covariance is shrunk towards
     ``shrinkage`` times its mean variance on the diagonal, so features that the task's masks switch off
-    (constant) keep it invertible. Computed in float64.
+    (constant) keep it invertible. Computed in float64; the features of all rows are held at once.
     """
     if not shrinkage > 0:
         raise InputError(f"shrinkage must be > 0, got {shrinkage!r}")
     out = {}
     for t in _check_fit_data(model, training, "training"):
-        rows = [(f.double().cpu(), y) for f, y in _task_rows(model, training[t], t)]
+        rows = [([v.double().cpu() for v in f], y) for f, y in _task_rows(model, training[t], t, True)]
         if not rows:
             raise InputError(f"the training data of task {t} is empty")
-        f, y = (torch.cat(v) for v in zip(*rows, strict=True))
-        classes = len(_labels(model, t))
-        n = torch.bincount(y, minlength=classes)
+        y = torch.cat([labels for _, labels in rows])
+        n = torch.bincount(y, minlength=len(_labels(model, t)))
         if not bool((n > 0).all()):
             raise InputError(f"the training data of task {t} needs at least one row of each of its classes")
-        means = torch.zeros(classes, f.shape[1], dtype=f.dtype).index_add_(0, y, f) / n[:, None]
-        centred = f - means[y]
-        cov = centred.T @ centred / len(f)
-        cov += shrinkage * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(len(cov), dtype=cov.dtype)
-        out[t] = FeatureGaussian(means, torch.linalg.inv(cov))
+        layers = [torch.cat(f) for f in zip(*(features for features, _ in rows), strict=True)]
+        means, precisions = [], []
+        for f in layers:
+            mu = torch.zeros(len(n), f.shape[1], dtype=f.dtype).index_add_(0, y, f) / n[:, None]
+            centred = f - mu[y]
+            cov = centred.T @ centred / len(f)
+            cov += shrinkage * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(len(cov), dtype=cov.dtype)
+            means.append(mu)
+            precisions.append(torch.linalg.inv(cov))
+        fitted = FeatureGaussians(means, precisions, torch.zeros(len(layers)), torch.ones(len(layers)))
+        d = fitted.distances(layers)
+        out[t] = FeatureGaussians(means, precisions, d.mean(0), d.std(0).clamp_min(1e-12))
     return out
 
 
@@ -335,7 +389,7 @@ def evaluate(
     hits = {rule: torch.zeros(3, dtype=torch.long) for rule in rules}
     for start in range(0, len(x), batch_size):
         rows = slice(start, start + batch_size)
-        tasks, features, logits = task_outputs(model, x[rows])
+        tasks, features, logits = task_outputs(model, x[rows], layers=FEATURE_RULE in rules)
         t, y = task[rows].long().cpu(), target[rows].long().cpu()
         unknown = sorted(set(t.tolist()) - set(tasks))
         if unknown:

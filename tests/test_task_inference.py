@@ -249,8 +249,19 @@ def test_mahalanobis_recovers_the_task_of_separable_inputs() -> None:
     assert (acc["mahalanobis"].task, acc["mahalanobis"].class_incremental) == (1.0, 1.0)
 
 
+def _reference_distances(f: torch.Tensor, y: torch.Tensor, g: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """min-class Mahalanobis distances of rows ``g`` under Gaussians fitted on (f, y), with torch.cov."""
+    means = torch.stack([f[y == c].mean(0) for c in range(int(y.max()) + 1)])
+    cov = torch.cov((f - means[y]).T, correction=0)
+    cov += shrinkage * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype)
+    return (
+        torch.stack([((g - m) * torch.linalg.solve(cov, (g - m).T).T).sum(1) for m in means], 1).min(1).values
+    )
+
+
 def test_mahalanobis_scores_equal_an_independent_reference(trained: hatzoo.HATModel) -> None:
-    """Means, shrunk covariance and distances written again with torch.cov and a per-class loop."""
+    """One feature layer (a plain MLP): distances standardized by their mean and deviation on the
+    training data, written again with torch.cov and a per-class loop."""
     gen = torch.Generator().manual_seed(8)
     data = {}
     for t in (0, 2, 3):
@@ -266,18 +277,44 @@ def test_mahalanobis_scores_equal_an_independent_reference(trained: hatzoo.HATMo
         for column, t in enumerate(p.tasks):
             f = torch.cat([trained.forward_features(xb, task=t) for xb, _ in data[t]]).double()
             y = torch.cat([yb for _, yb in data[t]])
-            means = torch.stack([f[y == c].mean(0) for c in range(trained.tasks[t].num_classes)])
-            cov = torch.cov((f - means[y]).T, correction=0)
-            cov += 0.01 * cov.diagonal().mean() * torch.eye(len(cov), dtype=cov.dtype)
-            torch.testing.assert_close(gaussians[t].means, means)
-            torch.testing.assert_close(gaussians[t].precision @ cov, torch.eye(len(cov), dtype=cov.dtype))
-            g = trained.forward_features(x, task=t).double()
-            dist = torch.stack([((g - m) * torch.linalg.solve(cov, (g - m).T).T).sum(1) for m in means], 1)
-            torch.testing.assert_close(p.scores[:, column], -dist.min(1).values, rtol=1e-6, atol=1e-6)
+            fitted = _reference_distances(f, y, f, 0.01)
+            d = _reference_distances(f, y, trained.forward_features(x, task=t).double(), 0.01)
+            want = -(d - fitted.mean()) / fitted.std()
+            torch.testing.assert_close(p.scores[:, column], want, rtol=1e-6, atol=1e-6)
     # the specialized tasks answer with Gaussians fitted on their own (pruned) features
     wrapper = TaskAgnosticModel.from_hat_model(trained)
     own = fit_feature_gaussians(wrapper, data, shrinkage=0.01)
     assert wrapper.predict(x, rule="mahalanobis", gaussians=own).tasks == p.tasks
+
+
+def test_mahalanobis_reads_every_feature_layer_of_a_timm_backbone() -> None:
+    """A timm ViT's block outputs (token means) and its final features, as timm's forward_intermediates
+    gives them, each with its own standardized distance."""
+    torch.manual_seed(0)
+    model = hatzoo.create_model("hat-vit-tiny", img_size=16, patch_size=4, in_chans=1, depth=2)
+    for _ in range(2):
+        model.end_task(model.add_task(num_classes=2))
+    agnostic = TaskAgnosticModel.from_hat_model(model.eval())
+    gen = torch.Generator().manual_seed(1)
+    data = {t: (torch.randn(64, 1, 16, 16, generator=gen), torch.arange(64) % 2) for t in (0, 1)}
+    gaussians = fit_feature_gaussians(agnostic, data)
+    x = torch.randn(9, 1, 16, 16, generator=gen)
+    p = agnostic.predict(x, rule="mahalanobis", gaussians=gaussians)
+    with torch.no_grad():
+        for t, net in enumerate(agnostic.task_models):
+
+            def layers(v: torch.Tensor, net=net) -> list[torch.Tensor]:
+                blocks = net.backbone.forward_intermediates(v, intermediates_only=True, output_fmt="NLC")
+                return [b.mean(1).double() for b in blocks] + [net.backbone(v).double()]
+
+            train, test = layers(data[t][0]), layers(x)
+            assert [len(m) for m in gaussians[t].means] == [2, 2, 2]
+            want = 0
+            for f, g in zip(train, test, strict=True):
+                fitted = _reference_distances(f, data[t][1], f, 1e-3)
+                want = want - (_reference_distances(f, data[t][1], g, 1e-3) - fitted.mean()) / fitted.std()
+            torch.testing.assert_close(p.scores[:, t], want, rtol=1e-5, atol=1e-5)
+    assert model.predict(x, rule="mahalanobis", gaussians=fit_feature_gaussians(model, data)).tasks == [0, 1]
 
 
 def test_mahalanobis_clear_errors(trained: hatzoo.HATModel) -> None:
@@ -295,5 +332,5 @@ def test_mahalanobis_clear_errors(trained: hatzoo.HATModel) -> None:
         fit_feature_gaussians(trained, {**two, 0: (x, torch.full((4,), 2))})
     wide = separable_model()
     gaussians = fit_feature_gaussians(wide, _training_data(wide, 60, seed=2))
-    with pytest.raises(InputError, match="fitted on 6 features"):
-        gaussians[0].score(torch.zeros(2, 5))
+    with pytest.raises(InputError, match=r"fitted on feature layers of widths \[6\], got \[5\]"):
+        gaussians[0].score([torch.zeros(2, 5)])
