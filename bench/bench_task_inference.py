@@ -70,15 +70,6 @@ def validation_split(
     return out
 
 
-def training_batches(seq: TaskSequence, size: int) -> dict[int, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """Each task's whole training split in batches of ``size`` rows (what the feature Gaussians fit on)."""
-    out = {}
-    for t, task in enumerate(seq):
-        x, y = task.train.tensors
-        out[t] = [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
-    return out
-
-
 def train_joint_classifier(model: hatzoo.HATModel, recipe: Recipe, seq: TaskSequence, epochs: int) -> float:
     """Test accuracy of the model's architecture with one head over all classes, trained on every task's
     training data at once with the card's optimizer, learning rate and batch size."""
@@ -155,7 +146,7 @@ def run_model(name: str, card: str | None, args: argparse.Namespace) -> dict[str
     x, task, target = test_rows(seq, args.max_test_per_task)
     result: dict[str, Any] = {"model": name, "benchmark": seq.name, "test_rows": len(x), "rules": {}}
     start = time.perf_counter()
-    gaussians = fit_feature_gaussians(agnostic, training_batches(seq, 500))
+    gaussians = fit_feature_gaussians(agnostic, {t: task.train.tensors for t, task in enumerate(seq)})
     result["gaussians_fit_seconds"] = time.perf_counter() - start
     for rule, acc in evaluate(agnostic, x, task, target, gaussians=gaussians).items():
         result["rules"][rule] = dataclasses.asdict(acc)

@@ -46,7 +46,7 @@ from hatzoo.export.flops import count_macs
 # log T searched for the NLL-optimal temperature: T from 0.05 to 20
 _LOG_T_GRID = torch.linspace(float(np.log(0.05)), float(np.log(20.0)), 601, dtype=torch.float64)
 
-TaskData = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
+LabelledData = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
 FEATURE_RULE = "mahalanobis"
 ALL_RULES = (*RULES, FEATURE_RULE)
 
@@ -268,13 +268,15 @@ def predict(
     return TaskPrediction(ids, classes, labels, torch.from_numpy(scores), list(logits), tasks)
 
 
-def _batches(data: TaskData) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(data: LabelledData, size: int = 512) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of ``data``: (x, y) tensors are cut into runs of ``size`` rows, batches pass through."""
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        return [data]
+        x, y = data
+        return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
     return data
 
 
-def _check_fit_data(model: Predictor, data: Mapping[int, TaskData], what: str) -> list[int]:
+def _check_fit_data(model: Predictor, data: Mapping[int, LabelledData], what: str) -> list[int]:
     tasks = active_tasks(model)
     missing = sorted(set(tasks) - set(data))
     if missing:
@@ -285,7 +287,7 @@ def _check_fit_data(model: Predictor, data: Mapping[int, TaskData], what: str) -
 
 
 def _task_rows(
-    model: Predictor, data: TaskData, task: int, layers: bool
+    model: Predictor, data: LabelledData, task: int, layers: bool
 ) -> Iterable[tuple[list[torch.Tensor], torch.Tensor]]:
     """(features, labels) per batch of one task's data, labels checked against its class count."""
     classes = len(_labels(model, task))
@@ -297,12 +299,12 @@ def _task_rows(
 
 
 @torch.no_grad()
-def fit_temperatures(model: Predictor, validation: Mapping[int, TaskData]) -> dict[int, float]:
+def fit_temperatures(model: Predictor, validation: Mapping[int, LabelledData]) -> dict[int, float]:
     """Per-task temperature minimizing the NLL of the task's own head on its validation data.
 
-    ``validation[t]`` is ``(x, y)`` tensors or an iterable of such batches (a DataLoader), held out
-    from task t's *training* data; labels are class indices within the task. The search runs over a
-    grid of log T (T from 0.05 to 20), so it is deterministic and needs no gradient.
+    ``validation[t]`` is ``(x, y)`` tensors (run 512 rows at a time) or an iterable of such batches (a
+    DataLoader), held out from task t's *training* data; labels are class indices within the task. The
+    search runs over a grid of log T (T from 0.05 to 20), so it is deterministic and needs no gradient.
     """
     out = {}
     for t in _check_fit_data(model, validation, "validation"):
@@ -318,12 +320,12 @@ def fit_temperatures(model: Predictor, validation: Mapping[int, TaskData]) -> di
 
 @torch.no_grad()
 def fit_feature_gaussians(
-    model: Predictor, training: Mapping[int, TaskData], shrinkage: float = 1e-3
+    model: Predictor, training: Mapping[int, LabelledData], shrinkage: float = 1e-3
 ) -> dict[int, FeatureGaussians]:
     """Each task's Gaussians per feature layer, for the ``mahalanobis`` rule.
 
-    ``training[t]`` is ``(x, y)`` or an iterable of batches of task t's training data (labels are class
-    indices within the task); every class needs at least one row. Each covariance is shrunk towards
+    ``training[t]`` is ``(x, y)`` (run 512 rows at a time) or an iterable of batches of task t's training
+    data (labels are class indices within the task); every class needs at least one row. Each covariance is shrunk towards
     ``shrinkage`` times its mean variance on the diagonal, so features that the task's masks switch off
     (constant) keep it invertible. Computed in float64; the features of all rows are held at once.
     """
