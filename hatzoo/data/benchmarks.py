@@ -173,8 +173,13 @@ def split_tasks(
     return TaskSequence(bench, (c, h, w), tuple(raw.mean), tuple(raw.std), tasks, options, raw.source)
 
 
-def split_benchmark(bench: str, load: Callable[[str | os.PathLike | None], RawData]) -> Builder:
-    """A builder that cuts the data set ``load(root)`` returns into tasks of classes."""
+def split_benchmark(bench: str, load: Callable[..., RawData], classes_per_task: int = 2) -> Builder:
+    """A builder that cuts the data set ``load(root, **options)`` returns into tasks of classes.
+
+    The builder takes the split options below plus ``load``'s keyword-only ones (torchvision's
+    ``download``), and says so in its signature, which :func:`get_benchmark` checks options against.
+    """
+    default_classes_per_task = classes_per_task
 
     def build(
         *,
@@ -183,11 +188,12 @@ def split_benchmark(bench: str, load: Callable[[str | os.PathLike | None], RawDa
         max_train_per_task: int | None = None,
         max_test_per_task: int | None = None,
         class_order: str | Sequence[int] | None = None,
-        classes_per_task: int = 2,
+        classes_per_task: int = default_classes_per_task,
+        **load_options: Any,
     ) -> TaskSequence:
         return split_tasks(
             bench,
-            load(root),
+            load(root, **load_options),
             seed=seed,
             classes_per_task=classes_per_task,
             class_order=class_order,
@@ -195,6 +201,10 @@ def split_benchmark(bench: str, load: Callable[[str | os.PathLike | None], RawDa
             max_test_per_task=max_test_per_task,
         )
 
+    own = inspect.signature(build)
+    extra = [p for p in inspect.signature(load).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    split = list(own.parameters.values())[:-1]  # all but **load_options
+    build.__signature__ = own.replace(parameters=[*split, *extra])  # type: ignore[attr-defined]
     build.__doc__ = f"{bench}: {load.__doc__}"
     return build
 

@@ -16,7 +16,7 @@ torchvision is imported only when one of these is built.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from hatzoo.data import paths, sources
-from hatzoo.data.benchmarks import BENCHMARKS, check_limit, pick, rng, split_tasks
+from hatzoo.data.benchmarks import BENCHMARKS, check_limit, pick, rng, split_benchmark
 from hatzoo.data.paths import DataArgumentError
 from hatzoo.data.sources import RawData, drop_overlap
 from hatzoo.data.tasks import TaskData, TaskSequence, pooled_stats, to_tensor
@@ -99,40 +99,20 @@ def load_torchvision(bench: str, root: str, download: bool) -> RawData:
     return RawData(bench, x_train, y_train, x_test, y_test, labels, 255.0, mean, std, source)
 
 
-def _tv_builder(bench: str) -> Callable[..., TaskSequence]:
-    """A split builder for one torchvision data set (same options as split-mnist, plus download)."""
-    default_cpt = TORCHVISION_SETS[bench][2]
+def _tv_loader(bench: str) -> Callable[..., RawData]:
+    """The loader of one torchvision data set for :func:`split_benchmark` (which adds the split options)."""
 
-    def build(
-        *,
-        seed: int = 0,
-        root: str | os.PathLike | None = None,
-        max_train_per_task: int | None = None,
-        max_test_per_task: int | None = None,
-        class_order: str | Sequence[int] | None = None,
-        classes_per_task: int = default_cpt,
-        download: bool = True,
-    ) -> TaskSequence:
-        folder = _pinned_root(bench, root).resolve()
-        raw = load_torchvision(bench, str(folder), bool(download))
-        return split_tasks(
-            bench,
-            raw,
-            seed=seed,
-            classes_per_task=classes_per_task,
-            class_order=class_order,
-            max_train_per_task=max_train_per_task,
-            max_test_per_task=max_test_per_task,
-        )
+    def load(root: str | os.PathLike | None, *, download: bool = True) -> RawData:
+        return load_torchvision(bench, str(_pinned_root(bench, root).resolve()), bool(download))
 
-    build.__doc__ = f"{bench}: torchvision {TORCHVISION_SETS[bench][0]} split into tasks of classes."
-    return build
+    load.__doc__ = f"torchvision {TORCHVISION_SETS[bench][0]} split into tasks of classes."
+    return load
 
 
 for _name, (_cls, _stats, _cpt) in TORCHVISION_SETS.items():
     BENCHMARKS.register(
         _name, f"torchvision {_cls} (root=DIR, downloads by default), tasks of {_cpt} classes"
-    )(_tv_builder(_name))
+    )(split_benchmark(_name, _tv_loader(_name), _cpt))
 
 
 def _read_images(files: list[str], mode: str, size: tuple[int, int] | None) -> np.ndarray:
