@@ -7,7 +7,6 @@ A user mistake prints one ``error:`` line that says what to do, and exits with c
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -58,6 +57,8 @@ def _demo(argv: list[str]) -> int:
 
 
 def _push(argv: list[str]) -> int:
+    from hatzoo.hub.push import PUSH_MESSAGE, publish_folder
+
     p = command_parser(
         "push",
         "Publish a checkpoint folder to the Hub: with git into a mirror or remote, else over HTTP.",
@@ -77,30 +78,23 @@ def _push(argv: list[str]) -> int:
     )
     p.add_argument("--revision", default="main", help="branch to publish to")
     p.add_argument("--tag", help="also tag the commit (git paths) (default: no tag)")
-    p.add_argument("--message", default="Upload HAT model with hatzoo", help="commit message")
+    p.add_argument("--message", default=PUSH_MESSAGE, help="commit message")
     p.add_argument("--token", help="Hub token for the HTTP path (default: the logged-in one)")
     args = p.parse_args(argv)
     from hatzoo.checkpoint import load_pretrained
-    from hatzoo.hub.publish import publish_git, publish_http
-    from hatzoo.hub.push import GIT_MIRROR_ENV
 
     folder = Path(args.folder)
     load_pretrained(folder)  # refuse to publish a folder that would not load
-    mirror = args.git_mirror or os.environ.get(GIT_MIRROR_ENV)
-    if mirror or args.remote_url:
-        sha = publish_git(
-            folder,
-            args.repo_id,
-            mirror_root=mirror,
-            remote_url=args.remote_url,
-            branch=args.revision,
-            message=args.message,
-            tag=args.tag,
-        )
-    else:
-        sha = publish_http(
-            folder, args.repo_id, revision=args.revision, message=args.message, token=args.token
-        )
+    sha = publish_folder(
+        folder,
+        args.repo_id,
+        revision=args.revision,
+        commit_message=args.message,
+        git_mirror=args.git_mirror,
+        remote_url=args.remote_url,
+        tag=args.tag,
+        token=args.token,
+    )
     print(f"published {folder} as {args.repo_id}@{sha}")
     return 0
 

@@ -385,36 +385,16 @@ class HATModel(nn.Module):
 
         return load_pretrained(snapshot(repo_id_or_path, revision), device=device, dtype=dtype)
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        revision: str = "main",
-        commit_message: str = "Upload HAT model with hatzoo",
-        card: str | None = None,
-        git_mirror: str | Path | None = None,
-        remote_url: str | None = None,
-        tag: str | None = None,
-        token: str | None = None,
-    ) -> str:
-        """Publish to the Hub; returns the commit sha.
+    def push_to_hub(self, repo_id: str, **options: Any) -> str:
+        """Save and publish to the Hub; returns the commit sha (options: hatzoo.hub.push.publish_folder).
 
-        With ``git_mirror`` (a self-hosted mirror folder) or ``remote_url`` the repository is
-        published with git; otherwise through the Hub's HTTP API (huggingface.co needs a token).
+        With ``git_mirror`` (a self-hosted mirror folder) or ``remote_url`` the repository is published
+        with git; otherwise through the Hub's HTTP API (huggingface.co needs a token). ``card`` is the
+        README text, as in :meth:`save_pretrained`.
         """
         from hatzoo.hub.push import push_model
 
-        return push_model(
-            self,
-            repo_id,
-            revision=revision,
-            commit_message=commit_message,
-            card=card,
-            git_mirror=git_mirror,
-            remote_url=remote_url,
-            tag=tag,
-            token=token,
-        )
+        return push_model(self, repo_id, **options)
 
     # ----------------------------------------------------------------- locks
     def locked_entries(self) -> dict[str, torch.Tensor]:
