@@ -37,6 +37,14 @@ def command_parser(name: str, description: str, examples: str) -> argparse.Argum
     )
 
 
+def model_parser(name: str, description: str, examples: str) -> argparse.ArgumentParser:
+    """A parser for a command on one model: its ``model`` argument and ``--revision``."""
+    p = command_parser(name, description, examples)
+    p.add_argument("model", help="zoo name, Hub repo id or local folder")
+    p.add_argument("--revision", help="branch, tag or commit (default: the card's pin, or main)")
+    return p
+
+
 def _train(argv: list[str]) -> int:
     from hatzoo.training.cli import train_command
 
@@ -100,14 +108,12 @@ def _push(argv: list[str]) -> int:
 
 
 def _load(argv: list[str]) -> int:
-    p = command_parser(
+    p = model_parser(
         "load",
         "Load a model (the full HAT model, or one task's pruned model) and optionally predict.",
         "  hatzoo load hat-vit-small\n  hatzoo load hat-vit-small --task 3 --predict batch.npy",
     )
-    p.add_argument("model", help="zoo name, Hub repo id or local folder")
     p.add_argument("--task", type=int, help="load task T's pruned model (default: the full HAT model)")
-    p.add_argument("--revision", help="branch, tag or commit (default: the card's pin, or main)")
     p.add_argument(
         "--predict",
         help="a .npy batch [B, C, H, W] of normalized images to classify (default: no prediction)",
@@ -133,20 +139,18 @@ def _load(argv: list[str]) -> int:
 
 
 def _export(argv: list[str]) -> int:
-    p = command_parser(
+    p = model_parser(
         "export",
         "Export tasks to pruned ONNX graphs: a bundle with a manifest, ready for 'hatzoo serve'.",
         "  hatzoo export hat-vit-small --task 3 -o bundles/vit\n"
         "  hatzoo export runs/hat-resnet18/model --all-tasks -o bundles/resnet --fp16",
     )
-    p.add_argument("model", help="zoo name, Hub repo id or local folder")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--task", type=int, action="append", help="a task to export (repeatable; this or --all-tasks)"
     )
     which.add_argument("--all-tasks", action="store_true", help="every task of the model")
     p.add_argument("-o", "--out", required=True, help="bundle folder to write")
-    p.add_argument("--revision", help="branch, tag or commit (default: the card's pin, or main)")
     p.add_argument("--name", help="model name in the bundle (default: the zoo name or folder name)")
     p.add_argument("--fp16", action="store_true", help="half-precision graphs for GPU serving")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset")
@@ -181,13 +185,11 @@ def _export(argv: list[str]) -> int:
 
 
 def _info(argv: list[str]) -> int:
-    p = command_parser(
+    p = model_parser(
         "info",
         "Tasks, labels, test accuracy (from the zoo card) and capacity of a model.",
         "  hatzoo info hat-vit-small\n  hatzoo info runs/hat-vit-small/model",
     )
-    p.add_argument("model", help="zoo name, Hub repo id or local folder")
-    p.add_argument("--revision", help="branch, tag or commit (default: the card's pin, or main)")
     args = p.parse_args(argv)
     import hatzoo
     from hatzoo.zoo import default_zoo
