@@ -92,16 +92,18 @@ def _offline_error(repo_id: str, revision: str | None, cache: Path, what: str) -
 
 
 def _fetch(
-    repo_id: str,
+    repo_id_or_path: str | os.PathLike[str],
     revision: str | None,
-    *,
+    filename: str | None,
+    allow_patterns: list[str] | str | None,
     endpoint: str | None,
     cache_dir: str | os.PathLike[str] | None,
     token: str | bool | None,
-    filename: str | None,
-    allow_patterns: list[str] | str | None,
 ) -> Path:
-    """Shared download path of snapshot() and hub_file(): offline, unreachable and online cases."""
+    """A local folder (or its file) as it is, else the repo (or its file) downloaded into the cache.
+
+    The one path of snapshot() and hub_file(), through the offline, unreachable and online cases.
+    """
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -112,6 +114,14 @@ def _fetch(
         RevisionNotFoundError,
     )
 
+    local = _local_folder(repo_id_or_path)
+    if local is not None:
+        if filename is None:
+            return local
+        if not (local / filename).is_file():
+            raise HubError(f"{local} has no file {filename!r}: is it a folder written by save_pretrained?")
+        return local / filename
+    repo_id = str(repo_id_or_path)
     _check_repo_id(repo_id)
     endpoint = hub_endpoint(endpoint)
     cache = hub_cache_dir(cache_dir)
@@ -150,10 +160,8 @@ def _fetch(
         ) from err
     except RepositoryNotFoundError as err:
         raise _diagnose_missing(HfApi(endpoint=endpoint, token=token), repo_id, revision, filename) from err
-    except LocalEntryNotFoundError as err:
-        if isinstance(err.__cause__, OfflineModeIsEnabled) or isinstance(
-            err.__context__, OfflineModeIsEnabled
-        ):
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
+        if any(isinstance(e, OfflineModeIsEnabled) for e in (err, err.__cause__, err.__context__)):
             raise HubError(
                 f"cannot download {_where(repo_id, revision)}: huggingface_hub was imported while "
                 "HF_HUB_OFFLINE was set and stays offline; unset it before starting Python"
@@ -161,11 +169,6 @@ def _fetch(
         raise HubError(
             f"could not download {what} {_where(repo_id, revision)} from {endpoint} and it is not cached: "
             f"{err}"
-        ) from err
-    except OfflineModeIsEnabled as err:
-        raise HubError(
-            f"cannot download {_where(repo_id, revision)}: huggingface_hub was imported while HF_HUB_OFFLINE "
-            "was set and stays offline; unset it before starting Python"
         ) from err
     except HfHubHTTPError as err:
         status = getattr(err.response, "status_code", "?")
@@ -206,18 +209,7 @@ def snapshot(
     huggingface_hub cache (only ``allow_patterns`` if given) and the snapshot folder is returned; its
     commit sha is :func:`snapshot_commit` of the result. Every failure is a HubError saying what to do.
     """
-    local = _local_folder(repo_id_or_path)
-    if local is not None:
-        return local
-    return _fetch(
-        str(repo_id_or_path),
-        revision,
-        endpoint=endpoint,
-        cache_dir=cache_dir,
-        token=token,
-        filename=None,
-        allow_patterns=allow_patterns,
-    )
+    return _fetch(repo_id_or_path, revision, None, allow_patterns, endpoint, cache_dir, token)
 
 
 def hub_file(
@@ -230,18 +222,4 @@ def hub_file(
     token: str | bool | None = None,
 ) -> Path:
     """The local path of one file of a repo (or of a local folder), downloading it if needed."""
-    local = _local_folder(repo_id_or_path)
-    if local is not None:
-        path = local / filename
-        if not path.is_file():
-            raise HubError(f"{local} has no file {filename!r}: is it a folder written by save_pretrained?")
-        return path
-    return _fetch(
-        str(repo_id_or_path),
-        revision,
-        endpoint=endpoint,
-        cache_dir=cache_dir,
-        token=token,
-        filename=filename,
-        allow_patterns=None,
-    )
+    return _fetch(repo_id_or_path, revision, filename, None, endpoint, cache_dir, token)
