@@ -49,13 +49,24 @@ def _pyplot():
     return plt
 
 
+def _save_heatmap(image, xlabel: str, title: str, path: str | os.PathLike[str]) -> None:
+    """Label a heat map (an ``imshow`` image), add its colour bar, write its figure to ``path``, close it."""
+    ax, fig = image.axes, image.axes.figure
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
 def plot_accuracy(results: Results, path: str | os.PathLike[str]) -> None:
     """Heat map of the accuracy matrix R[i][j] (rows: after task i, columns: task j)."""
     plt = _pyplot()
     n = results.num_trained
     cols = len(results.tasks)
     grid = [[float("nan") if v is None else 100 * v for v in row[:cols]] for row in results.accuracy]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * cols, 1.0 + 0.8 * max(n, 1)))
+    _, ax = plt.subplots(figsize=(1.2 + 0.9 * cols, 1.0 + 0.8 * max(n, 1)))
     image = ax.imshow(grid if grid else [[float("nan")]], vmin=50, vmax=100, cmap="viridis", aspect="auto")
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
@@ -63,12 +74,8 @@ def plot_accuracy(results: Results, path: str | os.PathLike[str]) -> None:
                 ax.text(j, i, f"{v:.1f}", ha="center", va="center", color="w" if v < 85 else "k", fontsize=8)
     ax.set_xticks(range(cols), [f"T{j}" for j in range(cols)])
     ax.set_yticks(range(n), [f"after T{i}" for i in range(n)])
-    ax.set_xlabel("evaluated task")
-    ax.set_title(f"{results.name}: test accuracy (%)  BWT={_pct(results.bwt)}")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = f"{results.name}: test accuracy (%)  BWT={_pct(results.bwt)}"
+    _save_heatmap(image, "evaluated task", title, path)
 
 
 def plot_capacity(results: Results, path: str | os.PathLike[str]) -> None:
@@ -76,17 +83,12 @@ def plot_capacity(results: Results, path: str | os.PathLike[str]) -> None:
     plt = _pyplot()
     used = results.capacity_used()
     groups = list(used[0]) if used else []
-    fig, ax = plt.subplots(figsize=(1.8 + 0.9 * max(len(used), 1), 1.2 + 0.22 * max(len(groups), 1)))
+    _, ax = plt.subplots(figsize=(1.8 + 0.9 * max(len(used), 1), 1.2 + 0.22 * max(len(groups), 1)))
     grid = [[100 * used[i][g] for i in range(len(used))] for g in groups] or [[float("nan")]]
     image = ax.imshow(grid, vmin=0, vmax=100, cmap="magma", aspect="auto")
     ax.set_xticks(range(len(used)), [f"T{i}" for i in range(len(used))])
     ax.set_yticks(range(len(groups)), groups, fontsize=7)
-    ax.set_xlabel("after task")
-    ax.set_title(f"{results.name}: units used (%)")
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_heatmap(image, "after task", f"{results.name}: units used (%)", path)
 
 
 def model_index(
