@@ -12,37 +12,16 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.nn import functional as F
 
 import hatzoo
 from hatzoo.checkpoint import pack_mask, unpack_mask
 from hatzoo.checkpoint_files import tensors_id
+from tests.model_support import train_tasks, vit
 
 
 def stored(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint: the timm backbone file and the tasks file."""
     return load_file(folder / "model.safetensors") | load_file(folder / "tasks.safetensors")
-
-
-def train_tasks(model: hatzoo.HATModel, num_tasks: int, x: torch.Tensor, seed: int = 0) -> hatzoo.HATModel:
-    torch.manual_seed(seed)
-    for _ in range(num_tasks):
-        task = model.add_task(num_classes=2, labels=["left", "right"])
-        model.train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        y = torch.randint(0, 2, (x.shape[0],))
-        for step in range(4):
-            scale = hatzoo.schedules.get_schedule("linear", 400)(step, 4)
-            loss = F.cross_entropy(model(x, task=task, scale=scale), y) + model.regularization(task=task)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        model.end_task(task)
-    return model.eval()
-
-
-def vit() -> hatzoo.HATModel:
-    return hatzoo.create_model("hat-vit-tiny", img_size=16, patch_size=4, in_chans=1, depth=2)
 
 
 def mlp() -> hatzoo.HATModel:

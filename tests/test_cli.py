@@ -13,7 +13,7 @@ import torch
 from hatzoo.export.bundle import read_bundle
 
 from hatzoo.cli import main
-from tests.test_checkpoint import train_tasks, vit
+from tests.model_support import train_tasks, vit
 
 
 @pytest.fixture(scope="module")

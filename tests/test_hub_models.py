@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import hatzoo
 from hatzoo.hub.local_hub import LocalHub
-from tests.test_checkpoint import train_tasks, vit
+from tests.model_support import train_tasks, vit
 
 pytestmark = pytest.mark.integration  # real processes and a real local Hub
 LOAD_AND_COMPARE = textwrap.dedent(

@@ -13,6 +13,7 @@ import hatzoo
 from hatzoo.training import Recipe, RecipeError, load_recipe, train_sequence
 from hatzoo.training.cli import train_command
 from hatzoo.training.metrics import backward_transfer
+from tests.model_support import TINY_VIT_TRAIN_ARGS
 
 CARDS = Path(__file__).resolve().parent.parent / "cards"
 
@@ -196,27 +197,7 @@ def test_cli_missing_data_passes_message(tmp_path, capsys, monkeypatch):
 
 def test_cli_trains_tiny_vit(tmp_path, capsys):
     out = tmp_path / "cli"
-    args = [
-        "--arch",
-        "hat-vit-tiny",
-        "--model-args",
-        "{img_size: 28, patch_size: 7, in_chans: 1, embed_dim: 32, depth: 1, num_heads: 2}",
-        "--benchmark",
-        "split-mnist",
-        "--max-train-per-task",
-        "64",
-        "--max-tasks",
-        "2",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "32",
-        "--no-joint",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
-    assert train_command(args) == 0
+    assert train_command([*TINY_VIT_TRAIN_ARGS, "--no-joint", "--no-progress", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     task_lines = [line for line in printed.splitlines() if line.startswith("task ")]
     assert len(task_lines) == 2 and task_lines[0].startswith("task 1/2 (0 vs 1) done in ")

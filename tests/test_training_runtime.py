@@ -13,24 +13,9 @@ import hatzoo
 from hatzoo.data import get_benchmark
 from hatzoo.training import Recipe, train_sequence
 from hatzoo.training.cli import train_command
+from tests.model_support import TINY_VIT_TRAIN_ARGS
 
 RECIPE = {"name": "tiny", "arch": "hat-vit-tiny", "benchmark": {"name": "split-mnist"}}
-TINY_VIT = [
-    "--arch",
-    "hat-vit-tiny",
-    "--model-args",
-    "{img_size: 28, patch_size: 7, in_chans: 1, embed_dim: 32, depth: 1, num_heads: 2}",
-    "--benchmark",
-    "split-mnist",
-    "--max-train-per-task",
-    "64",
-    "--max-tasks",
-    "2",
-    "--epochs",
-    "1",
-    "--batch-size",
-    "32",
-]
 
 
 def _task0_logits(folder: Path, x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +26,7 @@ def _task0_logits(folder: Path, x: torch.Tensor) -> torch.Tensor:
 
 def test_bf16_autocast_trains_end_to_end_with_fp32_weights(tmp_path, capsys):
     bf16, fp32 = tmp_path / "bf16", tmp_path / "fp32"
-    assert train_command([*TINY_VIT, "--device", "cpu", "--amp", "bf16", "--out", str(bf16)]) == 0
+    assert train_command([*TINY_VIT_TRAIN_ARGS, "--device", "cpu", "--amp", "bf16", "--out", str(bf16)]) == 0
     captured = capsys.readouterr()
     for bar in ("task 1/2 epoch 1/1", "task 2/2 epoch 1/1", "evaluate task 1", "joint epoch 1/1"):
         assert bar in captured.err  # progress bars on training, evaluation and joint training
@@ -58,7 +43,7 @@ def test_bf16_autocast_trains_end_to_end_with_fp32_weights(tmp_path, capsys):
     assert before.dtype == torch.bfloat16  # the forward pass really ran under autocast
     assert torch.equal(before, _task0_logits(bf16 / "checkpoints" / "task-1", x))  # nothing forgotten
 
-    argv = [*TINY_VIT, "--amp", "fp32", "--no-joint", "--no-progress", "--out", str(fp32)]
+    argv = [*TINY_VIT_TRAIN_ARGS, "--amp", "fp32", "--no-joint", "--no-progress", "--out", str(fp32)]
     assert train_command(argv) == 0
     assert "epoch 1/1" not in capsys.readouterr().err  # --no-progress: no bars
     plain = hatzoo.HATModel.from_pretrained(fp32 / "model")
@@ -77,7 +62,7 @@ def test_bf16_autocast_trains_end_to_end_with_fp32_weights(tmp_path, capsys):
 def test_bad_device_is_one_clear_line(device, message, tmp_path, capsys):
     if device.startswith("cuda") and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert train_command([*TINY_VIT, "--device", device, "--out", str(tmp_path)]) == 2
+    assert train_command([*TINY_VIT_TRAIN_ARGS, "--device", device, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "checkpoints").exists()  # refused before any work
@@ -88,7 +73,7 @@ def test_bad_device_is_one_clear_line(device, message, tmp_path, capsys):
 def test_bad_precision_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(hatzoo.HATError, match="unknown precision 'fp16'; choose one of fp32, bf16"):
         train_sequence(Recipe.from_dict(RECIPE), tmp_path, amp="fp16")
-    assert train_command([*TINY_VIT, "--amp", "fp16"]) == 2
+    assert train_command([*TINY_VIT_TRAIN_ARGS, "--amp", "fp16"]) == 2
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
 
 

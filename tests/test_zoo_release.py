@@ -24,7 +24,7 @@ import hatzoo
 from hatzoo.card import HubPin
 from hatzoo.hub.local_hub import free_port
 from hatzoo.hub.release import build_mirror, file_sha256, release_pin, release_revision
-from tests.test_checkpoint import train_tasks, vit
+from tests.model_support import train_tasks, vit
 
 pytestmark = pytest.mark.integration  # real processes and a real local Hub
 NAME = "hat-release-test"

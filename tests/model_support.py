@@ -1,0 +1,49 @@
+"""Small HAT models the tests share: a tiny ViT, a few trained tasks, and `hatzoo train`'s tiny-ViT flags."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+import hatzoo
+
+# `hatzoo train` flags for a one-block ViT on two Split-MNIST tasks of 64 images, one epoch each
+TINY_VIT_TRAIN_ARGS = [
+    "--arch",
+    "hat-vit-tiny",
+    "--model-args",
+    "{img_size: 28, patch_size: 7, in_chans: 1, embed_dim: 32, depth: 1, num_heads: 2}",
+    "--benchmark",
+    "split-mnist",
+    "--max-train-per-task",
+    "64",
+    "--max-tasks",
+    "2",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+]
+
+
+def vit() -> hatzoo.HATModel:
+    """A two-block hat-vit-tiny for 1x16x16 inputs."""
+    return hatzoo.create_model("hat-vit-tiny", img_size=16, patch_size=4, in_chans=1, depth=2)
+
+
+def train_tasks(model: hatzoo.HATModel, num_tasks: int, x: torch.Tensor, seed: int = 0) -> hatzoo.HATModel:
+    """Add and train ``num_tasks`` two-class tasks ("left", "right") on random labels for ``x``; eval mode."""
+    torch.manual_seed(seed)
+    for _ in range(num_tasks):
+        task = model.add_task(num_classes=2, labels=["left", "right"])
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        y = torch.randint(0, 2, (x.shape[0],))
+        for step in range(4):
+            scale = hatzoo.schedules.get_schedule("linear", 400)(step, 4)
+            loss = F.cross_entropy(model(x, task=task, scale=scale), y) + model.regularization(task=task)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.end_task(task)
+    return model.eval()
