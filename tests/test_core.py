@@ -14,6 +14,7 @@ import hatzoo
 from hatzoo.core.gates import soft_gate
 from hatzoo.core.schedules import get_schedule
 from hatzoo.core.specialize import ConstantBranch
+from tests.model_support import vit
 
 OPTIMIZERS = {
     "sgd-momentum": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
@@ -28,10 +29,6 @@ MORE_OPTIMIZERS = {
     "rmsprop": lambda params: torch.optim.RMSprop(params, lr=1e-3, momentum=0.5),
     "adagrad": lambda params: torch.optim.Adagrad(params, lr=0.05),
 }
-
-
-def tiny_vit() -> hatzoo.HATModel:
-    return hatzoo.create_model("hat-vit-tiny", img_size=16, patch_size=4, in_chans=1, depth=2)
 
 
 def tiny_resnet() -> hatzoo.HATModel:
@@ -52,7 +49,7 @@ def tiny_mlp() -> hatzoo.HATModel:
     )
 
 
-ARCHS = {"vit": tiny_vit, "resnet": tiny_resnet, "mlp": tiny_mlp}
+ARCHS = {"vit": vit, "resnet": tiny_resnet, "mlp": tiny_mlp}
 
 
 def train_task(model, optimizer_factory, optimizer, x, y, steps=6):
@@ -72,6 +69,22 @@ def train_task(model, optimizer_factory, optimizer, x, y, steps=6):
         optimizer.step()
     model.end_task(task)
     return task, optimizer
+
+
+def train_random_tasks(model, optimizer_name, x, num_tasks):
+    """Train ``num_tasks`` tasks on random two-class labels with one optimizer; returns the optimizer."""
+    optimizer = None
+    for _ in range(num_tasks):
+        y = torch.randint(0, 2, (len(x),))
+        _, optimizer = train_task(model, OPTIMIZERS[optimizer_name], optimizer, x, y)
+    return optimizer
+
+
+def eval_logits(model, x, tasks):
+    """Each task's logits for ``x`` in eval mode, by task id."""
+    model.eval()
+    with torch.no_grad():
+        return {t: model(x, task=t) for t in tasks}
 
 
 @pytest.mark.parametrize("optimizer_name", list(OPTIMIZERS))
@@ -130,9 +143,7 @@ def test_specialize_matches_hat_model_and_prunes(arch):
     torch.manual_seed(2)
     model = ARCHS[arch]()
     x = torch.randn(8, 1, 16, 16)
-    optimizer = None
-    for _ in range(2):
-        _, optimizer = train_task(model, OPTIMIZERS["sgd-momentum"], optimizer, x, torch.randint(0, 2, (8,)))
+    train_random_tasks(model, "sgd-momentum", x, 2)
     model.eval()
     for task in range(2):
         net = model.specialize(task)
@@ -150,7 +161,7 @@ def test_specialize_matches_hat_model_and_prunes(arch):
 
 def test_specialize_replaces_a_fully_masked_branch_by_its_constant():
     torch.manual_seed(3)
-    model = tiny_vit()
+    model = vit()
     task = model.add_task(num_classes=2)
     with torch.no_grad():
         model.embedding("blocks.0.attn.heads", task).fill_(-1.0)
@@ -168,10 +179,7 @@ def test_specialize_replaces_a_fully_masked_branch_by_its_constant():
 def test_capacity_counts_add_up():
     torch.manual_seed(4)
     model = tiny_mlp()
-    x = torch.randn(8, 1, 16, 16)
-    optimizer = None
-    for _ in range(3):
-        _, optimizer = train_task(model, OPTIMIZERS["adam"], optimizer, x, torch.randint(0, 2, (8,)))
+    train_random_tasks(model, "adam", torch.randn(8, 1, 16, 16), 3)
     report = model.capacity()
     assert set(report) == set(model.groups)
     for name, entry in report.items():
@@ -187,12 +195,8 @@ def test_forget_frees_exclusive_units_and_leaves_other_tasks_bitwise_unchanged()
     torch.manual_seed(5)
     model = tiny_mlp()
     x = torch.randn(8, 1, 16, 16)
-    optimizer = None
-    for _ in range(3):
-        _, optimizer = train_task(model, OPTIMIZERS["sgd-momentum"], optimizer, x, torch.randint(0, 2, (8,)))
-    model.eval()
-    with torch.no_grad():
-        before = {t: model(x, task=t) for t in (0, 2)}
+    optimizer = train_random_tasks(model, "sgd-momentum", x, 3)
+    before = eval_logits(model, x, (0, 2))
     free_before = {g: e["free"] for g, e in model.capacity().items()}
     exclusive = {g: int((model.masks(g)[1] & ~model.masks(g)[[0, 2]].any(0)).sum()) for g in model.groups}
     model.forget(1)
@@ -204,22 +208,16 @@ def test_forget_frees_exclusive_units_and_leaves_other_tasks_bitwise_unchanged()
         model(x, task=1)
     # new tasks may reuse the freed units; tasks 0 and 2 stay exact
     train_task(model, OPTIMIZERS["sgd-momentum"], optimizer, x, torch.randint(0, 2, (8,)))
-    model.eval()
-    with torch.no_grad():
-        for t in (0, 2):
-            assert torch.equal(model(x, task=t), before[t])
+    after = eval_logits(model, x, (0, 2))
+    assert all(torch.equal(after[t], before[t]) for t in (0, 2))
 
 
 def test_reopen_keeps_every_other_task_locked():
     torch.manual_seed(6)
     model = tiny_mlp()
     x = torch.randn(8, 1, 16, 16)
-    optimizer = None
-    for _ in range(3):
-        _, optimizer = train_task(model, OPTIMIZERS["adam"], optimizer, x, torch.randint(0, 2, (8,)))
-    model.eval()
-    with torch.no_grad():
-        before = {t: model(x, task=t) for t in (0, 2)}
+    optimizer = train_random_tasks(model, "adam", x, 3)
+    before = eval_logits(model, x, (0, 2))
     model.reopen_task(1)
     model.train()
     y = torch.randint(0, 2, (8,))
@@ -229,14 +227,12 @@ def test_reopen_keeps_every_other_task_locked():
         loss.backward()
         optimizer.step()
     model.end_task(1)
-    model.eval()
-    with torch.no_grad():
-        for t in (0, 2):
-            assert torch.equal(model(x, task=t), before[t])
+    after = eval_logits(model, x, (0, 2))
+    assert all(torch.equal(after[t], before[t]) for t in (0, 2))
 
 
 def test_bad_input_gets_clear_errors():
-    model = tiny_vit()
+    model = vit()
     x = torch.randn(2, 1, 16, 16)
     with pytest.raises(hatzoo.TaskError, match="does not exist"):
         model(x, task=0)
