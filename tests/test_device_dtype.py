@@ -9,9 +9,10 @@ from torch.nn import functional as F
 
 import hatzoo
 from hatzoo.diagnostics import count_ops, syncs
+from tests.model_support import vit
 
 ARCHS = {
-    "vit": lambda: hatzoo.create_model("hat-vit-tiny", img_size=16, patch_size=4, in_chans=1, depth=2),
+    "vit": vit,
     "resnet": lambda: hatzoo.create_model("hat-resnet18", in_chans=1),
     "mlp": lambda: hatzoo.hatify(
         nn.Sequential(nn.Flatten(), nn.Linear(256, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
@@ -90,23 +91,19 @@ def test_bf16_autocast_training_keeps_earlier_tasks_bitwise(arch, opt):
     model = ARCHS[arch]()
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
     optimizer = make(model.parameters())
-    first = model.add_task(num_classes=2)
-    train_steps(model, first, x, y, optimizer, autocast=True)
-    model.end_task(first)
-    model.eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        before_amp = model(x, task=first)
-    with torch.no_grad():
-        before = model(x, task=first)
-    second = model.add_task(num_classes=2)
-    optimizer.add_param_group({"params": model.task_parameters(second)})
-    train_steps(model, second, x, y, optimizer, autocast=True)
-    model.end_task(second)
-    model.eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        after_amp = model(x, task=first)
-    with torch.no_grad():
-        after = model(x, task=first)
+    first_task = []  # task 0's logits in float32 and under bf16 autocast, after each task
+    for task in range(2):
+        assert model.add_task(num_classes=2) == task
+        if task:
+            optimizer.add_param_group({"params": model.task_parameters(task)})
+        train_steps(model, task, x, y, optimizer, autocast=True)
+        model.end_task(task)
+        model.eval()
+        with torch.no_grad():
+            plain = model(x, task=0)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                first_task.append((plain, model(x, task=0)))
+    (before, before_amp), (after, after_amp) = first_task
     assert torch.equal(before, after) and torch.equal(before_amp, after_amp)
 
 
