@@ -27,6 +27,7 @@ import hatzoo
 from hatzoo.checkpoint import checkpoint_tensors, load_pretrained, release_keys
 from hatzoo.cli import main
 from hatzoo.hub.publish import publish_git
+from tests.model_support import vit
 
 
 class _Delete:
@@ -40,7 +41,7 @@ ROOT = Path(hatzoo.__file__).parents[1]  # the hatzoo that the child processes i
 
 def tiny_vit(labels: list[str], tasks: int = 3, seed: int = 0) -> hatzoo.HATModel:
     torch.manual_seed(seed)
-    model = hatzoo.create_model("hat-vit-tiny", img_size=16, patch_size=4, in_chans=1, depth=2)
+    model = vit()
     for _ in range(tasks):
         model.end_task(model.add_task(num_classes=len(labels), labels=labels))
     model.data_config = {"mean": [0.5], "std": [0.25], "input_shape": [1, 16, 16], "benchmark": "test"}
@@ -265,17 +266,6 @@ VIT_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("path", "value", "message"), VIT_CASES, ids=[f"{c[0]}={c[1]!r}"[:60] for c in VIT_CASES]
-)
-def test_malformed_vit_config_is_a_checkpoint_error_naming_the_key(
-    vit_folder, tmp_path, path, value, message
-):
-    folder = edited(vit_folder, tmp_path, {path: value})
-    with pytest.raises(hatzoo.CheckpointError, match=re.escape(message)):
-        hatzoo.HATModel.from_pretrained(folder)
-
-
 MLP_CASES = [
     ("hatzoo.arch.layers", "x", "hatzoo.arch.layers must be a list"),
     ("hatzoo.arch.layers[1]", 5, "hatzoo.arch.layers[1] must be a mapping"),
@@ -297,13 +287,17 @@ MLP_CASES = [
 ]
 
 
+CONFIG_CASES = [("vit_folder", *c) for c in VIT_CASES] + [("mlp_folder", *c) for c in MLP_CASES]
+
+
 @pytest.mark.parametrize(
-    ("path", "value", "message"), MLP_CASES, ids=[f"{c[0]}={c[1]!r}"[:60] for c in MLP_CASES]
+    ("base", "path", "value", "message"),
+    CONFIG_CASES,
+    ids=[f"{c[0][:3]}:{c[1]}={c[2]!r}"[:64] for c in CONFIG_CASES],
 )
-def test_malformed_sequential_config_is_a_checkpoint_error_naming_the_key(
-    mlp_folder, tmp_path, path, value, message
-):
-    folder = edited(mlp_folder, tmp_path, {path: value})
+def test_malformed_config_is_a_checkpoint_error_naming_the_key(request, tmp_path, base, path, value, message):
+    """A timm (vit) or sequential (mlp) checkpoint whose config.json has one bad value at ``path``."""
+    folder = edited(request.getfixturevalue(base), tmp_path, {path: value})
     with pytest.raises(hatzoo.CheckpointError, match=re.escape(message)):
         hatzoo.HATModel.from_pretrained(folder)
 
