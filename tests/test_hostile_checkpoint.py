@@ -376,27 +376,26 @@ def test_save_killed_at_every_step_leaves_the_old_or_the_new_model(tmp_path):
     assert len(outcomes) >= 6  # killed before, between and after the four files and the swap
 
 
-def test_weights_and_config_of_different_saves_do_not_load(tmp_path):
-    tiny_mlp(["a", "b"], seed=1).save_pretrained(tmp_path / "one")
-    tiny_mlp(["a", "b"], seed=2).save_pretrained(tmp_path / "two")
-    (tmp_path / "one" / "model.safetensors").write_bytes(
-        (tmp_path / "two" / "model.safetensors").read_bytes()
-    )
-    with pytest.raises(hatzoo.CheckpointError, match="mixes two saves"):
-        hatzoo.HATModel.from_pretrained(tmp_path / "one")
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("model.safetensors", "mixes two saves"),  # weights and config of different saves
+        ("tasks.safetensors", "sha256 of tasks.safetensors"),  # refused by the sha256 model.safetensors keeps
+    ],
+)
+def test_a_file_of_another_save_does_not_load(tmp_path, name, message):
+    one = tiny_mlp(["a", "b"], seed=1).save_pretrained(tmp_path / "one")
+    two = tiny_mlp(["a", "b"], seed=2).save_pretrained(tmp_path / "two")
+    (one / name).write_bytes((two / name).read_bytes())
+    with pytest.raises(hatzoo.CheckpointError, match=message):
+        hatzoo.HATModel.from_pretrained(one)
 
 
-def test_a_tasks_file_of_another_save_is_refused_by_its_sha256(tmp_path):
-    tiny_mlp(["a", "b"], seed=1).save_pretrained(tmp_path / "one")
-    tiny_mlp(["a", "b"], seed=2).save_pretrained(tmp_path / "two")
-    (tmp_path / "one" / "tasks.safetensors").write_bytes(
-        (tmp_path / "two" / "tasks.safetensors").read_bytes()
-    )
-    with pytest.raises(hatzoo.CheckpointError, match="sha256 of tasks.safetensors"):
-        hatzoo.HATModel.from_pretrained(tmp_path / "one")
-    (tmp_path / "one" / "tasks.safetensors").unlink()
+def test_a_missing_tasks_file_is_named(mlp_folder, tmp_path):
+    folder = edited(mlp_folder, tmp_path, {})
+    (folder / "tasks.safetensors").unlink()
     with pytest.raises(hatzoo.CheckpointError, match="has no tasks.safetensors"):
-        hatzoo.HATModel.from_pretrained(tmp_path / "one")
+        hatzoo.HATModel.from_pretrained(folder)
 
 
 def test_saving_over_a_folder_keeps_its_other_files(tmp_path):
