@@ -87,6 +87,22 @@ def eval_logits(model, x, tasks):
         return {t: model(x, task=t) for t in tasks}
 
 
+def three_tasks(seed, optimizer_name):
+    """A tiny MLP with three trained tasks, its input, optimizer, and the logits of tasks 0 and 2."""
+    torch.manual_seed(seed)
+    model = tiny_mlp()
+    x = torch.randn(8, 1, 16, 16)
+    optimizer = train_random_tasks(model, optimizer_name, x, 3)
+    return model, x, optimizer, eval_logits(model, x, (0, 2))
+
+
+def assert_unchanged(model, x, before):
+    """Every task in ``before`` still gives bitwise the same logits."""
+    after = eval_logits(model, x, before)
+    for t in before:
+        assert torch.equal(after[t], before[t]), f"task {t} changed"
+
+
 @pytest.mark.parametrize("optimizer_name", list(OPTIMIZERS))
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_earlier_tasks_are_bitwise_unchanged(arch, optimizer_name):
@@ -192,11 +208,7 @@ def test_capacity_counts_add_up():
 
 
 def test_forget_frees_exclusive_units_and_leaves_other_tasks_bitwise_unchanged():
-    torch.manual_seed(5)
-    model = tiny_mlp()
-    x = torch.randn(8, 1, 16, 16)
-    optimizer = train_random_tasks(model, "sgd-momentum", x, 3)
-    before = eval_logits(model, x, (0, 2))
+    model, x, optimizer, before = three_tasks(5, "sgd-momentum")
     free_before = {g: e["free"] for g, e in model.capacity().items()}
     exclusive = {g: int((model.masks(g)[1] & ~model.masks(g)[[0, 2]].any(0)).sum()) for g in model.groups}
     model.forget(1)
@@ -208,16 +220,11 @@ def test_forget_frees_exclusive_units_and_leaves_other_tasks_bitwise_unchanged()
         model(x, task=1)
     # new tasks may reuse the freed units; tasks 0 and 2 stay exact
     train_task(model, OPTIMIZERS["sgd-momentum"], optimizer, x, torch.randint(0, 2, (8,)))
-    after = eval_logits(model, x, (0, 2))
-    assert all(torch.equal(after[t], before[t]) for t in (0, 2))
+    assert_unchanged(model, x, before)
 
 
 def test_reopen_keeps_every_other_task_locked():
-    torch.manual_seed(6)
-    model = tiny_mlp()
-    x = torch.randn(8, 1, 16, 16)
-    optimizer = train_random_tasks(model, "adam", x, 3)
-    before = eval_logits(model, x, (0, 2))
+    model, x, optimizer, before = three_tasks(6, "adam")
     model.reopen_task(1)
     model.train()
     y = torch.randint(0, 2, (8,))
@@ -227,8 +234,7 @@ def test_reopen_keeps_every_other_task_locked():
         loss.backward()
         optimizer.step()
     model.end_task(1)
-    after = eval_logits(model, x, (0, 2))
-    assert all(torch.equal(after[t], before[t]) for t in (0, 2))
+    assert_unchanged(model, x, before)
 
 
 def test_bad_input_gets_clear_errors():
@@ -346,13 +352,10 @@ def test_a_deep_copy_keeps_locks_and_compensation():
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
     train_task(model, OPTIMIZERS["adamw-decay"], None, x, y)
     clone = copy.deepcopy(model)
-    clone.eval()
-    with torch.no_grad():
-        before = clone(x, task=0)
+    before = eval_logits(clone, x, (0,))
     train_task(clone, OPTIMIZERS["adamw-decay"], None, x, y)
-    with torch.no_grad():
-        assert torch.equal(clone.eval()(x, task=0), before)
-        assert torch.equal(model.eval()(x, task=0), before)
+    assert_unchanged(clone, x, before)
+    assert_unchanged(model, x, before)
     assert clone.num_tasks == 2 and model.num_tasks == 1
 
 
@@ -384,9 +387,7 @@ def test_a_gradient_changed_after_backward_is_filtered_again_before_the_step():
     model = tiny_mlp()
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
     _, optimizer = train_task(model, OPTIMIZERS["sgd-momentum"], None, x, y)
-    model.eval()
-    with torch.no_grad():
-        before = model(x, task=0)
+    before = eval_logits(model, x, (0,))
     task = model.add_task(num_classes=2)
     optimizer.add_param_group({"params": model.task_parameters(task)})
     model.train()
@@ -397,5 +398,4 @@ def test_a_gradient_changed_after_backward_is_filtered_again_before_the_step():
             if p.grad is not None:
                 p.grad.add_(torch.randn_like(p.grad))
         optimizer.step()
-    with torch.no_grad():
-        assert torch.equal(model.eval()(x, task=0), before)
+    assert_unchanged(model, x, before)
