@@ -325,9 +325,10 @@ def fit_feature_gaussians(
     """Each task's Gaussians per feature layer, for the ``mahalanobis`` rule.
 
     ``training[t]`` is ``(x, y)`` (run 512 rows at a time) or an iterable of batches of task t's training
-    data (labels are class indices within the task); every class needs at least one row. Each covariance is shrunk towards
-    ``shrinkage`` times its mean variance on the diagonal, so features that the task's masks switch off
-    (constant) keep it invertible. Computed in float64; the features of all rows are held at once.
+    data (labels are class indices within the task); every class needs at least one row. Each covariance
+    is shrunk towards ``shrinkage`` times its mean variance on the diagonal, so features that the task's
+    masks switch off (constant) keep it invertible. Computed in float64; the features of all rows are
+    held at once.
     """
     if not shrinkage > 0:
         raise InputError(f"shrinkage must be > 0, got {shrinkage!r}")
