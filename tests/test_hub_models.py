@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -170,3 +171,12 @@ def test_http_publishing_fails_cleanly_without_an_upload_api(local_hub, hub_env,
     model.end_task(0)
     with pytest.raises(hatzoo.HubError, match="publish with git"):
         model.push_to_hub(repo_id)  # olah serves downloads only
+
+
+def test_a_misspelled_publishing_option_fails_before_anything_is_saved(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where push_to_hub would save
+    model = vit()
+    model.end_task(model.add_task(num_classes=2))
+    with pytest.raises(hatzoo.InputError, match="'revison'; its options are card, revision, commit_message"):
+        model.push_to_hub("org/name", revison="v2")
+    assert list(tmp_path.iterdir()) == []

@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hatzoo.errors import InputError
 from hatzoo.hub.publish import publish_git, publish_http
 
 if TYPE_CHECKING:
@@ -56,6 +58,12 @@ def push_model(model: HATModel, repo_id: str, *, card: str | None = None, **opti
 
     ``options`` are :func:`publish_folder`'s: revision, commit_message, git_mirror, remote_url, tag, token.
     """
+    signature = inspect.signature(publish_folder)
+    try:
+        signature.bind(None, repo_id, **options)
+    except TypeError as err:  # before anything is saved
+        known = ", ".join(["card", *list(signature.parameters)[2:]])
+        raise InputError(f"push_to_hub {err}; its options are {known}") from err
     with tempfile.TemporaryDirectory(prefix="hatzoo-push-") as tmp:
         folder = model.save_pretrained(Path(tmp) / repo_id.split("/")[-1], card=card)
         return publish_folder(folder, repo_id, **options)
