@@ -236,14 +236,14 @@ def _scores(
             raise InputError(f"unknown task-inference rule {rule!r}; choose one of {', '.join(ALL_RULES)}")
         z = [v.double().cpu().numpy() for v in logits]
         return task_scores(z, rule, _temperature_list(tasks, temperatures))
-    missing = sorted(set(tasks) - set(gaussians or {}))
+    fitted = gaussians or {}
+    missing = sorted(set(tasks) - set(fitted))
     if missing:
         raise InputError(
             f"rule {FEATURE_RULE!r} needs the feature Gaussians of tasks {missing}: pass "
             "gaussians=fit_feature_gaussians(model, {task: (x, y) of its training data})"
         )
-    assert gaussians is not None
-    return torch.stack([gaussians[t].score(f) for t, f in zip(tasks, features, strict=True)], 1).numpy()
+    return torch.stack([fitted[t].score(f) for t, f in zip(tasks, features, strict=True)], 1).numpy()
 
 
 def predict(
