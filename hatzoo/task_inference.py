@@ -222,20 +222,24 @@ class FeatureGaussians:
 Gaussians = Mapping[int, FeatureGaussians]
 
 
+def _float64(logits: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    return [z.double().cpu().numpy() for z in logits]
+
+
 def _scores(
     tasks: Sequence[int],
     features: Sequence[Sequence[torch.Tensor]],
-    logits: Sequence[torch.Tensor],
+    logits: Sequence[np.ndarray],
     rule: str,
     temperatures: Mapping[int, float] | None,
     gaussians: Gaussians | None,
 ) -> np.ndarray:
-    """Scores [B, T] (float64, higher = more likely) of the answering tasks under ``rule``."""
+    """Scores [B, T] (float64, higher = more likely) of the answering tasks under ``rule``; ``logits``
+    as float64 arrays (:func:`_float64`)."""
     if rule != FEATURE_RULE:
         if rule not in RULES:
             raise InputError(f"unknown task-inference rule {rule!r}; choose one of {', '.join(ALL_RULES)}")
-        z = [v.double().cpu().numpy() for v in logits]
-        return task_scores(z, rule, _temperature_list(tasks, temperatures))
+        return task_scores(logits, rule, _temperature_list(tasks, temperatures))
     fitted = gaussians or {}
     missing = sorted(set(tasks) - set(fitted))
     if missing:
@@ -259,7 +263,7 @@ def predict(
     ``gaussians`` (:func:`fit_feature_gaussians`) is what the ``mahalanobis`` rule reads.
     """
     tasks, features, logits = task_outputs(model, x, layers=rule == FEATURE_RULE)
-    scores = _scores(tasks, features, logits, rule, temperatures, gaussians)
+    scores = _scores(tasks, features, _float64(logits), rule, temperatures, gaussians)
     best = choose(scores)
     ids = torch.tensor([tasks[c] for c in best], dtype=torch.long)
     stacked = [logits[c][i] for i, c in enumerate(best)]
@@ -399,8 +403,9 @@ def evaluate(
             raise InputError(f"true tasks {unknown} do not answer; answering tasks: {tasks}")
         column = [tasks.index(v) for v in t.tolist()]
         given = torch.stack([logits[c][i].argmax().cpu() for i, c in enumerate(column)])
+        z = _float64(logits)
         for rule in rules:
-            best = choose(_scores(tasks, features, logits, rule, temperatures, gaussians))
+            best = choose(_scores(tasks, features, z, rule, temperatures, gaussians))
             right = torch.from_numpy(best) == torch.tensor(column)
             inferred = torch.stack([logits[c][i].argmax().cpu() for i, c in enumerate(best)])
             hits[rule] += torch.stack([right.sum(), (right & (inferred == y)).sum(), (given == y).sum()])

@@ -214,13 +214,15 @@ class HATModel(nn.Module):
     def forward(self, x: torch.Tensor, task: int | None = None, scale: float | None = None) -> torch.Tensor:
         """Logits of ``task`` for a batch ``x``: soft gates at ``scale`` in training, binary in eval."""
         task = self._resolve_task(task)
-        return self.heads[task](self.forward_features(x, task, scale))
+        return self.heads[task](self._gated_features(x, task, scale))
 
     def forward_features(
         self, x: torch.Tensor, task: int | None = None, scale: float | None = None
     ) -> torch.Tensor:
         """The backbone's features under ``task``'s gates (what its head reads), as in :meth:`forward`."""
-        task = self._resolve_task(task)
+        return self._gated_features(x, self._resolve_task(task), scale)
+
+    def _gated_features(self, x: torch.Tensor, task: int, scale: float | None) -> torch.Tensor:
         self._check_input(x)
         binary = not self.training
         if self.training:
