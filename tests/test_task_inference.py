@@ -230,9 +230,7 @@ def test_load_with_task_auto_answers_like_the_saved_model(trained: hatzoo.HATMod
     torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-5)
 
 
-def _training_data(
-    model: hatzoo.HATModel, rows: int, seed: int
-) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def _training_data(rows: int, seed: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Each task's separable inputs with their classes, as its training data."""
     x, task, cls = separable_inputs(rows, seed)
     return {t: (x[task == t], cls[task == t]) for t in range(NUM_TASKS)}
@@ -240,7 +238,7 @@ def _training_data(
 
 def test_mahalanobis_recovers_the_task_of_separable_inputs() -> None:
     model = separable_model()
-    gaussians = fit_feature_gaussians(model, _training_data(model, 600, seed=1))
+    gaussians = fit_feature_gaussians(model, _training_data(600, seed=1))
     x, task, cls = separable_inputs(300)
     p = model.predict(x, rule="mahalanobis", gaussians=gaussians)
     assert torch.equal(p.task, task) and torch.equal(p.class_index, cls)
@@ -331,6 +329,6 @@ def test_mahalanobis_clear_errors(trained: hatzoo.HATModel) -> None:
     with pytest.raises(InputError, match=r"labels must be in \[0, 2\)"):
         fit_feature_gaussians(trained, {**two, 0: (x, torch.full((4,), 2))})
     wide = separable_model()
-    gaussians = fit_feature_gaussians(wide, _training_data(wide, 60, seed=2))
+    gaussians = fit_feature_gaussians(wide, _training_data(60, seed=2))
     with pytest.raises(InputError, match=r"fitted on feature layers of widths \[6\], got \[5\]"):
         gaussians[0].score([torch.zeros(2, 5)])
