@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pkgutil
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +32,22 @@ class CardError(InputError):
     """A card value that is missing, unknown or out of range; the message names the file and the key."""
 
 
+def _checked(default: Any, **checks: Any) -> Any:
+    """A spec field whose value the parser checks beyond its type hint.
+
+    ``zero``: 0 is allowed (numbers must otherwise be > 0); ``below``: an exclusive upper bound;
+    ``choices``: the allowed values, or a ``module:NAME`` registry imported when a card is parsed (so
+    this module need not import training code); ``lower``: lower-cased before the choice.
+    """
+    return field(default=default, metadata=checks)
+
+
 @dataclass
 class BenchmarkSpec:
     """Which task sequence to train on: a ``hatzoo.data`` benchmark name, its seed and size limits."""
 
     name: str = "split-fashion-mnist"
-    seed: int = 0
+    seed: int = _checked(0, zero=True)
     max_train_per_task: int | None = None
     max_tasks: int | None = None
     options: dict[str, Any] = field(default_factory=dict)  # further get_benchmark keyword options
@@ -45,19 +57,21 @@ class BenchmarkSpec:
 class TrainSpec:
     """How to optimise each task: optimizer, learning rate, epochs, global batch, scale schedule."""
 
-    optimizer: str = "sgd"
+    optimizer: str = _checked("sgd", choices="hatzoo.training.optimizers:OPTIMIZERS", lower=True)
     lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    momentum: float = _checked(0.9, zero=True, below=1)
+    weight_decay: float = _checked(0.0, zero=True)
     epochs: int = 3
     batch_size: int = 64
-    schedule: str = "linear"
+    schedule: str = _checked("linear", choices="hatzoo.core.schedules:SCHEDULES")
     clip_grad: float | None = 10000.0
-    seed: int = 0
+    seed: int = _checked(0, zero=True)
     joint: bool = True  # also train the joint (all tasks at once) upper bound
     mask_lr: float | None = None  # learning rate of the gate embeddings (None: the same as lr)
-    lr_schedule: str = "constant"  # within each task: constant, or cosine decay to 0 over the task
-    scale_ramp: str = "epoch"  # the 1/smax -> smax ramp restarts every epoch, or spans the whole task
+    # within each task: constant, or cosine decay to 0 over the task
+    lr_schedule: str = _checked("constant", choices=LR_SCHEDULES)
+    # the 1/smax -> smax ramp restarts every epoch, or spans the whole task
+    scale_ramp: str = _checked("epoch", choices=SCALE_RAMPS)
 
 
 @dataclass
@@ -244,7 +258,7 @@ class _Parser:
             model_args=self.mapping(data.get("model_args"), "model_args"),
             hat=self.hat(self.mapping(data.get("hat"), "hat")),
             benchmark=self.benchmark(self.mapping(data.get("benchmark"), "benchmark")),
-            recipe=self.train(self.mapping(data.get("recipe"), "recipe")),
+            recipe=self.spec(TrainSpec, self.mapping(data.get("recipe"), "recipe"), "recipe"),
             hub=self.hub(self.mapping(data.get("hub"), "hub"), name),
             description=description.strip(),
             demo=self.typed(data.get("demo", False), bool, "demo"),
@@ -274,58 +288,17 @@ class _Parser:
             raise self.error(
                 "benchmark.name", f"unknown benchmark {name!r}; known: {', '.join(list_benchmarks())}"
             )
-        return BenchmarkSpec(
-            name=name,
-            seed=self.number(b.pop("seed", 0), "benchmark.seed", zero=True),
-            max_train_per_task=self.number(
-                b.pop("max_train_per_task", None), "benchmark.max_train_per_task", optional=True
-            ),
-            max_tasks=self.number(b.pop("max_tasks", None), "benchmark.max_tasks", optional=True),
-            options=b,  # checked by get_benchmark when the data is built
-        )
-
-    def train(self, r: dict[str, Any]) -> TrainSpec:
-        from hatzoo.core.schedules import SCHEDULES
-        from hatzoo.training.optimizers import OPTIMIZERS
-
-        self.known(r, [f.name for f in dataclasses.fields(TrainSpec)], "recipe")
-        d = TrainSpec()
-        get = lambda key: r.get(key, getattr(d, key))  # noqa: E731
-        momentum = self.number(get("momentum"), "recipe.momentum", float, zero=True)
-        if momentum >= 1:
-            raise self.error("recipe.momentum", f"must be in [0, 1), got {momentum}")
-        return TrainSpec(
-            optimizer=self.choice(
-                self.typed(get("optimizer"), str, "recipe.optimizer").lower(),
-                list(OPTIMIZERS),
-                "recipe.optimizer",
-            ),
-            lr=self.number(get("lr"), "recipe.lr", float),
-            momentum=momentum,
-            weight_decay=self.number(get("weight_decay"), "recipe.weight_decay", float, zero=True),
-            epochs=self.number(get("epochs"), "recipe.epochs"),
-            batch_size=self.number(get("batch_size"), "recipe.batch_size"),
-            schedule=self.choice(get("schedule"), list(SCHEDULES), "recipe.schedule"),
-            clip_grad=self.number(get("clip_grad"), "recipe.clip_grad", float, optional=True),
-            seed=self.number(get("seed"), "recipe.seed", zero=True),
-            joint=self.typed(get("joint"), bool, "recipe.joint"),
-            mask_lr=self.number(get("mask_lr"), "recipe.mask_lr", float, optional=True),
-            lr_schedule=self.choice(get("lr_schedule"), LR_SCHEDULES, "recipe.lr_schedule"),
-            scale_ramp=self.choice(get("scale_ramp"), SCALE_RAMPS, "recipe.scale_ramp"),
-        )
+        spec = [f.name for f in dataclasses.fields(BenchmarkSpec)]
+        options = {k: b.pop(k) for k in list(b) if k not in spec}  # checked by get_benchmark later
+        return self.spec(BenchmarkSpec, b, "benchmark", name=name, options=options)
 
     def hub(self, h: dict[str, Any], name: str) -> HubPin:
         from hatzoo.hub.download import is_repo_id
 
-        self.known(h, [f.name for f in dataclasses.fields(HubPin)], "hub")
-        repo_id = self.typed(h.get("repo_id", f"hatzoo/{name}"), str, "hub.repo_id")
-        if not is_repo_id(repo_id):
-            raise self.error("hub.repo_id", f"must look like 'org/name', got {repo_id!r}")
-        return HubPin(
-            repo_id=repo_id,
-            revision=self.typed(h.get("revision", "main"), str, "hub.revision", optional=True),
-            sha256=self.typed(h.get("sha256"), str, "hub.sha256", optional=True),
-        )
+        pin = self.spec(HubPin, {"repo_id": f"hatzoo/{name}", **h}, "hub")
+        if not is_repo_id(pin.repo_id):
+            raise self.error("hub.repo_id", f"must look like 'org/name', got {pin.repo_id!r}")
+        return pin
 
     def results(self, data: Any) -> CardResults | None:
         if data is None:
@@ -342,6 +315,34 @@ class _Parser:
             raise self.error(key, f"must be a mapping, got {type(data).__name__}")
         return dict(data)
 
+    def spec(self, cls: type, data: dict[str, Any], key: str, **given: Any) -> Any:
+        """A ``cls`` from ``data``: each field checked by its type hint and its ``_checked`` options."""
+        self.known(data, [f.name for f in dataclasses.fields(cls)], key)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in given:
+                continue
+            name, checks, value = f"{key}.{f.name}", f.metadata, data.get(f.name, f.default)
+            if "choices" in checks:
+                allowed = checks["choices"]
+                allowed = list(pkgutil.resolve_name(allowed) if isinstance(allowed, str) else allowed)
+                if checks.get("lower") and isinstance(value, str):
+                    value = value.lower()
+                if value not in allowed:
+                    raise self.error(name, f"unknown value {value!r}; choose one of {allowed}")
+                given[f.name] = value
+                continue
+            kind, *rest = typing.get_args(hints[f.name]) or (hints[f.name],)
+            value = self.typed(value, kind, name, optional=type(None) in rest)
+            if kind in (int, float) and value is not None:
+                zero = checks.get("zero", False)
+                if value < 0 or (value == 0 and not zero):
+                    raise self.error(name, f"must be {'>= 0' if zero else '> 0'}, got {value!r}")
+                if value >= checks.get("below", float("inf")):
+                    raise self.error(name, f"must be in [0, {checks['below']}), got {value}")
+            given[f.name] = value
+        return cls(**given)
+
     def known(self, data: dict[str, Any], known: Any, key: str) -> None:
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -357,15 +358,4 @@ class _Parser:
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
             names = {int: "an int", float: "a number", str: "a string", bool: "true/false"}
             raise self.error(key, f"must be {names[kind]}{' or null' if optional else ''}, got {value!r}")
-        return value
-
-    def number(self, value: Any, key: str, kind: type = int, *, optional=False, zero=False) -> Any:
-        value = self.typed(value, kind, key, optional=optional)
-        if value is not None and (value < 0 or (value == 0 and not zero)):
-            raise self.error(key, f"must be {'>= 0' if zero else '> 0'}, got {value!r}")
-        return value
-
-    def choice(self, value: Any, allowed: Any, key: str) -> str:
-        if value not in allowed:
-            raise self.error(key, f"unknown value {value!r}; choose one of {list(allowed)}")
         return value
