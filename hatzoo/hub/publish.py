@@ -76,22 +76,22 @@ def write_tree(
         return run_git(["write-tree"], repo, env=idx_env)
 
 
+def git_identity(name: str, email: str, date: str | None = None) -> dict[str, str]:
+    """git's author and committer variables for one identity (and, if given, one fixed date)."""
+    values = {"NAME": name, "EMAIL": email, "DATE": date}
+    return {f"GIT_{role}_{k}": v for role in ("AUTHOR", "COMMITTER") for k, v in values.items() if v}
+
+
 def _git_env(cwd: Path) -> dict[str, str]:
     """Environment for commits: the user's git identity if configured, else hatzoo's fixed author."""
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
-    for key in ("name", "email"):
-        probe = subprocess.run(
-            ["git", "config", f"user.{key}"], cwd=cwd, capture_output=True, text=True, check=False
-        )
-        if probe.returncode != 0 or not probe.stdout.strip():
-            name, email = DEFAULT_AUTHOR
-            env.update(GIT_AUTHOR_NAME=name, GIT_AUTHOR_EMAIL=email)
-            env.update(GIT_COMMITTER_NAME=name, GIT_COMMITTER_EMAIL=email)
-            break
-    return env
+    with contextlib.suppress(HubError):  # git config exits 1 for an unset key
+        if run_git(["config", "user.name"], cwd) and run_git(["config", "user.email"], cwd):
+            return env
+    return env | git_identity(*DEFAULT_AUTHOR)
 
 
-def _folder_files(folder: str | os.PathLike[str]) -> tuple[Path, list[str]]:
+def folder_files(folder: str | os.PathLike[str]) -> tuple[Path, list[str]]:
     """The folder and its files as sorted posix paths relative to it (no .git, no symlinked dirs)."""
     root = Path(folder).absolute()  # git runs in other folders: relative paths would point elsewhere
     if not root.is_dir():
@@ -129,14 +129,9 @@ def _is_local_remote(url: str) -> bool:
 
 def _rev(repo: Path, ref: str) -> str | None:
     """The commit sha ``ref`` names in ``repo``, or None when there is no such ref."""
-    proc = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
+    with contextlib.suppress(HubError):
+        return run_git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], repo) or None
+    return None
 
 
 def _tag(repo: Path, tag: str, sha: str, env: dict[str, str]) -> None:
@@ -283,7 +278,7 @@ def publish_git(
     """
     if (mirror_root is None) == (remote_url is None):
         raise HubError("publish_git needs exactly one of mirror_root (a local mirror folder) or remote_url")
-    root, files = _folder_files(folder)
+    root, files = folder_files(folder)
     _check_names(branch, tag)
     if not message.strip():
         raise HubError("the commit message is empty: give a short description of this revision")
@@ -334,7 +329,7 @@ def publish_http(
     folder. Needs a token with write access (``token=`` or ``hf auth login``). ``endpoint`` defaults to
     ``HF_ENDPOINT`` as set at call time.
     """
-    root, _ = _folder_files(folder)
+    root, _ = folder_files(folder)
     endpoint = hub_endpoint(endpoint)
     if hub_offline():
         raise HubError(f"cannot upload {repo_id}: HF_HUB_OFFLINE is set; unset it to publish to {endpoint}")

@@ -20,7 +20,7 @@ from pathlib import Path
 from hatzoo.card import HubPin
 from hatzoo.errors import CheckpointError, HubError
 from hatzoo.hub.local_hub import repo_folder
-from hatzoo.hub.publish import run_git, write_tree
+from hatzoo.hub.publish import folder_files, git_identity, run_git, write_tree
 
 __all__ = [
     "ZOO_ENV",
@@ -74,11 +74,8 @@ def release_folder(name: str) -> Path | None:
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """The sha256 hex digest of a file, read in blocks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def verify_sha256(folder: Path, expected: str | None, name: str, remedy: str) -> None:
@@ -94,15 +91,6 @@ def verify_sha256(folder: Path, expected: str | None, name: str, remedy: str) ->
 
 
 # ------------------------------------------------------------------------------------ deterministic revision
-def _files(folder: Path) -> list[str]:
-    """The folder's files as sorted posix paths relative to it (no .git)."""
-    return sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and ".git" not in p.relative_to(folder).parts
-    )
-
-
 def _git_object(kind: str, body: bytes) -> bytes:
     """The binary sha-1 git gives an object of this kind and content."""
     return hashlib.sha1(f"{kind} {len(body)}\0".encode() + body, usedforsecurity=False).digest()
@@ -110,11 +98,9 @@ def _git_object(kind: str, body: bytes) -> bytes:
 
 def _blob_sha(path: Path) -> bytes:
     """git's blob id of a file, streamed."""
-    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
+    header = f"blob {path.stat().st_size}\0".encode()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.digest()
+        return hashlib.file_digest(handle, lambda: hashlib.sha1(header, usedforsecurity=False)).digest()
 
 
 def _tree_sha(folder: Path, files: list[str]) -> bytes:
@@ -145,7 +131,7 @@ def _release_files(folder: str | os.PathLike[str]) -> tuple[Path, list[str]]:
     root = Path(folder).resolve()  # git runs in the mirror repository, not here
     if not (root / WEIGHTS).is_file():
         raise HubError(f"{root} is not a zoo release: it has no {WEIGHTS} (write it with save_pretrained)")
-    return root, _files(root)
+    return folder_files(root)
 
 
 def release_revision(folder: str | os.PathLike[str]) -> str:
@@ -167,16 +153,7 @@ def _commit_release(folder: Path, repo: Path) -> str:
     if not (repo / ".git").exists():
         repo.mkdir(parents=True, exist_ok=True)
         run_git(["init", "-q", "--object-format=sha1", "-b", "main"], repo)
-    name, email = RELEASE_IDENTITY
-    env = dict(
-        os.environ,
-        GIT_AUTHOR_NAME=name,
-        GIT_AUTHOR_EMAIL=email,
-        GIT_AUTHOR_DATE=RELEASE_DATE,
-        GIT_COMMITTER_NAME=name,
-        GIT_COMMITTER_EMAIL=email,
-        GIT_COMMITTER_DATE=RELEASE_DATE,
-    )
+    env = dict(os.environ, **git_identity(*RELEASE_IDENTITY, RELEASE_DATE))
     tree = write_tree(repo, root, files, env, mode=lambda _: "100644")
     sha = run_git(["commit-tree", "--no-gpg-sign", tree], repo, env=env, input_text=RELEASE_MESSAGE)
     run_git(["update-ref", "refs/heads/main", sha], repo)
