@@ -39,12 +39,6 @@ def _where(repo_id: str, revision: str | None) -> str:
     return f"{repo_id}@{revision}" if revision else repo_id
 
 
-def _local_folder(repo_id_or_path: str | os.PathLike[str]) -> Path | None:
-    """The folder itself when the argument names an existing local directory."""
-    p = Path(repo_id_or_path).expanduser()
-    return p.resolve() if p.is_dir() else None
-
-
 def _check_repo_id(repo_id: str) -> None:
     """Refuse something that is neither an existing folder nor a repo id, before any network call."""
     if not is_repo_id(repo_id):
@@ -83,14 +77,6 @@ def _diagnose_missing(api: object, repo_id: str, revision: str | None, filename:
     )
 
 
-def _offline_error(repo_id: str, revision: str | None, cache: Path, what: str) -> HubError:
-    """The error for offline mode with nothing cached."""
-    return HubError(
-        f"{what} {_where(repo_id, revision)} is not in the local cache {cache} and HF_HUB_OFFLINE is set: "
-        "run once online to cache it, or unset HF_HUB_OFFLINE"
-    )
-
-
 def _fetch(
     repo_id_or_path: str | os.PathLike[str],
     revision: str | None,
@@ -114,8 +100,9 @@ def _fetch(
         RevisionNotFoundError,
     )
 
-    local = _local_folder(repo_id_or_path)
-    if local is not None:
+    local = Path(repo_id_or_path).expanduser()
+    if local.is_dir():
+        local = local.resolve()
         if filename is None:
             return local
         if not (local / filename).is_file():
@@ -135,18 +122,20 @@ def _fetch(
             snapshot_download(repo_id, allow_patterns=allow_patterns, local_files_only=local_only, **kwargs)
         )
 
-    if hub_offline():
+    offline = hub_offline()
+    if offline or not endpoint_reachable(endpoint):  # the cache alone, at once
         try:
             return call(local_only=True)
         except LocalEntryNotFoundError as err:
-            raise _offline_error(repo_id, revision, cache, what) from err
-    if not endpoint_reachable(endpoint):
-        try:
-            return call(local_only=True)
-        except LocalEntryNotFoundError as err:
+            where = f"{what} {_where(repo_id, revision)}"
+            if offline:
+                raise HubError(
+                    f"{where} is not in the local cache {cache} and HF_HUB_OFFLINE is set: run once online "
+                    "to cache it, or unset HF_HUB_OFFLINE"
+                ) from err
             raise HubError(
-                f"cannot reach the Hub at {endpoint} and {what} {_where(repo_id, revision)} is not in the "
-                f"local cache {cache}: check HF_ENDPOINT and your network"
+                f"cannot reach the Hub at {endpoint} and {where} is not in the local cache {cache}: check "
+                "HF_ENDPOINT and your network"
             ) from err
     try:
         return call(local_only=False)

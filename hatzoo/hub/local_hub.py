@@ -102,11 +102,9 @@ class LocalHub:
         self.port: int | None = None
         self.startup_timeout = startup_timeout
         self._own_mirror = mirror_root is None
-        self._mirror_arg = mirror_root
-        self._work_arg = work_dir
         self._own_work = work_dir is None
         self.mirror_root: Path = Path(mirror_root).resolve() if mirror_root is not None else Path()
-        self.work_dir: Path = Path()
+        self.work_dir: Path = Path(work_dir).resolve() if work_dir is not None else Path()
         self._proc: subprocess.Popen[bytes] | None = None
         self._console = None
 
@@ -158,10 +156,7 @@ class LocalHub:
         (self.mirror_root / "models").mkdir(exist_ok=True)
         if self._own_work:
             self.work_dir = Path(tempfile.mkdtemp(prefix="hatzoo-olah-"))
-        else:
-            self.work_dir = Path(self._work_arg).resolve()  # type: ignore[arg-type]
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-        (self.work_dir / "logs").mkdir(exist_ok=True)
+        (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.work_dir / "repos").mkdir(exist_ok=True)
         atexit.register(self.stop)
 
