@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from hatzoo.errors import HATError
 
 JSON_TYPES = ("application/json",)
 NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
+M = TypeVar("M", bound=BaseModel)
 
 
 class RequestError(HATError):
@@ -45,6 +47,17 @@ def parse_json(body: bytes) -> Any:
         raise RequestError(400, "body is not valid JSON here: arrays or objects nest too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestError(400, f"body is not valid JSON: {e}") from None
+
+
+def parse_request(body: bytes, model: type[M], hint: str = "") -> M:
+    """A JSON body validated by a request model; 400 naming the first bad field (then ``hint``) otherwise."""
+    try:
+        return model.model_validate(parse_json(body))
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise RequestError(
+            400, f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}{hint}"
+        ) from None
 
 
 def number_array(value: Any, what: str = "inputs") -> np.ndarray:

@@ -41,6 +41,13 @@ def pixels_to_input(arr: np.ndarray, spec: TaskSpec) -> np.ndarray:
     return normalize(arr, spec)
 
 
+def uint8_pixels(arr: np.ndarray, what: str) -> np.ndarray:
+    """``arr`` as uint8 pixels; 400 saying ``what`` must be unless every value is an integer in [0, 255]."""
+    if (arr != np.round(arr)).any() or arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
+        raise RequestError(400, f"{what} must be integers in [0, 255]")
+    return arr.astype(np.uint8)
+
+
 def looks_like_raw_pixels(arr: np.ndarray, spec: TaskSpec) -> bool:
     """True when every value lies in [0, 1] but the task's normalization is not the identity."""
     identity = all(m == 0 for m in spec.mean) and all(s == 1 for s in spec.std)

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -21,8 +20,8 @@ from . import schemas
 from .agnostic import DEFAULT_RULE, RULES, answer, answering_specs, check_rule, normalization_groups
 from .bundle import TaskSpec
 from .context import Serving, validate_input
-from .decode import JSON_TYPES, NPY_TYPES, RequestError, media_type, npy_array, number_array, parse_json
-from .images import IMAGE_TYPES, decode_image, looks_like_raw_pixels, pixels_to_input
+from .decode import JSON_TYPES, NPY_TYPES, RequestError, media_type, npy_array, number_array, parse_request
+from .images import IMAGE_TYPES, decode_image, looks_like_raw_pixels, pixels_to_input, uint8_pixels
 from .runtime import OverloadedError, UnknownModelError
 from .triton import triton_model_name
 
@@ -99,21 +98,12 @@ def float_input(arr: np.ndarray, spec: TaskSpec, normalized: bool | None, warnin
 
 def decode_json_predict(body: bytes, spec: TaskSpec) -> tuple[np.ndarray, int, list[str]]:
     """(normalized input, top_k, warnings) of a JSON :predict body."""
-    doc = parse_json(body)
-    try:
-        req = schemas.PredictRequest.model_validate(doc)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "body"
-        raise RequestError(
-            400, f'{where}: {first["msg"]}; the body is {{"inputs": [B, C, H, W] lists, "top_k": k, ...}}'
-        ) from None
+    hint = '; the body is {"inputs": [B, C, H, W] lists, "top_k": k, ...}'
+    req = parse_request(body, schemas.PredictRequest, hint)
     arr = number_array(req.inputs)
     warnings: list[str] = []
     if req.dtype == "uint8":
-        if (arr != np.round(arr)).any() or arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
-            raise RequestError(400, "with dtype uint8, inputs must be integers in [0, 255]")
-        x = pixels_to_input(arr.astype(np.uint8), spec)
+        x = pixels_to_input(uint8_pixels(arr, "with dtype uint8, inputs"), spec)
     else:
         x = float_input(arr, spec, req.normalized, warnings)
     return x, req.top_k, warnings
@@ -221,7 +211,6 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
                 f"unknown action in {request.url.path!r}; use /v1/models/{{model}}/tasks/{{task}}:predict",
             )
         task = task_action[: -len(PREDICT_SUFFIX)]
-        t0 = time.perf_counter()
         try:
             spec = s.pool.spec(model, task)
         except UnknownModelError as e:
@@ -229,7 +218,9 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
             return error(404, str(e))
 
         async def work() -> tuple[JSONResponse, int]:
-            x, k, warnings = await _decode(s, request, spec)
+            ctype = predict_media_type(request)
+            body = await s.read_body(request, s.body_limit(spec))
+            x, k, warnings = await decode_body(s, request, ctype, body, spec)
             x = validate_input(x, spec, s.config.max_request_batch)
             logits = await s.batcher.predict(model, task, x)
             doc = {
@@ -241,9 +232,7 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
             }
             return JSONResponse(doc), len(x)
 
-        status, resp, rows = await guarded(work())
-        s.metrics.observe(model, task, status, time.perf_counter() - t0, rows)
-        return resp
+        return await guarded(s, model, task, work())
 
     @app.post(
         "/v1/models/{model_action}",
@@ -265,7 +254,6 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
         if bundle is None:
             s.metrics.observe_unrouted(404)
             return error(404, f"unknown model {model!r}; known models: {sorted(s.pool.bundles)}")
-        t0 = time.perf_counter()
 
         async def work() -> tuple[JSONResponse, int]:
             rule = check_rule(request.query_params.get("rule", DEFAULT_RULE))
@@ -289,31 +277,25 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
             }
             return JSONResponse(doc), len(logits[0])
 
-        status, resp, rows = await guarded(work())
-        s.metrics.observe(model, AGNOSTIC_TASK, status, time.perf_counter() - t0, rows)
-        return resp
+        return await guarded(s, model, AGNOSTIC_TASK, work())
 
 
-async def guarded(work: Awaitable[tuple[Response, int]]) -> tuple[int, Response, int]:
-    """(status, answer, rows) of a route's work: every failure becomes a JSON error, never a crash."""
+async def guarded(s: Serving, model: str, task: str, work: Awaitable[tuple[Response, int]]) -> Response:
+    """The answer of a route's work, timed and counted under (model, task) in the metrics: every failure
+    becomes a JSON error, never a crash."""
+    t0, rows = time.perf_counter(), 0
     try:
         resp, rows = await work
-        return 200, resp, rows
     except RequestError as e:
-        return e.status, error(e.status, str(e)), 0
+        resp = error(e.status, str(e))
     except OverloadedError as e:
-        return 503, error(503, str(e)), 0
+        resp = error(503, str(e))
     except HATError as e:
-        return 500, error(500, f"server error: {e}"), 0
+        resp = error(500, f"server error: {e}")
     except Exception as e:  # noqa: BLE001 - one bad request must never take the server down
-        return 500, error(500, f"server error: {type(e).__name__}: {e}"), 0
-
-
-async def _decode(s: Serving, request: Request, spec: TaskSpec) -> tuple[np.ndarray, Any, list[str]]:
-    """(normalized input, top_k, warnings) of a :predict request, whatever its content type."""
-    ctype = predict_media_type(request)
-    body = await s.read_body(request, s.body_limit(spec))
-    return await decode_body(s, request, ctype, body, spec)
+        resp = error(500, f"server error: {type(e).__name__}: {e}")
+    s.metrics.observe(model, task, resp.status_code, time.perf_counter() - t0, rows)
+    return resp
 
 
 def predict_media_type(request: Request) -> str:

@@ -11,25 +11,26 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from . import schemas
 from .agnostic import DEFAULT_RULE, answer, answering_specs, check_rule, normalization_groups
 from .bundle import TaskSpec
 from .context import Serving, validate_input
-from .decode import RequestError, media_type, number_array, parse_json
-from .images import pixels_to_input
+from .decode import RequestError, media_type, number_array, parse_request
+from .images import pixels_to_input, uint8_pixels
 from .v1 import AGNOSTIC_TASK, ERRORS, error, guarded
 
 HEADER_LENGTH = "inference-header-content-length"
 V2_TYPES = {"float32": "FP32", "float16": "FP16"}
 IN_DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
+OUT_DTYPES = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT64": "<i8"}  # binary outputs: little-endian
+# the outputs of a whole model answering without a task id, and their datatypes
+AGNOSTIC_OUTPUTS = {"task": "BYTES", "label": "BYTES", "class_index": "INT64", "scores": "FP64"}
 INFER_BODIES = {
     "application/json": {"schema": {"$ref": "#/components/schemas/V2InferRequest"}},
     "application/octet-stream": {
@@ -47,11 +48,7 @@ def decode_infer(
         raise RequestError(
             400, f"{HEADER_LENGTH} {header_length} is longer than the body ({len(body)} bytes)"
         )
-    try:
-        req = schemas.V2InferRequest.model_validate(parse_json(head))
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise RequestError(400, f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}") from None
+    req = parse_request(head, schemas.V2InferRequest)
     if len(req.inputs) != 1 or req.inputs[0].name != spec.input_name:
         got = [i.name for i in req.inputs]
         raise RequestError(400, f"this model takes one input named {spec.input_name!r}, got {got}")
@@ -64,12 +61,7 @@ def decode_infer(
     n = math.prod(t.shape)
     size = t.parameters.get("binary_data_size")
     if size is not None:
-        if (
-            not isinstance(size, int)
-            or isinstance(size, bool)
-            or size != n * dtype.itemsize
-            or size > len(tail)
-        ):
+        if type(size) is not int or size != n * dtype.itemsize or size > len(tail):  # a bool is no size
             raise RequestError(
                 400, f"binary_data_size {size!r} does not match shape {t.shape} of {t.datatype}"
             )
@@ -78,11 +70,7 @@ def decode_infer(
         values = number_array(t.data, "data").ravel()
         if values.size != n:
             raise RequestError(400, f"data has {values.size} values for shape {t.shape} ({n} values)")
-        if dtype == np.uint8 and (
-            (values != np.round(values)).any() or values.min() < 0 or values.max() > 255
-        ):
-            raise RequestError(400, "UINT8 data must be integers in [0, 255]")
-        arr = values.astype(dtype)
+        arr = uint8_pixels(values, "UINT8 data") if dtype == np.uint8 else values.astype(dtype)
     else:
         raise RequestError(400, "the input has neither 'data' nor a binary_data_size parameter")
     arr = arr.reshape(t.shape)
@@ -113,15 +101,23 @@ def _binary_output(req: schemas.V2InferRequest) -> bool:
     return bool(req.parameters.get("binary_data_output", False))
 
 
-def metadata(name: str, spec: TaskSpec) -> dict[str, Any]:
-    """The v2 model metadata of one task."""
+def metadata(name: str, spec: TaskSpec, tasks: int = 0) -> dict[str, Any]:
+    """The v2 metadata (-1 is the batch) of one task, or with ``tasks`` of a whole model of that many tasks
+    answering without a task id: per row the inferred task, its label and class index, and every task's
+    score (columns in the order of the model's tasks)."""
     dt = V2_TYPES[spec.dtype]
+    outputs = [{"name": spec.output_name, "datatype": dt, "shape": [-1, spec.num_classes]}]
+    if tasks:
+        outputs = [
+            {"name": n, "datatype": t, "shape": [-1, tasks] if n == "scores" else [-1]}
+            for n, t in AGNOSTIC_OUTPUTS.items()
+        ]
     return {
         "name": name,
         "versions": ["1"],
-        "platform": "onnxruntime_onnx",
+        "platform": "hatzoo_task_agnostic" if tasks else "onnxruntime_onnx",
         "inputs": [{"name": spec.input_name, "datatype": dt, "shape": [-1, *spec.input_shape[1:]]}],
-        "outputs": [{"name": spec.output_name, "datatype": dt, "shape": [-1, spec.num_classes]}],
+        "outputs": outputs,
     }
 
 
@@ -149,7 +145,8 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
         the model ``<model>`` answering without a task id."""
         try:
             if name in s.pool.bundles:
-                return agnostic_metadata(name, answering_specs(s.pool.bundles[name]))
+                specs = answering_specs(s.pool.bundles[name])
+                return metadata(name, specs[0], len(specs))
             return metadata(name, resolve(name)[2])
         except RequestError as e:
             return error(e.status, str(e))
@@ -172,19 +169,13 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
     )
     async def infer(name: str, request: Request) -> Response:
         if name in s.pool.bundles:
-            t0 = time.perf_counter()
-            status, resp, rows = await guarded(_infer_agnostic(s, request, name))
-            s.metrics.observe(name, AGNOSTIC_TASK, status, time.perf_counter() - t0, rows)
-            return resp
+            return await guarded(s, name, AGNOSTIC_TASK, _infer_agnostic(s, request, name))
         try:
             model, task, spec = resolve(name)
         except RequestError as e:
             s.metrics.observe_unrouted(e.status)
             return error(e.status, str(e))
-        t0 = time.perf_counter()
-        status, resp, rows = await guarded(_infer(s, request, model, task, name, spec))
-        s.metrics.observe(model, task, status, time.perf_counter() - t0, rows)
-        return resp
+        return await guarded(s, model, task, _infer(s, request, model, task, name, spec))
 
 
 async def _infer(
@@ -198,44 +189,9 @@ async def _infer(
         raise RequestError(400, f"this model has one output, {spec.output_name!r}")
     x = validate_input(arr, spec, s.config.max_request_batch)
     logits = await s.batcher.predict(model, task, x)
-    out = logits.astype(np.float16 if spec.dtype == "float16" else np.float32)
-    head: dict[str, Any] = {"model_name": name, "model_version": "1", "id": req.id}
-    tensor = {"name": spec.output_name, "shape": list(out.shape), "datatype": V2_TYPES[spec.dtype]}
-    if not _binary_output(req):
-        head["outputs"] = [{**tensor, "data": out.ravel().astype(np.float64).tolist()}]
-        return JSONResponse(head), len(x)
-    raw = out.astype(out.dtype.newbyteorder("<")).tobytes()
-    head["outputs"] = [{**tensor, "parameters": {"binary_data_size": len(raw)}}]
-    text = json.dumps(head).encode()
-    headers = {HEADER_LENGTH: str(len(text))}
-    return Response(text + raw, media_type="application/octet-stream", headers=headers), len(x)
-
-
-AGNOSTIC_OUTPUTS = ("task", "label", "class_index", "scores")
-
-
-def agnostic_metadata(name: str, specs: list[TaskSpec]) -> dict[str, Any]:
-    """The v2 metadata of a whole model answering without a task id: per row the inferred task, its label
-    and class index, and every task's score (columns in the order of the model's tasks)."""
-    first = specs[0]
-    return {
-        "name": name,
-        "versions": ["1"],
-        "platform": "hatzoo_task_agnostic",
-        "inputs": [
-            {
-                "name": first.input_name,
-                "datatype": V2_TYPES[first.dtype],
-                "shape": [-1, *first.input_shape[1:]],
-            }
-        ],
-        "outputs": [
-            {"name": "task", "datatype": "BYTES", "shape": [-1]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "class_index", "datatype": "INT64", "shape": [-1]},
-            {"name": "scores", "datatype": "FP64", "shape": [-1, len(specs)]},
-        ],
-    }
+    head = {"model_name": name, "model_version": "1", "id": req.id}
+    output = (spec.output_name, V2_TYPES[spec.dtype], list(logits.shape), logits.ravel())
+    return _answer(head, [output], _binary_output(req)), len(x)
 
 
 async def _infer_agnostic(s: Serving, request: Request, model: str) -> tuple[Response, int]:
@@ -258,42 +214,42 @@ async def _infer_agnostic(s: Serving, request: Request, model: str) -> tuple[Res
     logits = await asyncio.gather(*(s.batcher.predict(model, t, inputs[t]) for t in ids))
     found = answer(ids, {spec.task_id: spec.labels for spec in specs}, logits, rule)
     rows = len(logits[0])
-    tensors = {
-        "task": ("BYTES", [rows], found["task"]),
-        "label": ("BYTES", [rows], found["label"]),
-        "class_index": ("INT64", [rows], found["class_index"]),
-        "scores": ("FP64", [rows, len(ids)], [v for row in found["scores"] for v in row]),
-    }
-    head: dict[str, Any] = {
-        "model_name": model,
-        "model_version": "1",
-        "id": req.id,
-        "parameters": {"rule": rule},
-    }
-    if not _binary_output(req):
+    values = {**found, "scores": [v for row in found["scores"] for v in row]}
+    outputs = [
+        (n, AGNOSTIC_OUTPUTS[n], [rows, len(ids)] if n == "scores" else [rows], values[n]) for n in wanted
+    ]
+    head = {"model_name": model, "model_version": "1", "id": req.id, "parameters": {"rule": rule}}
+    return _answer(head, outputs, _binary_output(req)), rows
+
+
+def _answer(head: dict[str, Any], outputs: list[tuple[str, str, list[int], Any]], binary: bool) -> Response:
+    """A v2 answer: each output (name, datatype, shape, flat values) as JSON ``data``, or, when the client
+    asked for it, with the binary tensor extension (the JSON header, then the outputs' bytes in order)."""
+    if not binary:
         head["outputs"] = [
-            {"name": n, "datatype": tensors[n][0], "shape": tensors[n][1], "data": tensors[n][2]}
-            for n in wanted
+            {
+                "name": n,
+                "datatype": dt,
+                "shape": shape,
+                "data": v if dt == "BYTES" else np.asarray(v).tolist(),
+            }
+            for n, dt, shape, v in outputs
         ]
-        return JSONResponse(head), rows
-    outputs, raws = [], []
-    for n in wanted:
-        dtype, shape, data = tensors[n]
-        raw = _binary_tensor(dtype, data)
-        outputs.append(
-            {"name": n, "datatype": dtype, "shape": shape, "parameters": {"binary_data_size": len(raw)}}
-        )
-        raws.append(raw)
-    head["outputs"] = outputs
+        return JSONResponse(head)
+    raws = [_binary_tensor(dt, v) for _, dt, _, v in outputs]
+    head["outputs"] = [
+        {"name": n, "datatype": dt, "shape": shape, "parameters": {"binary_data_size": len(raw)}}
+        for (n, dt, shape, _), raw in zip(outputs, raws, strict=True)
+    ]
     text = json.dumps(head).encode()
     return Response(
         text + b"".join(raws), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(text))}
-    ), rows
+    )
 
 
-def _binary_tensor(datatype: str, data: list[Any]) -> bytes:
+def _binary_tensor(datatype: str, data: Any) -> bytes:
     """Triton's binary tensor encoding: little-endian numbers, or length-prefixed UTF-8 strings (BYTES)."""
     if datatype == "BYTES":
         parts = [str(v).encode() for v in data]
         return b"".join(len(p).to_bytes(4, "little") + p for p in parts)
-    return np.asarray(data, dtype="<i8" if datatype == "INT64" else "<f8").tobytes()
+    return np.asarray(data, dtype=OUT_DTYPES[datatype]).tobytes()
