@@ -293,24 +293,25 @@ def publish_git(
     return sha
 
 
+_NO_UPLOAD_API = (
+    "this endpoint has no upload API (a read-only mirror such as olah); publish with git instead "
+    "(publish_git with mirror_root, or `--git-mirror DIR`)"
+)
+_NO_WRITE_ACCESS = (
+    "the token is missing, invalid or has no write access to this repo; log in with `hf auth login` or "
+    "pass token=..."
+)
+# What to do about an HTTP status the Hub answers an upload with; any other status quotes the error.
+_UPLOAD_HELP = dict.fromkeys((404, 405, 501), _NO_UPLOAD_API) | dict.fromkeys((401, 403), _NO_WRITE_ACCESS)
+
+
 def _http_error(err: Exception, endpoint: str, repo_id: str) -> HubError:
     """Turn a huggingface_hub / httpx failure during upload into a HubError that says what to do."""
-    response = getattr(err, "response", None)
-    status = getattr(response, "status_code", None)
-    if status in (404, 405, 501):
-        return HubError(
-            f"the Hub at {endpoint} refused the upload of {repo_id} (HTTP {status}): this endpoint has no "
-            "upload API (a read-only mirror such as olah); publish with git instead (publish_git with "
-            "mirror_root, or `--git-mirror DIR`)"
-        )
-    if status in (401, 403):
-        return HubError(
-            f"the Hub at {endpoint} refused the upload of {repo_id} (HTTP {status}): the token is missing, "
-            "invalid or has no write access to this repo; log in with `hf auth login` or pass token=..."
-        )
-    if status is not None:
-        return HubError(f"the Hub at {endpoint} refused the upload of {repo_id} (HTTP {status}): {err}")
-    return HubError(f"uploading {repo_id} to {endpoint} failed: {type(err).__name__}: {err}")
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status is None:
+        return HubError(f"uploading {repo_id} to {endpoint} failed: {type(err).__name__}: {err}")
+    remedy = _UPLOAD_HELP.get(status, err)
+    return HubError(f"the Hub at {endpoint} refused the upload of {repo_id} (HTTP {status}): {remedy}")
 
 
 def publish_http(
@@ -339,7 +340,7 @@ def publish_http(
             "(or publish into a local mirror with git)"
         )
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     api = HfApi(endpoint=endpoint, token=token)
     try:
@@ -358,8 +359,6 @@ def publish_http(
             f"cannot upload {repo_id}: huggingface_hub was imported with HF_HUB_OFFLINE set; unset it and "
             "restart Python"
         ) from err
-    except (HfHubHTTPError, OSError, ValueError) as err:
-        raise _http_error(err, endpoint, repo_id) from err
-    except Exception as err:  # the HTTP stack's transport errors (timeouts, resets) have no common base here
+    except Exception as err:  # HfHubHTTPError, OSError, ValueError, and the HTTP stack's transport errors
         raise _http_error(err, endpoint, repo_id) from err
     return str(info.oid)
