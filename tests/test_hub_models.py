@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 import hatzoo
 from hatzoo.hub.local_hub import LocalHub
+from hatzoo.hub.release import file_sha256
 from tests.model_support import train_tasks, vit
 
 pytestmark = pytest.mark.integration  # real processes and a real local Hub
@@ -61,21 +62,14 @@ def test_publish_with_git_load_in_fresh_process_then_offline(tmp_path):
     refs = references(model, x, tmp_path / "refs.safetensors")
     cache = tmp_path / "hf-cache"
     with LocalHub(tmp_path / "mirror") as hub:
-        endpoint = hub.endpoint
         sha = model.push_to_hub("zoo/hat-vit-test", git_mirror=hub.mirror_root, commit_message="three tasks")
         assert len(sha) == 40
-        online = run_fresh(
-            {"HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(cache)}, "zoo/hat-vit-test", "", str(refs), "3"
-        )
+        env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(cache)}
+        args = ("zoo/hat-vit-test", "", str(refs), "3")
+        online = run_fresh(env, *args)
         assert online.returncode == 0, online.stderr
     assert not hub.running
-    offline = run_fresh(
-        {"HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"},
-        "zoo/hat-vit-test",
-        "",
-        str(refs),
-        "3",
-    )
+    offline = run_fresh({**env, "HF_HUB_OFFLINE": "1"}, *args)
     assert offline.returncode == 0, offline.stderr
     assert "LOADED 3" in offline.stdout
 
@@ -112,10 +106,7 @@ def test_zoo_name_resolves_through_cards(local_hub, hub_env, repo_id, tmp_path, 
     x = torch.randn(4, 1, 16, 16)
     model = train_tasks(vit(), 2, x, seed=3)
     sha = model.push_to_hub(repo_id, git_mirror=local_hub.mirror_root)
-    folder = hatzoo.hub.snapshot(repo_id, sha)
-    import hashlib
-
-    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    digest = file_sha256(hatzoo.hub.snapshot(repo_id, sha) / "model.safetensors")
     cards = tmp_path / "cards"
     cards.mkdir()
     card = {

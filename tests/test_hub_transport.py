@@ -252,19 +252,14 @@ def test_local_hub_refuses_a_busy_port_and_cleans_up(tmp_path):
 
 def test_local_hub_startup_failure_shows_olahs_log(tmp_path, monkeypatch):
     """A server that dies at startup gives a HubError with the tail of its log, and no process remains."""
-    monkeypatch.setattr(sys, "executable", str(_fake_python(tmp_path)))
+    fake = tmp_path / "fake-python"  # prints an error and exits, standing in for a broken olah install
+    fake.write_text("#!/bin/sh\necho 'fake olah: cannot start' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
     hub = LocalHub(tmp_path / "mirror", startup_timeout=5)
     with pytest.raises(HubError, match=r"exited at startup \(code 3\)(.|\n)*fake olah: cannot start"):
         hub.start()
     assert not hub.running
-
-
-def _fake_python(tmp_path: Path) -> Path:
-    """An executable that prints an error and exits, standing in for a broken olah install."""
-    fake = tmp_path / "fake-python"
-    fake.write_text("#!/bin/sh\necho 'fake olah: cannot start' >&2\nexit 3\n")
-    fake.chmod(0o755)
-    return fake
 
 
 def test_hub_env_also_steers_plain_huggingface_hub_calls(hub_env, repo_id, make_checkpoint, tmp_path):
