@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from typing import Any
 
 from hatzoo.core.arch import check_arch, check_timm_args
+from hatzoo.core.config import HATConfig
 from hatzoo.errors import CheckpointError
 
 FORMAT = "hatzoo"
@@ -166,27 +168,16 @@ def _check_section(s: _Schema, section: dict[str, Any]) -> None:
 
 
 def _check_hat(s: _Schema, hat: Any) -> None:
-    s.mapping(
-        hat,
-        "hatzoo.hat",
-        set(),
-        {"smax", "reg_c", "reg_mode", "mask_init", "clamp", "cosh_clamp", "norm_init"},
-    )
-    for key, lo, open_lo in (
-        ("smax", 0.0, True),
-        ("reg_c", 0.0, False),
-        ("clamp", 0.0, True),
-        ("cosh_clamp", 0.0, True),
-    ):
-        if key in hat:
-            s.number(hat[key], f"hatzoo.hat.{key}", lo, open_lo=open_lo)
-    for key, choices in (
-        ("reg_mode", ("global", "per_layer")),
-        ("mask_init", ("normal", "dense", "sparse")),
-        ("norm_init", ("copy", "fresh")),
-    ):
-        if key in hat:
-            s.string(hat[key], f"hatzoo.hat.{key}", choices)
+    """The HAT options, read off ``HATConfig``'s fields: a Literal is a choice, a float a number >= 0."""
+    fields = typing.get_type_hints(HATConfig)
+    s.mapping(hat, "hatzoo.hat", set(), set(fields))
+    for key, kind in fields.items():
+        if key not in hat:
+            continue
+        if typing.get_origin(kind) is typing.Literal:
+            s.string(hat[key], f"hatzoo.hat.{key}", typing.get_args(kind))
+        else:  # reg_c may be 0 (no regularizer); scales and clamps must be > 0
+            s.number(hat[key], f"hatzoo.hat.{key}", 0.0, open_lo=key != "reg_c")
 
 
 def _check_data_config(s: _Schema, data: Any, path: str) -> None:
