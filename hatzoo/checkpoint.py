@@ -237,16 +237,11 @@ def save_pretrained(
         _TASKS_SHA256: hashlib.sha256(tasks_bytes).hexdigest(),
     }
     config = checkpoint_config(model, metadata, precision=precision, weights_id=weights_id)
-    card_text = card if card is not None else default_card(model, directory.name)
-
-    def text(value: str) -> Any:
-        return lambda handle: handle.write(value.encode())
-
-    files: dict[str, Any] = {
-        TASKS_NAME: lambda handle: handle.write(tasks_bytes),
-        WEIGHTS_NAME: lambda handle: write_safetensors(backbone, handle, header),
-        CONFIG_NAME: text(json.dumps(config, indent=2, sort_keys=True) + "\n"),
-        CARD_NAME: text(card_text),
+    files = {
+        TASKS_NAME: tasks_bytes,
+        WEIGHTS_NAME: lambda handle: write_safetensors(backbone, handle, header),  # streamed (the largest)
+        CONFIG_NAME: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+        CARD_NAME: (card if card is not None else default_card(model, directory.name)).encode(),
     }
     return write_folder(directory, files)
 
@@ -471,9 +466,8 @@ def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], directory: 
                 f"{tuple(want.shape)} {want_dtype}; config and weights come from different models"
             )
     with torch.no_grad():
-        shared = {k: v for k, v in tensors.items() if not k.startswith("tasks.")}
         own = model.backbone.state_dict()
-        model.backbone.load_state_dict({**own, **{k: v for k, v in shared.items() if k in own}}, strict=True)
+        model.backbone.load_state_dict({k: tensors.get(k, v) for k, v in own.items()}, strict=True)
         for t, info in enumerate(model.tasks):
             if info.status == "forgotten":
                 continue

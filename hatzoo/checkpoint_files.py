@@ -11,6 +11,7 @@ so a reader sees either the complete old folder or the complete new one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -79,8 +80,8 @@ def write_safetensors(tensors: dict[str, torch.Tensor], file: BinaryIO, metadata
         file.write(_raw(tensors[key]))
 
 
-def write_folder(target: Path, files: dict[str, Callable[[BinaryIO], None]]) -> Path:
-    """Write ``files`` (name -> writer) as the folder ``target``, replacing an existing one at once.
+def write_folder(target: Path, files: dict[str, bytes | Callable[[BinaryIO], None]]) -> Path:
+    """Write ``files`` (name -> bytes or writer) as the folder ``target``, replacing an existing one at once.
 
     Entries of an existing folder that are not among ``files`` are carried over (hard links).
     """
@@ -92,11 +93,21 @@ def write_folder(target: Path, files: dict[str, Callable[[BinaryIO], None]]) -> 
     try:
         for name, write in files.items():
             with open(new / name, "wb") as handle:
-                write(handle)
+                if isinstance(write, bytes):
+                    handle.write(write)
+                else:
+                    write(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
-        if target.is_dir():
-            _carry_over(target, new, set(files))
+        if target.is_dir():  # carry over what this save does not write, as hard links
+            shutil.copytree(
+                target,
+                new,
+                symlinks=True,
+                ignore=lambda folder, names: set(files) if folder == str(target) else (),
+                copy_function=_link,
+                dirs_exist_ok=True,
+            )
         _fsync_dir(new)
         _swap_in(new, target)
     except BaseException:
@@ -104,16 +115,6 @@ def write_folder(target: Path, files: dict[str, Callable[[BinaryIO], None]]) -> 
         raise
     _fsync_dir(target.parent)
     return target
-
-
-def _carry_over(old: Path, new: Path, written: set[str]) -> None:
-    for entry in old.iterdir():
-        if entry.name in written:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=_link)
-        else:
-            _link(entry, new / entry.name)
 
 
 def _link(src: str | Path, dst: str | Path) -> None:
@@ -155,13 +156,10 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _fsync_dir(path: Path) -> None:
-    try:
+    """Make a folder's entries durable; skipped where a folder cannot be opened (Windows)."""
+    with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
