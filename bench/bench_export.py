@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hatzoo.export.onnx_export import export_module, export_task
+from hatzoo.export.onnx_export import export_module, export_task, ort_session
 
 import hatzoo
 from hatzoo.core.specialize import specialize
@@ -80,15 +80,6 @@ def side_by_side(runs: dict[str, Callable[[], object]], repeats: int) -> dict[st
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def session(path: Path):
-    """A CPU ONNX Runtime session with full graph optimization."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def bench_setting(setting: Setting, work: Path, repeats: int) -> list[dict]:
     """Rows of the table for one architecture (one per keep fraction)."""
     model = build(setting)
@@ -99,7 +90,7 @@ def bench_setting(setting: Setting, work: Path, repeats: int) -> list[dict]:
         dense_path = export_module(
             specialize(model, t, prune=False), example, work / f"{setting.name}-{t}-dense.onnx"
         )
-        sessions = {"pruned": session(pruned.path), "dense": session(dense_path)}
+        sessions = {"pruned": ort_session(pruned.path), "dense": ort_session(dense_path)}
         row = {
             "setting": setting.label,
             "keep": keep,

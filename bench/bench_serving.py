@@ -30,6 +30,7 @@ def build_demo_bundle(out: Path, arch: str = "cnn", tasks: int = 4) -> Path:
     """Export ``tasks`` small models (random weights) into a bundle (needs torch; timm for 'vit')."""
     import torch
     from hatzoo.export.bundle import write_manifest
+    from hatzoo.export.onnx_export import export_module
     from torch import nn
 
     out.mkdir(parents=True, exist_ok=True)
@@ -57,19 +58,7 @@ def build_demo_bundle(out: Path, arch: str = "cnn", tasks: int = 4) -> Path:
                 nn.Flatten(),
                 nn.Linear(128, 10),
             )
-        net.eval()
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        torch.onnx.export(
-            net,
-            (torch.randn(2, *shape),),
-            str(out / f"task{t}.onnx"),
-            dynamo=True,
-            external_data=False,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_shapes=({0: batch},),
-            verbose=False,
-        )
+        export_module(net.eval(), torch.randn(2, *shape), out / f"task{t}.onnx")
         entries[t] = {
             "file": f"task{t}.onnx",
             "input_shape": [None, *shape],

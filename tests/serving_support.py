@@ -34,28 +34,11 @@ def _net(kind: str, k: int, seed: int):
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, k)).eval()
 
 
-def export_graph(net, path: Path, shape: tuple[int, ...] = SHAPE) -> None:
-    """Export with a batch-2 example and a dynamic batch dimension, as one file."""
-    import torch
-
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(
-        net,
-        (torch.randn(2, *shape),),
-        str(path),
-        dynamo=True,
-        external_data=False,
-        input_names=["x"],
-        output_names=["logits"],
-        dynamic_shapes=({0: batch},),
-        opset_version=18,
-        verbose=False,
-    )
-
-
 def build_bundles(root: Path) -> list[Path]:
-    """Export both test models' tasks and write their manifests with write_manifest."""
+    """Export both test models' tasks (dynamic batch, one file each) and write their manifests."""
+    import torch
     from hatzoo.export.bundle import write_manifest
+    from hatzoo.export.onnx_export import export_module
 
     dirs = []
     for (name, tasks), kind in ((MODEL_A, "cnn"), (MODEL_B, "mlp")):
@@ -63,7 +46,7 @@ def build_bundles(root: Path) -> list[Path]:
         d.mkdir(parents=True)
         entries = {}
         for tid, k, seed in tasks:
-            export_graph(_net(kind, k, seed), d / f"task{tid}.onnx")
+            export_module(_net(kind, k, seed), torch.randn(2, *SHAPE), d / f"task{tid}.onnx")
             entries[tid] = {
                 "file": f"task{tid}.onnx",
                 "input_shape": [None, *SHAPE],
@@ -96,16 +79,12 @@ class Reference:
         self._lock = threading.Lock()
 
     def __call__(self, model: str, task: str | int, x: np.ndarray) -> np.ndarray:
-        import onnxruntime as ort
-        from hatzoo.export.runtime import session_options
+        from hatzoo.export.onnx_export import ort_session
 
         key = (model, str(task))
         with self._lock:
             if key not in self._s:
-                path = str(self.bundles[model].tasks[str(task)].path)
-                self._s[key] = ort.InferenceSession(
-                    path, session_options(), providers=["CPUExecutionProvider"]
-                )
+                self._s[key] = ort_session(self.bundles[model].tasks[str(task)].path)
         return self._s[key].run(["logits"], {"x": x})[0]
 
 
