@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,7 @@ def get_benchmark(
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise DataArgumentError(f"seed must be a non-negative int, got {seed!r}")
     check_limit("max_train_per_task", max_train_per_task)
+    check_limit("max_test_per_task", kwargs.get("max_test_per_task"))
     return fn(seed=int(seed), root=root, max_train_per_task=max_train_per_task, **kwargs)
 
 
@@ -106,23 +108,50 @@ def resolve_class_order(class_order: str | Sequence[int] | None, num_classes: in
     return order
 
 
-def pick(y: np.ndarray, limit: int | None, gen: np.random.Generator) -> np.ndarray:
-    """All indices, or a seeded class-balanced subset of ``limit`` of them."""
-    return np.arange(len(y)) if limit is None else balanced_subset(y, limit, gen)
+def make_task(
+    name: str,
+    labels: Sequence[str],
+    splits: tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    convert: Callable[[np.ndarray], torch.Tensor],
+    *,
+    classes: Sequence[int] | None = None,
+    seed: int,
+    t: int,
+    limits: tuple[int | None, int | None],
+    **info: Any,
+) -> TaskData:
+    """Task ``t``: the images of ``classes`` (default: all ``labels``) in the (x, y) train and test
+    ``splits``, each limited to a seeded class-balanced subset (streams ``[seed, 1|3, t]``), made tensors
+    by ``convert``, with labels renumbered 0..k-1 in ``classes`` order."""
+    classes = list(range(len(labels)) if classes is None else classes)
+    lut = np.full(len(labels), -1, dtype=np.int64)
+    lut[classes] = np.arange(len(classes))
+    datasets, available = [], []
+    for (x, y), limit, stream in zip(splits, limits, (1, 3), strict=True):
+        idx = np.flatnonzero(lut[y] >= 0)
+        available.append(len(idx))
+        if limit is not None:  # drawn over the original class ids, so the class order never changes it
+            idx = idx[balanced_subset(y[idx], limit, rng(seed, stream, t))]
+        datasets.append(TensorDataset(convert(x[idx]), torch.from_numpy(lut[y[idx]])))
+    info = {"train_available": available[0], "test_available": available[1], **info}
+    return TaskData(name, tuple(classes), [labels[c] for c in classes], *datasets, info)
 
 
 def split_tasks(
     bench: str,
-    raw: RawData,
+    load: Callable[..., RawData],
     *,
-    seed: int,
-    classes_per_task: int,
-    class_order: str | Sequence[int] | None,
-    max_train_per_task: int | None,
-    max_test_per_task: int | None,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    max_train_per_task: int | None = None,
+    max_test_per_task: int | None = None,
+    class_order: str | Sequence[int] | None = None,
+    classes_per_task: int = 2,
+    **load_options: Any,
 ) -> TaskSequence:
-    """Cut a data set into tasks of ``classes_per_task`` classes each, in the resolved class order."""
-    check_limit("max_test_per_task", max_test_per_task)
+    """Cut the data set ``load(root, **load_options)`` into tasks of ``classes_per_task`` classes each,
+    in the resolved class order."""
+    raw = load(root, **load_options)
     if isinstance(classes_per_task, bool) or not isinstance(classes_per_task, int) or classes_per_task < 1:
         raise DataArgumentError(f"classes_per_task must be a positive int, got {classes_per_task!r}")
     order = resolve_class_order(class_order, raw.num_classes, seed)
@@ -131,36 +160,14 @@ def split_tasks(
             f"{len(order)} classes do not divide into tasks of {classes_per_task}; "
             "change classes_per_task or give a class_order whose length is a multiple of it"
         )
+    convert = partial(to_tensor, scale=raw.scale, mean=raw.mean, std=raw.std)
+    limits = (max_train_per_task, max_test_per_task)
     tasks = []
     for t in range(len(order) // classes_per_task):
         group = order[t * classes_per_task : (t + 1) * classes_per_task]
-        lut = np.full(raw.num_classes, -1, dtype=np.int64)
-        lut[group] = np.arange(len(group))
-        splits = []
-        for x, y, limit, stream in (
-            (raw.x_train, raw.y_train, max_train_per_task, 1),
-            (raw.x_test, raw.y_test, max_test_per_task, 3),
-        ):
-            idx = np.flatnonzero(lut[y] >= 0)
-            sub = idx[pick(y[idx], limit, rng(seed, stream, t))]
-            splits.append(
-                (
-                    len(idx),
-                    TensorDataset(
-                        to_tensor(x[sub], raw.scale, raw.mean, raw.std), torch.from_numpy(lut[y[sub]])
-                    ),
-                )
-            )
-        (n_train, train), (n_test, test) = splits
+        name = f"{bench}/{'-'.join(str(c) for c in group)}"
         tasks.append(
-            TaskData(
-                name=f"{bench}/{'-'.join(str(c) for c in group)}",
-                classes=tuple(group),
-                labels=[raw.labels[c] for c in group],
-                train=train,
-                test=test,
-                info={"train_available": n_train, "test_available": n_test},
-            )
+            make_task(name, raw.labels, raw.splits, convert, classes=group, seed=seed, t=t, limits=limits)
         )
     c, h, w = raw.x_train.shape[1:]
     options = {
@@ -176,31 +183,10 @@ def split_tasks(
 def split_benchmark(bench: str, load: Callable[..., RawData], classes_per_task: int = 2) -> Builder:
     """A builder that cuts the data set ``load(root, **options)`` returns into tasks of classes.
 
-    The builder takes the split options below plus ``load``'s keyword-only ones (torchvision's
+    The builder takes the options of :func:`split_tasks` plus ``load``'s keyword-only ones (torchvision's
     ``download``), and says so in its signature, which :func:`get_benchmark` checks options against.
     """
-    default_classes_per_task = classes_per_task
-
-    def build(
-        *,
-        seed: int = 0,
-        root: str | os.PathLike | None = None,
-        max_train_per_task: int | None = None,
-        max_test_per_task: int | None = None,
-        class_order: str | Sequence[int] | None = None,
-        classes_per_task: int = default_classes_per_task,
-        **load_options: Any,
-    ) -> TaskSequence:
-        return split_tasks(
-            bench,
-            load(root, **load_options),
-            seed=seed,
-            classes_per_task=classes_per_task,
-            class_order=class_order,
-            max_train_per_task=max_train_per_task,
-            max_test_per_task=max_test_per_task,
-        )
-
+    build = partial(split_tasks, bench, load, classes_per_task=classes_per_task)
     own = inspect.signature(build)
     extra = [p for p in inspect.signature(load).parameters.values() if p.kind is p.KEYWORD_ONLY]
     split = list(own.parameters.values())[:-1]  # all but **load_options
@@ -220,6 +206,11 @@ for _name, _load, _help in (
     BENCHMARKS.register(_name, _help)(split_benchmark(_name, _load))
 
 
+def _permuted(x: np.ndarray, raw: RawData, perm: torch.Tensor) -> torch.Tensor:
+    """MNIST images normalized, with their 784 pixels in the order ``perm``."""
+    return to_tensor(x, raw.scale, raw.mean, raw.std).flatten(1)[:, perm].reshape(-1, 1, 28, 28)
+
+
 @BENCHMARKS.register(
     "permuted-mnist", "MNIST (offline) with a seeded pixel permutation per task, 10 classes each"
 )
@@ -234,21 +225,15 @@ def permuted_mnist(
 ) -> TaskSequence:
     """Permuted-MNIST: task t shuffles the 784 pixels with stream ``[seed, 2, t]`` (task 0 kept if asked)."""
     check_limit("num_tasks", num_tasks)
-    check_limit("max_test_per_task", max_test_per_task)
     raw = sources.load_mnist(root)
-    x_train = to_tensor(raw.x_train, raw.scale, raw.mean, raw.std).flatten(1)
-    x_test = to_tensor(raw.x_test, raw.scale, raw.mean, raw.std).flatten(1)
+    limits = (max_train_per_task, max_test_per_task)
     tasks = []
     for t in range(num_tasks):
         perm = np.arange(784) if identity_first and t == 0 else rng(seed, 2, t).permutation(784)
-        p = torch.from_numpy(perm)
-        itr = torch.from_numpy(pick(raw.y_train, max_train_per_task, rng(seed, 1, t)))
-        ite = torch.from_numpy(pick(raw.y_test, max_test_per_task, rng(seed, 3, t)))
-        train = TensorDataset(x_train[itr][:, p].reshape(-1, 1, 28, 28), torch.tensor(raw.y_train)[itr])
-        test = TensorDataset(x_test[ite][:, p].reshape(-1, 1, 28, 28), torch.tensor(raw.y_test)[ite])
-        identity = bool((perm == np.arange(784)).all())
-        info = {"train_available": len(raw.y_train), "test_available": len(raw.y_test), "identity": identity}
-        tasks.append(TaskData(f"permuted-mnist/p{t}", tuple(range(10)), list(raw.labels), train, test, info))
+        convert = partial(_permuted, raw=raw, perm=torch.from_numpy(perm))
+        info = {"identity": bool((perm == np.arange(784)).all())}
+        name = f"permuted-mnist/p{t}"
+        tasks.append(make_task(name, raw.labels, raw.splits, convert, seed=seed, t=t, limits=limits, **info))
     options = {
         "seed": seed,
         "num_tasks": num_tasks,
@@ -266,13 +251,14 @@ MIXED_SOURCES: dict[str, Callable[[Any], RawData]] = {
 }
 
 
-def _unit_28(x: np.ndarray, scale: float) -> torch.Tensor:
-    """uint8 (N, 1, H, W) -> float32 in [0, 1] at 28x28 (bilinear upscaling where smaller)."""
+def _unit_28(x: np.ndarray, scale: float, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+    """uint8 (N, 1, H, W) -> float32 ``(x / scale - mean) / std`` at 28x28 (bilinear upscaling of x / scale
+    in [0, 1] where smaller); the defaults give the unnormalized images the statistics are pooled over."""
     x = np.ascontiguousarray(x) if x.flags.writeable else x.copy()  # cached sources are read-only
     t = torch.from_numpy(x).to(torch.float32).div_(scale)
     if t.shape[-2:] != (28, 28):
         t = F.interpolate(t, size=(28, 28), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
-    return t
+    return t.sub_(mean).div_(std)
 
 
 @BENCHMARKS.register(
@@ -287,7 +273,6 @@ def mixed(
     datasets: Sequence[str] = ("mnist", "fashion-mnist", "digits"),
 ) -> TaskSequence:
     """Different data sets as tasks (like 5-datasets), at 1x28x28, normalized with pooled statistics."""
-    check_limit("max_test_per_task", max_test_per_task)
     names = [datasets] if isinstance(datasets, str) else list(datasets)
     bad = [d for d in names if d not in MIXED_SOURCES]
     if not names or bad:
@@ -295,19 +280,13 @@ def mixed(
     raws = [MIXED_SOURCES[d](root) for d in names]
     # pooled over the full training sets, so the normalization does not depend on subsets
     (mean,), (std,) = pooled_stats(_unit_28(raw.x_train, raw.scale) for raw in raws)
+    limits = (max_train_per_task, max_test_per_task)
     tasks = []
     for t, (d, raw) in enumerate(zip(names, raws, strict=True)):
-        itr = pick(raw.y_train, max_train_per_task, rng(seed, 1, t))
-        ite = pick(raw.y_test, max_test_per_task, rng(seed, 3, t))
-        train = TensorDataset(
-            (_unit_28(raw.x_train[itr], raw.scale) - mean) / std, torch.from_numpy(raw.y_train[itr])
-        )
-        test = TensorDataset(
-            (_unit_28(raw.x_test[ite], raw.scale) - mean) / std, torch.from_numpy(raw.y_test[ite])
-        )
-        info = {"dataset": d, "train_available": len(raw.y_train), "test_available": len(raw.y_test)}
+        convert = partial(_unit_28, scale=raw.scale, mean=mean, std=std)
+        name = f"mixed/{d}"
         tasks.append(
-            TaskData(f"mixed/{d}", tuple(range(raw.num_classes)), list(raw.labels), train, test, info)
+            make_task(name, raw.labels, raw.splits, convert, seed=seed, t=t, limits=limits, dataset=d)
         )
     options = {
         "seed": seed,

@@ -93,6 +93,11 @@ class RawData:
         """Number of classes."""
         return len(self.labels)
 
+    @property
+    def splits(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """``((x_train, y_train), (x_test, y_test))``."""
+        return (self.x_train, self.y_train), (self.x_test, self.y_test)
+
 
 def image_hashes(x: np.ndarray) -> list[bytes]:
     """A 16-byte digest of each image's raw pixels, to find identical images across sets."""

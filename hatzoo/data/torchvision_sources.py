@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
 from hatzoo.data import paths, sources
-from hatzoo.data.benchmarks import BENCHMARKS, check_limit, pick, rng, split_benchmark
+from hatzoo.data.benchmarks import BENCHMARKS, make_task, split_benchmark
 from hatzoo.data.paths import DataArgumentError
 from hatzoo.data.sources import RawData, drop_overlap
-from hatzoo.data.tasks import TaskData, TaskSequence, pooled_stats, to_tensor
+from hatzoo.data.tasks import TaskSequence, pooled_stats, to_tensor
 from hatzoo.errors import DataError
 
 # torchvision class name, standard (mean, std) of the training images in [0, 1], default classes per task
@@ -115,25 +114,28 @@ for _name, (_cls, _stats, _cpt) in TORCHVISION_SETS.items():
     )(split_benchmark(_name, _tv_loader(_name), _cpt))
 
 
-def _read_images(files: list[str], mode: str, size: tuple[int, int] | None) -> np.ndarray:
-    """Image files as uint8 (N, C, H, W) in ``mode`` ("L" or "RGB"), resized to ``size`` (H, W) if given."""
+def _read_images(
+    samples: list[tuple[str, int]], mode: str, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """ImageFolder (file, class) samples as uint8 (N, C, H, W) in ``mode`` ("L" or "RGB") resized to
+    ``size`` (H, W), and int64 labels."""
     from PIL import Image
 
     out = []
-    for f in files:
+    for f, _ in samples:
         with Image.open(f) as im:
             im = im.convert(mode)
-            if size is not None and im.size != (size[1], size[0]):
+            if im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             a = np.asarray(im, dtype=np.uint8)
         out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
         raise DataError(
-            f"images of different sizes {sorted(shapes)[:3]} (e.g. {files[0]}); pass image_size=(H, W) "
+            f"images of different sizes {sorted(shapes)[:3]} (e.g. {samples[0][0]}); pass image_size=(H, W) "
             "to resize them all to one shape"
         )
-    return np.stack(out)
+    return np.stack(out), np.array([c for _, c in samples], dtype=np.int64)
 
 
 @BENCHMARKS.register(
@@ -152,7 +154,6 @@ def imagefolder(
     from PIL import Image
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-    check_limit("max_test_per_task", max_test_per_task)
     base = _pinned_root("imagefolder", root)
     task_dirs = (
         sorted(d for d in base.iterdir() if (d / "train").is_dir() and (d / "test").is_dir())
@@ -186,37 +187,21 @@ def imagefolder(
                 f"imagefolder: task {d.name}: test/ must hold images of the train/ classes; {problem}"
             )
         listed.append((d.name, classes, train, test))
-    if channels is None:
-        with Image.open(listed[0][2][0][0]) as im:
-            channels = 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+    with Image.open(listed[0][2][0][0]) as im:  # the first training image decides what was not given
+        channels = channels or (1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3)
+        size = size or (im.size[1], im.size[0])
     mode = "L" if channels == 1 else "RGB"
-    if size is None:
-        with Image.open(listed[0][2][0][0]) as im:
-            size = (im.size[1], im.size[0])
-    raws = []
-    for name, classes, train, test in listed:
-        x_test = _read_images([p for p, _ in test], mode, size)
-        y_test = np.array([c for _, c in test], dtype=np.int64)
-        x_train, y_train = drop_overlap(
-            _read_images([p for p, _ in train], mode, size),
-            np.array([c for _, c in train], dtype=np.int64),
-            x_test,
-        )
-        raws.append((name, classes, x_train, y_train, x_test, y_test))
-    mean, std = pooled_stats(torch.from_numpy(r[2]).double() / 255.0 for r in raws)  # all tasks' train sets
+    splits = []
+    for _, _, train, test in listed:
+        x_test, y_test = _read_images(test, mode, size)
+        splits.append((drop_overlap(*_read_images(train, mode, size), x_test), (x_test, y_test)))
+    mean, std = pooled_stats(torch.from_numpy(x).double() / 255.0 for (x, _), _ in splits)  # all train sets
+    convert = partial(to_tensor, scale=255.0, mean=mean, std=std)
+    limits = (max_train_per_task, max_test_per_task)
     tasks = []
-    for t, (name, classes, x_train, y_train, x_test, y_test) in enumerate(raws):
-        itr = pick(y_train, max_train_per_task, rng(seed, 1, t))
-        ite = pick(y_test, max_test_per_task, rng(seed, 3, t))
+    for t, ((name, classes, _, _), task_splits) in enumerate(zip(listed, splits, strict=True)):
         tasks.append(
-            TaskData(
-                f"imagefolder/{name}",
-                tuple(range(len(classes))),
-                list(classes),
-                TensorDataset(to_tensor(x_train[itr], 255.0, mean, std), torch.from_numpy(y_train[itr])),
-                TensorDataset(to_tensor(x_test[ite], 255.0, mean, std), torch.from_numpy(y_test[ite])),
-                {"train_available": len(y_train), "test_available": len(y_test)},
-            )
+            make_task(f"imagefolder/{name}", classes, task_splits, convert, seed=seed, t=t, limits=limits)
         )
     options = {
         "seed": seed,
