@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 import hatzoo
+from hatzoo.checkpoint import checkpoint_tensors
 from hatzoo.hub.local_hub import LocalHub
 
 ARCH = {"img_size": 32, "patch_size": 4, "in_chans": 1}
@@ -79,11 +80,9 @@ def main() -> None:
         model.push_to_hub(REPO, git_mirror=hub.mirror_root)
         folder = model.save_pretrained(tmp / "local")
         plain = timm.create_model("vit_small_patch16_224", num_classes=0, **ARCH)
-        plain.load_state_dict(
-            {k: v for k, v in model.backbone.state_dict().items() if ".tasks." not in k}
-            | _default_norms(model),
-            strict=False,
-        )
+        backbone = {k: v for k, v in model.backbone.state_dict().items() if ".tasks." not in k}
+        shared = {k: v for k, v in checkpoint_tensors(model).items() if not k.startswith("tasks.")}
+        plain.load_state_dict(backbone | shared, strict=False)
         save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(tmp / "plain.safetensors"))
         checkpoint = sum((folder / f).stat().st_size for f in ("model.safetensors", "tasks.safetensors"))
         weights = (tmp / "plain.safetensors").stat().st_size
@@ -101,10 +100,7 @@ def main() -> None:
             f"  a task adds: packed masks {masks:,} B + head {head:,} B + norms/tokens {own:,} B"
             f" = {masks + head + own:,} B"
         )
-        warm = subprocess.run(
-            [sys.executable, "-c", f"import hatzoo; hatzoo.load({REPO!r})"], env=env, check=True
-        )
-        del warm
+        subprocess.run([sys.executable, "-c", f"import hatzoo; hatzoo.load({REPO!r})"], env=env, check=True)
         timed = subprocess.run(
             [sys.executable, "-c", TIMER, REPO, str(tmp / "plain.safetensors"), str(args.repeats)],
             env={**env, "HF_HUB_OFFLINE": "1"},
@@ -117,12 +113,6 @@ def main() -> None:
         print(f"  hatzoo.load(repo, task=3)           {hat_s * 1e3:8.1f} ms")
         print(f"  timm.create_model + load safetensors {timm_s * 1e3:8.1f} ms")
         print(f"  ratio hatzoo / timm                  {hat_s / timm_s:8.2f}  (target <= 1.5)")
-
-
-def _default_norms(model: hatzoo.HATModel) -> dict[str, torch.Tensor]:
-    from hatzoo.checkpoint import checkpoint_tensors
-
-    return {k: v for k, v in checkpoint_tensors(model).items() if not k.startswith("tasks.")}
 
 
 if __name__ == "__main__":
