@@ -16,11 +16,10 @@ import asyncio
 import ctypes
 import tempfile
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
@@ -162,10 +161,9 @@ def check_task_graph(spec: TaskSpec) -> str | None:
     if _ORT_DTYPES.get(i.type) != spec.dtype or _ORT_DTYPES.get(o.type) != spec.dtype:
         return f"{where}: the manifest says {spec.dtype} but the graph takes {i.type} and gives {o.type}"
     fixed = [d if isinstance(d, int) else None for d in i.shape]
-    if len(fixed) != len(spec.input_shape) or fixed != list(spec.input_shape):
+    if fixed != list(spec.input_shape):
         return f"{where}: the manifest's input shape {list(spec.input_shape)} is not the graph's {i.shape}"
-    width = o.shape[-1] if o.shape else None
-    if len(o.shape) != 2 or width != spec.num_classes:
+    if len(o.shape) != 2 or o.shape[-1] != spec.num_classes:
         return f"{where}: {spec.num_classes} labels for a graph output of shape {o.shape}"
     return None
 
@@ -176,7 +174,6 @@ class _Entry:
 
     session: ort.InferenceSession
     cost: int
-    last_used: float = field(default_factory=time.monotonic)
 
 
 class TaskSessionPool:
@@ -264,7 +261,6 @@ class TaskSessionPool:
             e = self._sessions.get(key)
             if e is not None:
                 self._sessions.move_to_end(key)
-                e.last_used = time.monotonic()
                 return e.session
             load_lock = self._load_locks.setdefault(key, threading.Lock())
         spec = self.spec(model, str(task))
@@ -289,15 +285,10 @@ class TaskSessionPool:
 
     def _evict_locked(self, keep: tuple[str, str]) -> None:
         """Close least recently used sessions until both budgets hold (never the one just loaded)."""
-
-        def over() -> bool:
-            n = len(self._sessions)
-            b = sum(e.cost for e in self._sessions.values())
-            return (self.max_sessions is not None and n > self.max_sessions) or (
-                self.max_bytes is not None and b > self.max_bytes
-            )
-
-        while over() and len(self._sessions) > 1:
+        while len(self._sessions) > 1 and (
+            (self.max_sessions is not None and len(self._sessions) > self.max_sessions)
+            or (self.max_bytes is not None and sum(e.cost for e in self._sessions.values()) > self.max_bytes)
+        ):
             key = next(k for k in self._sessions if k != keep)
             del self._sessions[key]  # dropping the last reference releases the session
             self.evictions += 1
@@ -396,9 +387,7 @@ class MicroBatcher:
             deadline = loop.time() + self.max_wait
             while rows < self.max_batch:
                 if q.empty():
-                    if self.max_wait <= 0:
-                        break
-                    remaining = deadline - loop.time()
+                    remaining = deadline - loop.time()  # never > 0 when max_wait is 0
                     if remaining <= 0:
                         break
                     try:
