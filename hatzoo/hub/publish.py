@@ -233,12 +233,10 @@ def _commit_and_push(
             (work / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / f, work / f)
         run_git(["add", "-A", "--", "."], work, env=env)
-        commit_env = _git_env(work) | {"GIT_TERMINAL_PROMPT": "0"}
-        if has_branch and not run_git(["status", "--porcelain"], work):
-            sha = run_git(["rev-parse", "HEAD"], work)
-        else:
+        commit_env = _git_env(work)
+        if not has_branch or run_git(["status", "--porcelain"], work):  # else the branch holds these files
             run_git(["commit", "-q", "-m", message], work, env=commit_env)
-            sha = run_git(["rev-parse", "HEAD"], work)
+        sha = run_git(["rev-parse", "HEAD"], work)
         refs = [f"HEAD:refs/heads/{branch}"]
         if tag is not None:
             _tag(work, tag, sha, commit_env)

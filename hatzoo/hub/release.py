@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from hatzoo.card import HubPin
@@ -162,33 +161,28 @@ def _commit_release(folder: Path, repo: Path) -> str:
     return sha
 
 
-def _zoo_repos(zoo: Path, names: list[str]) -> Iterator[tuple[str, str]]:
-    """(name, repo id) of each release, from the zoo cards."""
-    from hatzoo.zoo import default_zoo
-
-    cards = default_zoo()
-    for name in names:
-        if name not in cards:
-            raise HubError(
-                f"{zoo / name} has no zoo card: add cards/{name}.yaml (its hub.repo_id names the repository)"
-            )
-        yield name, cards.get_card(name).hub.repo_id
-
-
 def build_mirror(zoo: str | os.PathLike[str], mirror: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
     """Commit each release in ``zoo`` into ``mirror`` as ``models/<org>/<name>`` (the card's repo_id).
 
     Returns ``{name: (repo_id, revision)}``; each revision equals :func:`release_revision` of its folder,
     on any machine, so the cards' pins resolve against the mirror once :class:`LocalHub` serves it.
     """
+    from hatzoo.zoo import default_zoo
+
     zoo = Path(zoo)
     if not zoo.is_dir():
         raise HubError(f"the zoo folder {zoo} does not exist: point --zoo at the checkout's zoo/ folder")
     names = release_names(zoo)
     if not names:
         raise HubError(f"{zoo} holds no zoo release (folders with a {WEIGHTS})")
+    cards = default_zoo()
     built: dict[str, tuple[str, str]] = {}
-    for name, repo_id in _zoo_repos(zoo, names):
+    for name in names:
+        if name not in cards:
+            raise HubError(
+                f"{zoo / name} has no zoo card: add cards/{name}.yaml (its hub.repo_id names the repository)"
+            )
+        repo_id = cards.get_card(name).hub.repo_id
         sha = _commit_release(zoo / name, repo_folder(mirror, repo_id))
         expected = release_revision(zoo / name)
         if sha != expected:
