@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from hatzoo._registry import Registry
@@ -169,7 +168,6 @@ def split_tasks(
         tasks.append(
             make_task(name, raw.labels, raw.splits, convert, classes=group, seed=seed, t=t, limits=limits)
         )
-    c, h, w = raw.x_train.shape[1:]
     options = {
         "seed": seed,
         "class_order": order,
@@ -177,7 +175,9 @@ def split_tasks(
         "max_train_per_task": max_train_per_task,
         "max_test_per_task": max_test_per_task,
     }
-    return TaskSequence(bench, (c, h, w), tuple(raw.mean), tuple(raw.std), tasks, options, raw.source)
+    return TaskSequence(
+        bench, raw.x_train.shape[1:], tuple(raw.mean), tuple(raw.std), tasks, options, raw.source
+    )
 
 
 def split_benchmark(bench: str, load: Callable[..., RawData], classes_per_task: int = 2) -> Builder:
@@ -251,16 +251,6 @@ MIXED_SOURCES: dict[str, Callable[[Any], RawData]] = {
 }
 
 
-def _unit_28(x: np.ndarray, scale: float, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
-    """uint8 (N, 1, H, W) -> float32 ``(x / scale - mean) / std`` at 28x28 (bilinear upscaling of x / scale
-    in [0, 1] where smaller); the defaults give the unnormalized images the statistics are pooled over."""
-    x = np.ascontiguousarray(x) if x.flags.writeable else x.copy()  # cached sources are read-only
-    t = torch.from_numpy(x).to(torch.float32).div_(scale)
-    if t.shape[-2:] != (28, 28):
-        t = F.interpolate(t, size=(28, 28), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
-    return t.sub_(mean).div_(std)
-
-
 @BENCHMARKS.register(
     "mixed", "one task per data set (MNIST, Fashion-MNIST, sklearn digits), all 1x28x28, offline"
 )
@@ -279,11 +269,11 @@ def mixed(
         raise DataArgumentError(f"datasets must be taken from {', '.join(MIXED_SOURCES)}; got {names}")
     raws = [MIXED_SOURCES[d](root) for d in names]
     # pooled over the full training sets, so the normalization does not depend on subsets
-    (mean,), (std,) = pooled_stats(_unit_28(raw.x_train, raw.scale) for raw in raws)
+    mean, std = pooled_stats(to_tensor(raw.x_train, raw.scale, (0.0,), (1.0,), 28) for raw in raws)
     limits = (max_train_per_task, max_test_per_task)
     tasks = []
     for t, (d, raw) in enumerate(zip(names, raws, strict=True)):
-        convert = partial(_unit_28, scale=raw.scale, mean=mean, std=std)
+        convert = partial(to_tensor, scale=raw.scale, mean=mean, std=std, size=28)
         name = f"mixed/{d}"
         tasks.append(
             make_task(name, raw.labels, raw.splits, convert, seed=seed, t=t, limits=limits, dataset=d)
@@ -295,4 +285,4 @@ def mixed(
         "max_test_per_task": max_test_per_task,
     }
     source = "; ".join(r.source for r in raws)
-    return TaskSequence("mixed", (1, 28, 28), (mean,), (std,), tasks, options, source)
+    return TaskSequence("mixed", (1, 28, 28), mean, std, tasks, options, source)

@@ -13,15 +13,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from hatzoo.errors import TaskError
 
 
-def to_tensor(x: np.ndarray, scale: float, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32 ``(x / scale - mean) / std`` per channel."""
+def to_tensor(
+    x: np.ndarray, scale: float, mean: Sequence[float], std: Sequence[float], size: int | None = None
+) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 ``(x / scale - mean) / std`` per channel; with ``size``, x / scale is
+    first brought to size x size (bilinear, clamped to [0, 1]) where it is not already."""
     x = np.ascontiguousarray(x) if x.flags.writeable else x.copy()  # cached sources are read-only
     t = torch.from_numpy(x).to(torch.float32).div_(scale)
+    if size is not None and t.shape[-2:] != (size, size):
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return t.sub_(m).div_(s)
