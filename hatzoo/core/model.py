@@ -83,13 +83,10 @@ class HATModel(nn.Module):
     def _wrap_per_task_parts(self, spec: PolicySpec) -> None:
         self.task_params = nn.ModuleDict()
         for name in spec.per_task_modules:
-            parent, _, child = name.rpartition(".")
-            host = self.backbone.get_submodule(parent) if parent else self.backbone
-            setattr(host, child, TaskModule(getattr(host, child), self._context))
+            self.backbone.set_submodule(name, TaskModule(self.backbone.get_submodule(name), self._context))
         for host_name, attr in spec.per_task_params:
-            host = self.backbone.get_submodule(host_name) if host_name else self.backbone
             key = group_key(f"{host_name}.{attr}" if host_name else attr)
-            self.task_params[key] = TaskParameter(host, attr, self._context)
+            self.task_params[key] = TaskParameter(self.backbone.get_submodule(host_name), attr, self._context)
 
     def _install_gates(self, groups: list[MaskGroup]) -> None:
         for g in groups:
@@ -164,9 +161,7 @@ class HATModel(nn.Module):
         task = len(self.tasks)
         device, dtype = self._device_dtype()
         source = self.default_task if self.config.norm_init == "copy" else None
-        for module in self._task_modules():
-            module.add_task(source)
-        for module in self.task_params.values():
+        for module in [*self.task_modules().values(), *self.task_params.values()]:
             module.add_task(source)
         self.heads.append(nn.Linear(self.spec.num_features, info.num_classes).to(device, dtype))
         for g in self.groups.values():
@@ -180,34 +175,30 @@ class HATModel(nn.Module):
 
     def end_task(self, task: int) -> None:
         """Binarize task's gates (e > 0) and lock every weight its units and earlier units use."""
-        self._check_task(task, allow_open=True)
+        self.check_task(task, allow_open=True)
         if self.tasks[task].status != "open":
             raise TaskError(f"task {task} has already ended; end_task is called once per task")
-        self.enforce_locks()
-        for g in self.groups.values():
-            self.masks(g.name)[task] = self.embedding(g.name, task).detach() > 0
-        self.tasks[task].status = "ended"
-        self.refresh_locks()
+        self._set_status(task, "ended", lambda group: self.embedding(group, task).detach() > 0)
 
     def reopen_task(self, task: int) -> None:
         """Make an ended task trainable again; every other ended task stays locked."""
-        self._check_task(task)
+        self.check_task(task)
         current = self.open_task()
         if current is not None:
             raise TaskError(f"task {current} is open; end it before reopening task {task}")
-        self.enforce_locks()
-        for g in self.groups.values():
-            self.masks(g.name)[task] = False
-        self.tasks[task].status = "open"
-        self.refresh_locks()
+        self._set_status(task, "open")
 
     def forget(self, task: int) -> None:
         """Drop a task: the units only it used become free for new tasks; others are untouched."""
-        self._check_task(task, allow_open=True)
+        self.check_task(task, allow_open=True)
+        self._set_status(task, "forgotten")
+
+    def _set_status(self, task: int, status: TaskStatus, mask_row=lambda group: False) -> None:
+        """Move a task to ``status`` with new mask rows (binarized, or none), then rebuild the locks."""
         self.enforce_locks()
-        for g in self.groups.values():
-            self.masks(g.name)[task] = False
-        self.tasks[task].status = "forgotten"
+        for group in self.groups:
+            self.masks(group)[task] = mask_row(group)
+        self.tasks[task].status = status
         self.refresh_locks()
 
     # ----------------------------------------------------------------- forward
@@ -224,7 +215,6 @@ class HATModel(nn.Module):
 
     def _gated_features(self, x: torch.Tensor, task: int, scale: float | None) -> torch.Tensor:
         self._check_input(x)
-        binary = not self.training
         if self.training:
             if self.tasks[task].status != "open":
                 raise TaskError(
@@ -232,13 +222,12 @@ class HATModel(nn.Module):
                     f"or model.reopen_task({task}) to train it again"
                 )
             scale = self.config.smax if scale is None else scale
-            if not isinstance(scale, (int, float)) or not scale > 0:
-                raise InputError(f"scale must be a number > 0, got {scale!r}")
-            self._last_scale[task] = float(scale)
-        elif scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
+        if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
             raise InputError(f"scale must be a number > 0, got {scale!r}")
+        if self.training:
+            self._last_scale[task] = float(scale)
         self.enforce_locks()
-        gates = self.gates(task, scale=None if binary else scale)
+        gates = self.gates(task, scale=scale if self.training else None)
         with self._context.run(task, gates):
             return self.backbone(x)
 
@@ -257,8 +246,7 @@ class HATModel(nn.Module):
         return torch.cat([self.embedding(g, task) for g in self.groups])
 
     def _flat_soft_gate(self, task: int, scale: float) -> torch.Tensor:
-        cfg = self.config
-        return soft_gate(self._flat_embedding(task), scale, cfg.smax, cfg.cosh_clamp)
+        return soft_gate(self._flat_embedding(task), scale, self.config.smax, self.config.cosh_clamp)
 
     def _split_gates(self, units: torch.Tensor) -> dict[str, torch.Tensor]:
         """A flat per-unit vector -> per-group gates at activation width (views of one tensor)."""
@@ -268,12 +256,6 @@ class HATModel(nn.Module):
     def _invalidate_gate_caches(self) -> None:
         self._binary_cache.clear()
         self._reg_weights.clear()
-
-    def binary_mask(self, group: str, task: int) -> torch.Tensor:
-        """Task's binary mask of a group as 0/1 floats: the stored one, or e > 0 while open."""
-        if self.tasks[task].status == "open":
-            return (self.embedding(group, task).detach() > 0).to(self._device_dtype()[1])
-        return self.masks(group)[task].to(self._device_dtype()[1])
 
     def embedding(self, group: str, task: int) -> nn.Parameter:
         return self.embeddings[group_key(group)][task]
@@ -286,21 +268,17 @@ class HATModel(nn.Module):
     @property
     def default_task(self) -> int | None:
         """The latest task that is not forgotten: what a checkpoint stores under plain names."""
-        alive = [i for i, info in enumerate(self.tasks) if info.status != "forgotten"]
+        alive = self._alive_tasks()
         return alive[-1] if alive else None
 
     def task_modules(self) -> dict[str, TaskModule]:
         """The per-task module wrappers (norms) by qualified backbone name."""
         return {n: m for n, m in self.backbone.named_modules() if isinstance(m, TaskModule)}
 
-    def check_task(self, task: Any, allow_open: bool = False) -> None:
-        """Raise TaskError unless ``task`` exists, is not forgotten, and (unless allowed) has ended."""
-        self._check_task(task, allow_open)
-
     # ----------------------------------------------------------------- regularizer
     def regularization(self, task: int, scale: float | None = None) -> torch.Tensor:
         """The HAT mask regularizer: reg_c times the share of free units the task's gates open."""
-        self._check_task(task, allow_open=True)
+        self.check_task(task, allow_open=True)
         if scale is None:
             scale = self._last_scale.get(task, self.config.smax)
         if task not in self._reg_weights:
@@ -328,17 +306,15 @@ class HATModel(nn.Module):
     # ----------------------------------------------------------------- capacity
     def capacity(self) -> dict[str, dict[str, Any]]:
         """Per mask group: its size, the units each ended task uses, and how many are still free."""
-        ended = self._ended_tasks()
-        report = {}
-        for g in self.groups.values():
-            masks = self.masks(g.name)
-            used = masks[ended].any(0) if ended else torch.zeros(g.size, dtype=torch.bool)
-            report[g.name] = {
+        ended, used = self._ended_tasks(), self._used_units()
+        return {
+            g.name: {
                 "size": g.size,
-                "used": {t: int(masks[t].sum()) for t in ended},
-                "free": g.size - int(used.sum()),
+                "used": {t: int(self.masks(g.name)[t].sum()) for t in ended},
+                "free": g.size - int(used[g.name].sum()),
             }
-        return report
+            for g in self.groups.values()
+        }
 
     # ----------------------------------------------------------------- specialization
     def specialize(self, task: int) -> nn.Module:
@@ -355,7 +331,7 @@ class HATModel(nn.Module):
 
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         """The parameters created for one task (head, gates, norms, tokens), for ``add_param_group``."""
-        self._check_task(task, allow_open=True)
+        self.check_task(task, allow_open=True)
         return self._per_task_tensors(task)
 
     @property
@@ -459,7 +435,7 @@ class HATModel(nn.Module):
     def _per_task_tensors(self, task: int) -> list[nn.Parameter]:
         params = list(self.heads[task].parameters())
         params += [self.embedding(g.name, task) for g in self.groups.values()]
-        for module in self._task_modules():
+        for module in self.task_modules().values():
             params += list(module.tasks[task].parameters())
         params += [module.tasks[task] for module in self.task_params.values()]
         return params
@@ -467,20 +443,14 @@ class HATModel(nn.Module):
     def _used_units(self, exclude: int | None = None) -> dict[str, torch.Tensor]:
         """Union of the binary masks of ended tasks (optionally without one task)."""
         ended = [t for t in self._ended_tasks() if t != exclude]
-        out = {}
-        for g in self.groups.values():
-            masks = self.masks(g.name)
-            out[g.name] = (
-                masks[ended].any(0) if ended else torch.zeros(g.size, dtype=torch.bool, device=masks.device)
-            )
-        return out
+        return {g: self.masks(g)[ended].any(0) for g in self.groups}  # no ended task: all False
 
     # ----------------------------------------------------------------- checks and helpers
-    def _task_modules(self) -> list[TaskModule]:
-        return list(self.task_modules().values())
-
     def _ended_tasks(self) -> list[int]:
         return [i for i, info in enumerate(self.tasks) if info.status == "ended"]
+
+    def _alive_tasks(self) -> list[int]:
+        return [i for i, info in enumerate(self.tasks) if info.status != "forgotten"]
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         param = next(self.backbone.parameters())
@@ -492,7 +462,8 @@ class HATModel(nn.Module):
         value = 1.0 if self.config.mask_init == "dense" else -1.0
         return torch.full((size,), value, device=device, dtype=dtype)
 
-    def _check_task(self, task: Any, allow_open: bool = False) -> None:
+    def check_task(self, task: Any, allow_open: bool = False) -> None:
+        """Raise TaskError unless ``task`` exists, is not forgotten, and (unless allowed) has ended."""
         if not isinstance(task, int) or isinstance(task, bool):
             raise TaskError(f"task must be an int task id, got {task!r}")
         if not 0 <= task < self.num_tasks:
@@ -506,11 +477,11 @@ class HATModel(nn.Module):
 
     def _resolve_task(self, task: int | None) -> int:
         if task is None:
-            alive = [i for i, info in enumerate(self.tasks) if info.status != "forgotten"]
+            alive = self._alive_tasks()
             if len(alive) != 1:
                 raise TaskError(f"this model has {len(alive)} tasks: say which one with task=")
             task = alive[0]
-        self._check_task(task, allow_open=True)
+        self.check_task(task, allow_open=True)
         return task
 
     def _check_input(self, x: Any) -> None:
@@ -527,12 +498,11 @@ class HATModel(nn.Module):
                     f"got shape {tuple(x.shape)}"
                 )
             return
+        shape = ", ".join("?" if d is None else str(d) for d in expected)
         if x.ndim != len(expected) + 1:
-            shape = ", ".join("?" if d is None else str(d) for d in expected)
             raise InputError(f"expected input of shape (batch, {shape}), got {tuple(x.shape)}")
         for axis, (want, got) in enumerate(zip(expected, x.shape[1:], strict=True), start=1):
             if want is not None and want != got:
-                shape = ", ".join("?" if d is None else str(d) for d in expected)
                 what = "channels" if axis == 1 and len(expected) == 3 else f"size of dim {axis}"
                 raise InputError(
                     f"expected input of shape (batch, {shape}), got {tuple(x.shape)}: wrong {what} "
