@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hatzoo.core.gates import apply_gate
-from hatzoo.core.groups import GateSite, MaskGroup, group_key
+from hatzoo.core.groups import GateSite, MaskGroup
 from hatzoo.core.task_modules import TaskModule
 
 if TYPE_CHECKING:
@@ -88,7 +88,8 @@ def specialize(model: HATModel, task: int, *, prune: bool = True, consume: bool 
         if prune:
             _prune_group(backbone, group, keep)
         else:
-            _multiply_gate(backbone, group, gates[group.name].detach().clone())
+            site, gate = group.gate, gates[group.name].detach().clone()
+            backbone.set_submodule(site.module, Gated(backbone.get_submodule(site.module), gate, site))
     for conv, norm in model.spec.fold_pairs:
         fold_batchnorm(backbone, conv, norm)
     for p in backbone.parameters():
@@ -120,12 +121,6 @@ class Gated(nn.Module):
         return self.inner(apply_gate(x, self.gate, self.dim))
 
 
-def _multiply_gate(backbone: nn.Module, group: MaskGroup, gate: torch.Tensor) -> None:
-    parent, _, child = group.gate.module.rpartition(".")
-    host = backbone.get_submodule(parent) if parent else backbone
-    setattr(host, child, Gated(getattr(host, child), gate, group.gate))
-
-
 def strip_hooks(module: nn.Module) -> None:
     for m in module.modules():
         m._forward_hooks.clear()
@@ -134,32 +129,29 @@ def strip_hooks(module: nn.Module) -> None:
 
 def select_task(backbone: nn.Module, model: HATModel, task: int) -> None:
     """Put the task's own norms and tokens where the wrappers were."""
-    for module in list(backbone.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, TaskModule):
-                setattr(module, child_name, child.tasks[task])
-    for host_name, attr in model.spec.per_task_params:
-        host = backbone.get_submodule(host_name) if host_name else backbone
-        key = group_key(f"{host_name}.{attr}" if host_name else attr)
-        value = model.task_params[key].tasks[task].detach().clone()
+    for name, module in list(backbone.named_modules()):
+        if isinstance(module, TaskModule):
+            backbone.set_submodule(name, module.tasks[task])
+    # task_params holds one TaskParameter per spec.per_task_params entry, in the same order
+    for (host_name, attr), copies in zip(model.spec.per_task_params, model.task_params.values(), strict=True):
+        host = backbone.get_submodule(host_name)
         host.__dict__.pop(attr, None)
-        host.register_parameter(attr, nn.Parameter(value))
+        host.register_parameter(attr, nn.Parameter(copies.tasks[task].detach().clone()))
 
 
 def _prune_group(backbone: nn.Module, group: MaskGroup, keep: torch.Tensor) -> None:
     kept = int(keep.sum())
     if kept == 0 and group.collapse is not None:
         branch, bias = group.collapse
-        parent, _, child = branch.rpartition(".")
         out_layer = backbone.get_submodule(bias.rpartition(".")[0])
-        setattr(backbone.get_submodule(parent), child, ConstantBranch(out_layer.bias, out_layer.out_features))
+        backbone.set_submodule(branch, ConstantBranch(out_layer.bias, out_layer.out_features))
         return
     if kept == 0:
         # no constant form known: keep one unit whose consumers read it with zero weights
         keep = torch.zeros_like(keep)
         keep[0] = True
         for s in group.consumers:
-            tensor = _tensor(backbone, f"{s.module}.{s.tensor}")
+            tensor = getattr(backbone.get_submodule(s.module), s.tensor)
             index = (s.unit_index(group.size) == 0).nonzero().flatten().to(tensor.device)
             tensor.index_fill_(s.dim, index, 0.0)
     for _, s in group.slices():
@@ -199,11 +191,6 @@ def _sync_shape_attributes(module: nn.Module) -> None:
         )
 
 
-def _tensor(root: nn.Module, path: str) -> torch.Tensor:
-    module, _, name = path.rpartition(".")
-    return getattr(root.get_submodule(module), name)
-
-
 def fold_batchnorm(backbone: nn.Module, conv_name: str, norm_name: str) -> None:
     """Fold an eval-mode BatchNorm into the conv before it (exact up to float rounding)."""
     conv = backbone.get_submodule(conv_name)
@@ -215,5 +202,4 @@ def fold_batchnorm(backbone: nn.Module, conv_name: str, norm_name: str) -> None:
     conv.weight = nn.Parameter(conv.weight * scale.view(-1, 1, 1, 1), requires_grad=False)
     conv_bias = conv.bias if conv.bias is not None else torch.zeros_like(bias)
     conv.bias = nn.Parameter(conv_bias * scale + bias, requires_grad=False)
-    parent, _, child = norm_name.rpartition(".")
-    setattr(backbone.get_submodule(parent) if parent else backbone, child, nn.Identity())
+    backbone.set_submodule(norm_name, nn.Identity())
