@@ -152,12 +152,6 @@ def test_num_classes_beyond_the_weights_fails_before_allocating(vit_folder, tmp_
     assert peak_rss_mb() - before < 500  # a 3,000,000-class head alone would take 2.3 GB
 
 
-def test_a_two_kilobyte_config_cannot_claim_three_million_classes(vit_folder, tmp_path):
-    folder = edited(vit_folder, tmp_path, {"hatzoo.tasks[2].num_classes": 3_000_000})
-    with pytest.raises(hatzoo.CheckpointError, match=re.escape("hatzoo.tasks[2].labels must have 3000000")):
-        hatzoo.HATModel.from_pretrained(folder)
-
-
 def test_an_architecture_larger_than_the_weights_fails_before_allocating(vit_folder, tmp_path):
     big = {"embed_dim": 16384, "depth": 64, "num_heads": 64}
     args = json.loads((vit_folder / "config.json").read_text())["model_args"] | big
@@ -172,6 +166,7 @@ def test_an_architecture_larger_than_the_weights_fails_before_allocating(vit_fol
 VIT_CASES = [
     ("hatzoo.format", "other", "hatzoo.format"),
     ("hatzoo.format_version", "1", "format version '1'"),
+    ("hatzoo.format_version", 99, "format version 99; this hatzoo reads versions 1, 2. Upgrade hatzoo"),
     ("hatzoo.arch", DELETE, "hatzoo.arch"),
     ("hatzoo.hat", DELETE, "hatzoo.hat"),
     ("hatzoo.groups", DELETE, "hatzoo.groups"),
@@ -187,6 +182,7 @@ VIT_CASES = [
     ("hatzoo.tasks[0].num_classes", True, "hatzoo.tasks[0].num_classes must be an integer"),
     ("hatzoo.tasks[0].num_classes", None, "hatzoo.tasks[0].num_classes must be an integer"),
     ("hatzoo.tasks[0].num_classes", 10**30, "hatzoo.tasks[0].num_classes must be in"),
+    ("hatzoo.tasks[2].num_classes", 3_000_000, "hatzoo.tasks[2].labels must have 3000000"),  # 2 kB claim
     ("hatzoo.tasks[0].num_classes", DELETE, "hatzoo.tasks[0].num_classes is missing"),
     ("hatzoo.tasks[0].labels", DELETE, "hatzoo.tasks[0].labels is missing"),
     ("hatzoo.tasks[0].labels", "abc", "hatzoo.tasks[0].labels must be a list"),
@@ -300,15 +296,6 @@ def test_malformed_config_is_a_checkpoint_error_naming_the_key(request, tmp_path
     folder = edited(request.getfixturevalue(base), tmp_path, {path: value})
     with pytest.raises(hatzoo.CheckpointError, match=re.escape(message)):
         hatzoo.HATModel.from_pretrained(folder)
-
-
-def test_config_that_is_not_an_object_or_too_deep(tmp_path):
-    (tmp_path / "config.json").write_text("[1, 2]")
-    with pytest.raises(hatzoo.CheckpointError, match="not a hatzoo config"):
-        hatzoo.HATModel.from_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text("[" * 100_000 + "]" * 100_000)
-    with pytest.raises(hatzoo.CheckpointError, match="not valid JSON"):
-        hatzoo.HATModel.from_pretrained(tmp_path)
 
 
 # ----------------------------------------------------------------------------- atomic saving
