@@ -7,6 +7,7 @@ A user mistake prints one ``error:`` line that says what to do, and exits with c
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,23 +46,14 @@ def model_parser(name: str, description: str, examples: str) -> argparse.Argumen
     return p
 
 
-def _train(argv: list[str]) -> int:
-    from hatzoo.training.cli import train_command
+def _imported(target: str) -> Callable[[list[str]], int]:
+    """The command ``module:function``, imported only when it runs: ``hatzoo serve`` never imports torch."""
 
-    return train_command(argv)
+    def run(argv: list[str]) -> int:
+        module, _, function = target.partition(":")
+        return getattr(importlib.import_module(module), function)(argv) or 0
 
-
-def _serve(argv: list[str]) -> int:
-    from hatzoo.export.server import main as serve_main
-
-    serve_main(argv)
-    return 0
-
-
-def _demo(argv: list[str]) -> int:
-    from hatzoo.demo import main as demo_main
-
-    return demo_main(argv)
+    return run
 
 
 def _push(argv: list[str]) -> int:
@@ -205,8 +197,16 @@ def _info(argv: list[str]) -> int:
     if results and results.average_accuracy is not None:
         average = results.release["average_accuracy"] if results.release else results.average_accuracy
         print(f"average accuracy {average:.2f}%, backward transfer {results.bwt:.2f}%")
-    if results and results.task_agnostic:
-        _print_task_agnostic(results.task_agnostic)
+    if results and (block := results.task_agnostic):  # the card's accuracy without a task id, per rule
+        print(
+            f"without a task id (task-incremental ceiling {block['task_incremental']:.2f}%, "
+            f"joint 10-way classifier {block.get('joint_class_incremental') or float('nan'):.2f}%):"
+        )
+        for rule, scores in block["rules"].items():
+            print(
+                f"  {rule:<16} task predicted {scores['task']:.2f}%, "
+                f"class-incremental accuracy {scores['class_incremental']:.2f}%"
+            )
     capacity = model.capacity()
     size = sum(g["size"] for g in capacity.values())
     used = size - sum(g["free"] for g in capacity.values())
@@ -215,19 +215,6 @@ def _info(argv: list[str]) -> int:
         share = (group["size"] - group["free"]) / max(group["size"], 1)
         print(f"  {name:<28} {share:>6.1%} of {group['size']:<5} used; per task {group['used']}")
     return 0
-
-
-def _print_task_agnostic(block: dict) -> None:
-    """The card's accuracy without a task id, per task-inference rule (percent)."""
-    print(
-        f"without a task id (task-incremental ceiling {block['task_incremental']:.2f}%, "
-        f"joint 10-way classifier {block.get('joint_class_incremental') or float('nan'):.2f}%):"
-    )
-    for rule, scores in block["rules"].items():
-        print(
-            f"  {rule:<16} task predicted {scores['task']:.2f}%, "
-            f"class-incremental accuracy {scores['class_incremental']:.2f}%"
-        )
 
 
 def _list(argv: list[str]) -> int:
@@ -243,14 +230,20 @@ def _list(argv: list[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "train": (_train, "train a recipe task after task (with resume)"),
+    "train": (_imported("hatzoo.training.cli:train_command"), "train a recipe task after task (with resume)"),
     "push": (_push, "publish a checkpoint folder (git mirror / remote, or HTTP)"),
     "load": (_load, "load a model from the Hub or a folder, optionally predict"),
     "export": (_export, "export tasks to pruned ONNX graphs (a bundle)"),
-    "serve": (_serve, "serve bundles over HTTP, routing requests by model and task"),
+    "serve": (
+        _imported("hatzoo.export.server:main"),
+        "serve bundles over HTTP, routing requests by model and task",
+    ),
     "info": (_info, "tasks, labels, accuracy and capacity of a model"),
     "list": (_list, "the zoo's models"),
-    "demo": (_demo, "the whole life cycle on a local Hub: train, publish, load, export, serve"),
+    "demo": (
+        _imported("hatzoo.demo:main"),
+        "the whole life cycle on a local Hub: train, publish, load, export, serve",
+    ),
 }
 
 USAGE = (

@@ -8,7 +8,6 @@ or a ``hatzoo`` command; the Hub settings reach only the processes started here.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -20,7 +19,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from hatzoo.cli import HelpFormatter
+from hatzoo.cli import command_parser
 from hatzoo.errors import HATError
 
 ZOO_NAME = "hat-vit-demo"
@@ -194,11 +193,10 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="hatzoo demo",
-        description="Train, publish, load, export and serve a small HAT model on this machine.",
-        formatter_class=HelpFormatter,
-        epilog="example:\n  hatzoo demo --workdir demo-output",
+    p = command_parser(
+        "demo",
+        "Train, publish, load, export and serve a small HAT model on this machine.",
+        "  hatzoo demo --workdir demo-output",
     )
     p.add_argument("--workdir", default="demo-output", help="where the Hub, run, cache and bundle go")
     p.add_argument("--port", type=int, help="server port (default: a free one)")

@@ -106,9 +106,8 @@ def test_help_has_examples_and_every_value_option_shows_its_default(command, cap
         main([command, "--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
-    examples = out.split("examples:\n")[1] if "examples:\n" in out else out.split("example:\n")[1]
-    assert examples.strip().startswith(f"hatzoo {command}")
-    options = re.split(r"\n  (?=-)", out.split("options:\n")[1].split("\n\nexample")[0])
+    assert out.split("examples:\n")[1].strip().startswith(f"hatzoo {command}")
+    options = re.split(r"\n  (?=-)", out.split("options:\n")[1].split("\n\nexamples")[0])
     for option in options[1:]:  # after -h
         name, _, help_text = option.strip().partition("  ")
         assert help_text.strip(), f"{command} {name} has no help"

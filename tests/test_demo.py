@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from hatzoo.hub.local_hub import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,9 +47,7 @@ def readme_serving_example_runs_as_written(bundle: Path) -> None:
     """README's curl session against the demo bundle, with only the bundle path and the port changed."""
     readme = (ROOT / "README.md").read_text()
     script = re.search(r"After `hatzoo demo`.*?```bash\n(.*?)```", readme, re.S).group(1)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     script = script.replace("demo-output/bundle", str(bundle)).replace("8000", str(port))
     done = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
