@@ -53,12 +53,10 @@ class DistContext:
 
 def init_distributed(backend: str = "gloo") -> DistContext:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1); single process otherwise."""
-    if dist.is_available() and dist.is_initialized():
-        return DistContext(dist.get_rank(), dist.get_world_size())
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistContext()
-    dist.init_process_group(backend=backend)
+    if not (dist.is_available() and dist.is_initialized()):
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return DistContext()
+        dist.init_process_group(backend=backend)
     return DistContext(dist.get_rank(), dist.get_world_size())
 
 

@@ -105,20 +105,10 @@ def train_joint(
     for epoch in range(r.epochs):
         gen = torch.Generator().manual_seed(derive_seed(r.seed, 8, epoch))
         batches = ddp.global_batches(len(data[0]), r.batch_size, gen, rt.ctx.world_size)
+        n = len(batches)
         net.train()
         desc = f"{recipe.name} joint epoch {epoch + 1}/{r.epochs}"
-        train_epoch(
-            net,
-            optimizer,
-            recipe,
-            data,
-            batches,
-            epoch * len(batches),
-            len(batches) * r.epochs,
-            loss_fn,
-            rt,
-            desc,
-        )
+        train_epoch(net, optimizer, recipe, data, batches, epoch * n, n * r.epochs, loss_fn, rt, desc)
     net.eval()
     scores = [
         accuracy(lambda xb, t=t: net.logits(xb, t), *task.test.tensors, rt, f"joint: evaluate task {t}")

@@ -169,16 +169,15 @@ def _train_task(
     schedule = get_schedule(r.schedule, recipe.hat.smax)
     net = ddp.wrap(model, rt.ctx, rt.device)
     data = task.train.tensors
-    step = 0
     for epoch in range(r.epochs):
         gen = torch.Generator().manual_seed(derive_seed(r.seed, 2, t, epoch))
         batches = ddp.global_batches(len(data[1]), r.batch_size, gen, rt.ctx.world_size)
-        n = len(batches)
+        n = len(batches)  # the same in every epoch: the task's step is epoch * n + b
         total = n * r.epochs
 
-        def loss_fn(b, batch, weight, epoch=epoch, first=step, total=total, n=n):  # noqa: ANN001
+        def loss_fn(b, batch, weight, epoch=epoch, total=total, n=n):  # noqa: ANN001
             xb, yb = batch
-            scale = schedule(first + b, total) if r.scale_ramp == "task" else schedule(b, n)
+            scale = schedule(epoch * n + b, total) if r.scale_ramp == "task" else schedule(b, n)
             logits = net(xb, task=t, scale=scale)
             ce = F.cross_entropy(logits, yb, reduction="sum")
             reg = model.regularization(task=t)
@@ -191,9 +190,9 @@ def _train_task(
         model.train()
         epoch_start = time.perf_counter()
         desc = f"{recipe.name} task {t + 1}/{num_tasks} epoch {epoch + 1}/{r.epochs}"
-        sums = train_epoch(net, optimizer, recipe, data, batches, step, total, loss_fn, rt, desc)
-        ce, reg, correct, count = sums
-        step += n
+        ce, reg, correct, count = train_epoch(
+            net, optimizer, recipe, data, batches, epoch * n, total, loss_fn, rt, desc
+        )
         used = {g: int((model.embedding(g, t).detach() > 0).sum()) for g in model.groups}
         log(
             "epoch",

@@ -68,6 +68,13 @@ class Results:
     def joint_average(self) -> float | None:
         return sum(self.joint) / len(self.joint) if self.joint else None
 
+    @property
+    def gap_to_joint(self) -> float | None:
+        """How far the joint upper bound's average accuracy is above ACC (None without both)."""
+        if self.joint_average is None or self.average_accuracy is None:
+            return None
+        return self.joint_average - self.average_accuracy
+
     def capacity_used(self) -> list[dict[str, float]]:
         """Fraction of each group's units used by any ended task, after each task."""
         return [{g: (c["size"] - c["free"]) / c["size"] for g, c in cap.items()} for cap in self.capacity]
@@ -80,11 +87,7 @@ class Results:
             "fwt": None,
             "fwt_reason": FWT_REASON,
             "joint_average_accuracy": self.joint_average,
-            "gap_to_joint": (
-                None
-                if self.joint_average is None or self.average_accuracy is None
-                else self.joint_average - self.average_accuracy
-            ),
+            "gap_to_joint": self.gap_to_joint,
         }
         return data
 

@@ -182,10 +182,9 @@ def render_card(results: Results, recipe: Recipe, release: dict[str, Any] | None
         f"| forward transfer (FWT) | not defined: {FWT_REASON.split(': ', 1)[1]} |",
     ]
     if results.joint is not None:
-        gap = None if results.average_accuracy is None else results.joint_average - results.average_accuracy
         lines += [
             f"| joint-training upper bound (average) | {_pct(results.joint_average)} |",
-            f"| gap to joint (points) | {_pct(gap)} |",
+            f"| gap to joint (points) | {_pct(results.gap_to_joint)} |",
         ]
     lines += [""]
     if results.joint is not None:
@@ -280,11 +279,6 @@ def card_results(results: Results) -> dict[str, Any]:
     def pct(v: float | None) -> float | None:
         return None if v is None else round(100 * float(v), 2)
 
-    gap = (
-        None
-        if results.joint_average is None or results.average_accuracy is None
-        else results.joint_average - results.average_accuracy
-    )
     return {
         "complete": results.complete,
         "tasks": [task_title(t) for t in results.tasks],
@@ -295,7 +289,7 @@ def card_results(results: Results) -> dict[str, Any]:
         "bwt": pct(results.bwt),
         "joint": None if results.joint is None else [pct(v) for v in results.joint],
         "joint_average_accuracy": pct(results.joint_average),
-        "gap_to_joint": pct(gap),
+        "gap_to_joint": pct(results.gap_to_joint),
         "train_seconds": round(sum(results.seconds), 1),
         "joint_seconds": None if results.joint_seconds is None else round(results.joint_seconds, 1),
     }
