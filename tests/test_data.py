@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +20,7 @@ from hatzoo.data import (
     load_fashion_mnist,
     load_mnist,
 )
-from hatzoo.data.sources import image_hashes
+from hatzoo.data.sources import FASHION_FILES, image_hashes
 from hatzoo.errors import DataError, HATError, TaskError
 
 DATA_ROOT = Path(__file__).resolve().parents[1] / ".data"  # what scripts/fetch_data.sh fills
@@ -43,8 +42,7 @@ def split_fashion() -> TaskSequence:
 
 def pixel_hashes(seq: TaskSequence, x: torch.Tensor, scale: float = 255.0) -> list[bytes]:
     """Hash the uint8 pixels a normalized tensor came from (undoing the normalization exactly)."""
-    u = torch.round(seq.denormalize(x) * scale).clamp(0, scale).to(torch.uint8).numpy()
-    return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in u.reshape(len(u), -1)]
+    return image_hashes(torch.round(seq.denormalize(x) * scale).clamp(0, scale).to(torch.uint8).numpy())
 
 
 def test_names_and_unknown_benchmark() -> None:
@@ -137,11 +135,7 @@ def test_permuted_mnist_seeded_permutations(split_mnist: TaskSequence) -> None:
     a = get_benchmark("permuted-mnist", seed=0, num_tasks=3, identity_first=True)
     b = get_benchmark("permuted-mnist", seed=0, num_tasks=3, identity_first=True)
     c = get_benchmark("permuted-mnist", seed=1, num_tasks=3, identity_first=True)
-    assert len(a) == 3 and [t.name for t in a] == [
-        "permuted-mnist/p0",
-        "permuted-mnist/p1",
-        "permuted-mnist/p2",
-    ]
+    assert len(a) == 3 and [t.name for t in a] == [f"permuted-mnist/p{t}" for t in range(3)]
     assert a[1].num_classes == 10 and (len(a[1].train), len(a[1].test)) == (8000, 2000)
     for s, t in zip(a, b, strict=True):
         assert torch.equal(s.train.tensors[0], t.train.tensors[0]) and torch.equal(
@@ -215,8 +209,7 @@ def _torchvision_fashion_layout(root: Path) -> None:
     assert src.is_dir(), "Fashion-MNIST is missing: run `bash scripts/fetch_data.sh`"
     raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):  # fmt: skip
+    for name in FASHION_FILES:
         with gzip.open(src / f"{name}.gz") as f, open(raw / name, "wb") as out:
             shutil.copyfileobj(f, out)
 

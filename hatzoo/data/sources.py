@@ -58,7 +58,7 @@ MNIST_STATS = ((0.1307,), (0.3081,))
 FASHION_STATS = ((0.2860,), (0.3530,))
 MNIST_TEST_PER_CLASS = 200
 DIGITS_TEST_PER_CLASS = 40
-_FASHION_FILES = (
+FASHION_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
     "t10k-images-idx3-ubyte",
@@ -140,7 +140,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _has_fashion_files(d: Path) -> bool:
     """Whether ``d`` holds the four Fashion-MNIST IDX files (gzipped or not)."""
-    return all((d / f"{f}.gz").is_file() or (d / f).is_file() for f in _FASHION_FILES)
+    return all((d / f"{f}.gz").is_file() or (d / f).is_file() for f in FASHION_FILES)
 
 
 @lru_cache(maxsize=4)
@@ -148,7 +148,7 @@ def _load_fashion(directory: str) -> RawData:
     """Parse the Fashion-MNIST IDX files of one folder (cached per folder)."""
     d = Path(directory)
     xtr, ytr, xte, yte = (
-        read_idx(d / f"{f}.gz" if (d / f"{f}.gz").is_file() else d / f) for f in _FASHION_FILES
+        read_idx(d / f"{f}.gz" if (d / f"{f}.gz").is_file() else d / f) for f in FASHION_FILES
     )
     xtr, ytr = drop_overlap(xtr[:, None], ytr.astype(np.int64), xte)
     xte, yte = np.ascontiguousarray(xte[:, None]), yte.astype(np.int64)

@@ -30,19 +30,15 @@ from hatzoo.data.sources import RawData, drop_overlap
 from hatzoo.data.tasks import TaskSequence, pooled_stats, to_tensor
 from hatzoo.errors import DataError
 
-# torchvision class name, standard (mean, std) of the training images in [0, 1], default classes per task
-TORCHVISION_SETS: dict[str, tuple[str, tuple[tuple[float, ...], tuple[float, ...]], int]] = {
-    "tv-mnist": ("MNIST", sources.MNIST_STATS, 2),
-    "tv-fashion-mnist": ("FashionMNIST", sources.FASHION_STATS, 2),
-    "tv-cifar10": ("CIFAR10", ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)), 2),
-    "tv-cifar100": ("CIFAR100", ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), 10),
-}
-# where torchvision keeps each set's files under root
-TORCHVISION_LAYOUT = {
-    "MNIST": "MNIST/raw/",
-    "FashionMNIST": "FashionMNIST/raw/",
-    "CIFAR10": "cifar-10-batches-py/",
-    "CIFAR100": "cifar-100-python/",
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+# torchvision class name, standard (mean, std) of the training images in [0, 1], default classes per
+# task, and where torchvision keeps the set's files under root
+TORCHVISION_SETS: dict[str, tuple[str, tuple[tuple[float, ...], tuple[float, ...]], int, str]] = {
+    "tv-mnist": ("MNIST", sources.MNIST_STATS, 2, "MNIST/raw/"),
+    "tv-fashion-mnist": ("FashionMNIST", sources.FASHION_STATS, 2, "FashionMNIST/raw/"),
+    "tv-cifar10": ("CIFAR10", CIFAR10_STATS, 2, "cifar-10-batches-py/"),
+    "tv-cifar100": ("CIFAR100", CIFAR100_STATS, 10, "cifar-100-python/"),
 }
 
 
@@ -71,7 +67,7 @@ def load_torchvision(bench: str, root: str, download: bool) -> RawData:
     """Load one torchvision data set into memory (cached per folder), wrapping its errors in DataError."""
     import torchvision.datasets as tvd
 
-    cls_name, (mean, std), _ = TORCHVISION_SETS[bench]
+    cls_name, (mean, std), _, layout = TORCHVISION_SETS[bench]
     cls = getattr(tvd, cls_name)
     try:
         train_ds = cls(root, train=True, download=download)
@@ -84,7 +80,7 @@ def load_torchvision(bench: str, root: str, download: bool) -> RawData:
         )
         raise DataError(
             f"{bench}: {how}\nTo fix: pass download=True on a machine with internet, or put torchvision's "
-            f"files in {root}/{TORCHVISION_LAYOUT[cls_name]} yourself; offline, use "
+            f"files in {root}/{layout} yourself; offline, use "
             "the split-mnist / split-fashion-mnist benchmarks after `bash scripts/fetch_data.sh`."
         ) from e
     x_test, y_test = _split_arrays(test_ds)
@@ -108,7 +104,7 @@ def _tv_loader(bench: str) -> Callable[..., RawData]:
     return load
 
 
-for _name, (_cls, _stats, _cpt) in TORCHVISION_SETS.items():
+for _name, (_cls, _stats, _cpt, _) in TORCHVISION_SETS.items():
     BENCHMARKS.register(
         _name, f"torchvision {_cls} (root=DIR, downloads by default), tasks of {_cpt} classes"
     )(split_benchmark(_name, _tv_loader(_name), _cpt))
@@ -167,11 +163,7 @@ def imagefolder(
         )
     if channels not in (None, 1, 3):
         raise DataArgumentError(f"channels must be None (auto), 1 or 3, got {channels!r}")
-    size = (
-        (image_size, image_size)
-        if isinstance(image_size, int)
-        else (tuple(image_size) if image_size else None)
-    )
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size or ())
     listed = []
     for d in task_dirs:
         try:
