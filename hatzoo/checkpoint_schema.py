@@ -25,19 +25,8 @@ PRECISIONS = ("fp32", "bf16")
 MAX_TASKS = 10_000
 MAX_UNITS = 1 << 24
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SECTION_KEYS = {
-    "format",
-    "format_version",
-    "arch",
-    "hat",
-    "groups",
-    "tasks",
-    "default_task",
-    "data_config",
-    "metadata",
-    "release_precision",
-    "weights_id",
-}
+_REQUIRED_KEYS = {"format", "format_version", "arch", "hat", "groups", "tasks"}
+_OPTIONAL_KEYS = {"default_task", "data_config", "metadata", "release_precision", "weights_id"}
 _PRETRAINED_CFG_KEYS = {"num_classes", "input_size", "mean", "std", "interpolation", "crop_pct"}
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
@@ -107,7 +96,9 @@ def validate_config(config: Any, where: str) -> dict[str, Any]:
     s = _Schema(where)
     if not isinstance(config, dict):
         raise s.fail("(top level)", f"must be a JSON object, got {_kind(config)}")
-    section = s.mapping(config.get("hatzoo"), "hatzoo", {"format", "format_version"}, _SECTION_KEYS)
+    section = s.mapping(
+        config.get("hatzoo"), "hatzoo", {"format", "format_version"}, _REQUIRED_KEYS | _OPTIONAL_KEYS
+    )
     _check_section(s, section)
     _check_timm_fields(s, config, section["arch"])
     return section
@@ -128,9 +119,7 @@ def _check_format(s: _Schema, section: dict[str, Any]) -> None:
 
 def _check_section(s: _Schema, section: dict[str, Any]) -> None:
     _check_format(s, section)
-    s.mapping(
-        section, "hatzoo", {"format", "format_version", "arch", "hat", "groups", "tasks"}, _SECTION_KEYS
-    )
+    s.mapping(section, "hatzoo", _REQUIRED_KEYS, _OPTIONAL_KEYS)
     check_arch(section["arch"], "hatzoo.arch")
     _check_hat(s, section["hat"])
     names = set()
