@@ -51,12 +51,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hatzoo import __version__
 from hatzoo.errors import ExportError
 
 FORMAT = "hatzoo-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DTYPES = ("float32", "float16")
+SHA_MISMATCH = (
+    "task {}: sha256 of {} does not match the manifest (file changed or corrupted); re-export the bundle"
+)
 
 
 class BundleError(ExportError):
@@ -137,19 +141,14 @@ def read_graph(spec: TaskSpec) -> bytes:
     except OSError as e:
         raise BundleError(f"task {spec.task_id}: cannot read graph file {spec.file}: {e}") from e
     if hashlib.sha256(data).hexdigest() != spec.sha256:
-        raise BundleError(
-            f"task {spec.task_id}: sha256 of {spec.file} does not match the manifest "
-            "(file changed or corrupted); re-export the bundle"
-        )
+        raise BundleError(SHA_MISMATCH.format(spec.task_id, spec.file))
     return data
 
 
 def _graph_facts(path: Path) -> dict[str, Any]:
     """Input/output names, element type and opset read from an ONNX file (export side only: needs onnx)."""
-    try:
-        import onnx  # lazy: serving never calls this
-    except ImportError as e:  # pragma: no cover - onnx is a core dependency
-        raise BundleError("write_manifest needs the 'onnx' package to read graph facts; pass them") from e
+    import onnx  # lazy: serving never calls this
+
     m = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in m.graph.initializer}
     inputs = [i for i in m.graph.input if i.name not in inits]
@@ -225,19 +224,13 @@ def write_manifest(
     if opset is None:
         first = root / next(iter(entries.values()))["file"]
         opset = cache.get(str(first), {}).get("opset") or _graph_facts(first)["opset"]
-    try:
-        from importlib.metadata import version
-
-        creator = f"hatzoo {version('hatzoo')}"
-    except Exception:  # noqa: BLE001 - informational only
-        creator = "hatzoo"
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": model,
         "source": {"repo_id": src.get("repo_id"), "revision": src.get("revision")},
         "opset": None if opset is None else int(opset),
-        "created_by": creator,
+        "created_by": f"hatzoo {__version__}",
         "tasks": entries,
     }
     out = root / MANIFEST_NAME
@@ -341,10 +334,7 @@ def read_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> B
         if not path.is_file():
             raise BundleError(f"{mpath}: task {tid}: graph file {path} is missing")
         if verify and sha256_file(path) != e["sha256"]:
-            raise BundleError(
-                f"{mpath}: task {tid}: sha256 of {e['file']} does not match the manifest "
-                "(file changed or corrupted); re-export the bundle"
-            )
+            raise BundleError(f"{mpath}: {SHA_MISMATCH.format(tid, e['file'])}")
         tasks[str(tid)] = TaskSpec(
             task_id=str(tid),
             file=e["file"],

@@ -15,15 +15,6 @@ import torch
 from torch import nn
 
 
-def _attention_types() -> tuple[type[nn.Module], ...]:
-    """timm's plain Attention class when timm is importable (ViT policies need it anyway)."""
-    try:
-        from timm.layers import Attention
-    except ImportError:  # pragma: no cover - timm is a core dependency
-        return ()
-    return (Attention,)
-
-
 def _layer_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
     """Multiply-adds of one call of a Linear, Conv2d or timm Attention module."""
     if isinstance(module, nn.Linear):
@@ -39,7 +30,9 @@ def _layer_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
 @torch.no_grad()
 def count_macs(root: nn.Module, run: Callable[[], object]) -> int:
     """Multiply-adds of every Linear / Conv2d / timm Attention under ``root`` during ``run()``."""
-    kinds = (nn.Linear, nn.Conv2d) + _attention_types()
+    from timm.layers import Attention  # timm is a core dependency; the ViT policies need it anyway
+
+    kinds = (nn.Linear, nn.Conv2d, Attention)
     total = [0]
 
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:

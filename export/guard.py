@@ -11,7 +11,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 # Probes and docs answer without a key: they reveal no model, task or data.
 OPEN_PATHS = frozenset({"/healthz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"})
-HEALTH_PATHS = frozenset({"/healthz", "/v2/health/live", "/v2/health/ready", "/metrics"})
+UNCOUNTED_PATHS = OPEN_PATHS | {"/metrics"}  # answer even at the concurrency limit
 
 
 async def _answer(send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -59,7 +59,7 @@ class Guard:
                 "this server needs an API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
                 [(b"www-authenticate", b"Bearer")],
             )
-        if path in HEALTH_PATHS or path in OPEN_PATHS:
+        if path in UNCOUNTED_PATHS:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.max_concurrency:
             return await _answer(

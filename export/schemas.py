@@ -8,10 +8,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class ErrorResponse(BaseModel):
     """Every 4xx/5xx answer."""
 
@@ -52,9 +48,11 @@ class ModelList(BaseModel):
     models: list[ModelInfo]
 
 
-class PredictRequest(_Strict):
+class PredictRequest(BaseModel):
     """JSON body of :predict. Also accepted: a .npy body, a PNG/JPEG body, or a multipart form with
     'file' parts (images) and an optional 'top_k' field."""
+
+    model_config = ConfigDict(extra="forbid")
 
     inputs: list[Any] = Field(description="[B, C, H, W] nested lists of numbers")
     top_k: StrictInt = Field(5, ge=0, description="labels to return per image (clamped to the class count)")

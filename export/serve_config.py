@@ -13,9 +13,9 @@ API_KEY_ENV = "HATZOO_API_KEY"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def _opt(help_text: str, default: Any, *, flag: str | None = None, metavar: str | None = None) -> Any:
+def _opt(help_text: str, default: Any, *, metavar: str | None = None) -> Any:
     """A dataclass field carrying its command-line help."""
-    return field(default=default, metadata={"help": help_text, "flag": flag, "metavar": metavar})
+    return field(default=default, metadata={"help": help_text, "metavar": metavar})
 
 
 @dataclass(frozen=True)

@@ -98,12 +98,10 @@ def create_app(
         description="Task-routed inference of HAT models: one pruned ONNX graph per task.",
         lifespan=lifespan,
     )
-    app.state.pool, app.state.batcher, app.state.metrics, app.state.serving = (
-        pool,
-        batcher,
-        state.metrics,
-        state,
-    )
+    app.state.pool = pool
+    app.state.batcher = batcher
+    app.state.metrics = state.metrics
+    app.state.serving = state
     add_v1_routes(app, state)
     add_v2_routes(app, state)
 
