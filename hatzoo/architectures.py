@@ -87,37 +87,24 @@ def _timm_entry(zoo_name: str, timm_name: str) -> Callable[..., HATModel]:
     return entry
 
 
-@register_architecture("hat-vit-tiny")
-def hat_vit_tiny_patch16_224(**kwargs: Any) -> HATModel:
-    """HAT ViT-Tiny/16."""
-    return _hatified("vit_tiny_patch16_224", **kwargs)
+def _register_timm_backbone(zoo_name: str, timm_name: str, title: str) -> None:
+    """The timm backbone ``timm_name`` as zoo architecture ``zoo_name`` (``hat_<timm_name>`` in timm)."""
+
+    def build(**kwargs: Any) -> HATModel:
+        return _hatified(timm_name, **kwargs)
+
+    build.__name__ = build.__qualname__ = f"hat_{timm_name}"
+    build.__doc__ = title
+    register_architecture(zoo_name)(build)
 
 
-@register_architecture("hat-vit-small")
-def hat_vit_small_patch16_224(**kwargs: Any) -> HATModel:
-    """HAT ViT-Small/16."""
-    return _hatified("vit_small_patch16_224", **kwargs)
-
-
-@register_architecture("hat-vit-base")
-def hat_vit_base_patch16_224(**kwargs: Any) -> HATModel:
-    """HAT ViT-Base/16."""
-    return _hatified("vit_base_patch16_224", **kwargs)
-
-
-@register_architecture("hat-resnet18")
-def hat_resnet18(**kwargs: Any) -> HATModel:
-    """HAT ResNet-18."""
-    return _hatified("resnet18", **kwargs)
-
-
-@register_architecture("hat-resnet34")
-def hat_resnet34(**kwargs: Any) -> HATModel:
-    """HAT ResNet-34."""
-    return _hatified("resnet34", **kwargs)
-
-
-@register_architecture("hat-resnet50")
-def hat_resnet50(**kwargs: Any) -> HATModel:
-    """HAT ResNet-50."""
-    return _hatified("resnet50", **kwargs)
+# one row per zoo architecture: zoo name, timm backbone, help text
+for _row in (
+    ("hat-vit-tiny", "vit_tiny_patch16_224", "HAT ViT-Tiny/16."),
+    ("hat-vit-small", "vit_small_patch16_224", "HAT ViT-Small/16."),
+    ("hat-vit-base", "vit_base_patch16_224", "HAT ViT-Base/16."),
+    ("hat-resnet18", "resnet18", "HAT ResNet-18."),
+    ("hat-resnet34", "resnet34", "HAT ResNet-34."),
+    ("hat-resnet50", "resnet50", "HAT ResNet-50."),
+):
+    _register_timm_backbone(*_row)
