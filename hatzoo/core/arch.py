@@ -92,6 +92,14 @@ _TIMM_ARGS: dict[str, dict[str, Check]] = {
 _POS = _int(1, _SIZE)
 _KERNEL = _ints(1, 1024, (1, 2))
 _PAD = _ints(0, 1024, (1, 2))
+_BATCHNORM = {
+    "num_features": _POS,
+    "eps": _num(0.0, 1.0),
+    "momentum": _optional(_RATE),
+    "affine": _BOOL,
+    "track_running_stats": _BOOL,
+}
+_POOL = {"kernel_size": _KERNEL, "stride": _optional(_KERNEL), "padding": _PAD}
 _LAYER_ARGS: dict[type[nn.Module], dict[str, Check]] = {
     nn.Linear: {"in_features": _POS, "out_features": _POS, "bias": _BOOL},
     nn.Conv2d: {
@@ -104,20 +112,8 @@ _LAYER_ARGS: dict[type[nn.Module], dict[str, Check]] = {
         "groups": _POS,
         "bias": _BOOL,
     },
-    nn.BatchNorm1d: {
-        "num_features": _POS,
-        "eps": _num(0.0, 1.0),
-        "momentum": _optional(_RATE),
-        "affine": _BOOL,
-        "track_running_stats": _BOOL,
-    },
-    nn.BatchNorm2d: {
-        "num_features": _POS,
-        "eps": _num(0.0, 1.0),
-        "momentum": _optional(_RATE),
-        "affine": _BOOL,
-        "track_running_stats": _BOOL,
-    },
+    nn.BatchNorm1d: _BATCHNORM,
+    nn.BatchNorm2d: _BATCHNORM,
     nn.LayerNorm: {
         "normalized_shape": _ints(1, _SIZE, (1, 2, 3)),
         "eps": _num(0.0, 1.0),
@@ -132,8 +128,8 @@ _LAYER_ARGS: dict[type[nn.Module], dict[str, Check]] = {
     nn.LeakyReLU: {"negative_slope": _num(-1e6, 1e6)},
     nn.ELU: {"alpha": _num(-1e6, 1e6)},
     nn.Dropout: {"p": _RATE},
-    nn.MaxPool2d: {"kernel_size": _KERNEL, "stride": _optional(_KERNEL), "padding": _PAD},
-    nn.AvgPool2d: {"kernel_size": _KERNEL, "stride": _optional(_KERNEL), "padding": _PAD},
+    nn.MaxPool2d: _POOL,
+    nn.AvgPool2d: _POOL,
     nn.AdaptiveAvgPool2d: {"output_size": _ints(1, 8192, (1, 2))},
     nn.AdaptiveMaxPool2d: {"output_size": _ints(1, 8192, (1, 2))},
     nn.Flatten: {"start_dim": _int(-8, 8), "end_dim": _int(-8, 8)},
@@ -268,17 +264,15 @@ def _check_layers(layers: Any, where: str, count: list[int]) -> None:
 
 
 def _timm_shape_kwargs(model: nn.Module) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {}
     patch = getattr(model, "patch_embed", None)
     if patch is not None:
-        kwargs["img_size"] = list(patch.img_size)
-        kwargs["patch_size"] = list(patch.patch_size)
-        kwargs["in_chans"] = patch.proj.in_channels
-        return kwargs
+        return {
+            "img_size": list(patch.img_size),
+            "patch_size": list(patch.patch_size),
+            "in_chans": patch.proj.in_channels,
+        }
     stem = getattr(model, "conv1", None)
-    if isinstance(stem, nn.Conv2d):
-        kwargs["in_chans"] = stem.in_channels
-    return kwargs
+    return {"in_chans": stem.in_channels} if isinstance(stem, nn.Conv2d) else {}
 
 
 def _describe_sequential(model: nn.Sequential) -> list[dict[str, Any]]:
