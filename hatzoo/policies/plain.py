@@ -43,9 +43,7 @@ def strip_classifier(model: nn.Sequential) -> tuple[nn.Sequential, nn.Linear]:
             f"the last layer of this Sequential is {type(last).__name__}; a plain model must end with its "
             "classifier Linear, which hatify replaces by one head per task"
         )
-    parent_name, _, child = last_name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, nn.Identity())
+    model.set_submodule(last_name, nn.Identity())
     return model, last
 
 
@@ -62,16 +60,14 @@ def plain_spec(model: nn.Module, num_features: int | None = None) -> PolicySpec:
         between = leaves[start + 1 : end]
         # the gate goes after the last layer that could turn a zero into something else
         active = [n for n, m in between if not isinstance(m, PASSIVE + (nn.Flatten,))]
+        # the writer's rows and those of the norms between it and the gate
+        owners = [leaves[start]] + [(n, m) for n, m in between if isinstance(m, NORM_TYPES)]
         producers = [
-            UnitSlice(producer_name, t, 0) for t in ("weight", "bias") if getattr(producer, t) is not None
+            UnitSlice(name, t, 0)
+            for name, module in owners
+            for t in ("weight", "bias", "running_mean", "running_var")
+            if getattr(module, t, None) is not None
         ]
-        for norm_name, norm in between:
-            if isinstance(norm, NORM_TYPES):
-                producers += [
-                    UnitSlice(norm_name, t, 0)
-                    for t in ("weight", "bias", "running_mean", "running_var")
-                    if getattr(norm, t, None) is not None
-                ]
         consumers = []
         if end < len(leaves):
             consumer_name, consumer = leaves[end]
