@@ -92,8 +92,12 @@ class TaskAgnosticModel(nn.Module):
     def tasks(self) -> list[int]:
         return [m.task for m in self.task_models]
 
+    def task_model(self, task: int) -> TaskModel:
+        """The wrapped model of task id ``task``."""
+        return self.task_models[self.tasks.index(task)]
+
     def labels(self, task: int) -> list[str]:
-        return list(self.task_models[self.tasks.index(task)].labels)
+        return list(self.task_model(task).labels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every task's logits for ``x``, in the order of ``tasks``."""
@@ -143,8 +147,7 @@ def task_outputs(
 
 def _features(model: Predictor, x: torch.Tensor, task: int, layers: bool) -> list[torch.Tensor]:
     if isinstance(model, TaskAgnosticModel):
-        net = model.task_models[model.tasks.index(task)]
-        run, backbone = net.forward_features, net.backbone
+        run, backbone = model.task_model(task).forward_features, model.task_model(task).backbone
     else:
         run, backbone = partial(model.forward_features, task=task), model.backbone
     taps: list[torch.Tensor] = []
@@ -173,9 +176,7 @@ def _pooled(out: torch.Tensor, prefix_tokens: int) -> torch.Tensor:
 
 
 def _head(model: Predictor, task: int) -> nn.Module:
-    if isinstance(model, TaskAgnosticModel):
-        return model.task_models[model.tasks.index(task)].head
-    return model.heads[task]
+    return model.task_model(task).head if isinstance(model, TaskAgnosticModel) else model.heads[task]
 
 
 def _temperature_list(tasks: Sequence[int], temperatures: Mapping[int, float] | None) -> list[float] | None:
@@ -428,11 +429,7 @@ def agnostic_macs(model: Predictor, sample_shape: Sequence[int]) -> dict[int, in
     x = torch.zeros(1, *sample_shape)
     out = {}
     for t in active_tasks(model):
-        net = (
-            model.task_models[model.tasks.index(t)]
-            if isinstance(model, TaskAgnosticModel)
-            else model.specialize(t)
-        )
+        net = model.task_model(t) if isinstance(model, TaskAgnosticModel) else model.specialize(t)
         param = next(net.parameters())
         out[t] = count_macs(net, lambda net=net, p=param: net(x.to(p.device, p.dtype)))
     return out
