@@ -1,4 +1,4 @@
-"""Small HAT models the tests share: a tiny ViT, a few trained tasks, and `hatzoo train`'s tiny-ViT flags."""
+"""What the tests share: a tiny ViT, trained tasks, the optimizers, and `hatzoo train`'s tiny-ViT flags."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ TINY_VIT_TRAIN_ARGS = [
     "--batch-size",
     "32",
 ]
+
+
+# one optimizer per kind of state a locked entry could be moved by: momentum, Adam moments, weight decay
+OPTIMIZERS = {
+    "sgd-momentum": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    "adam": lambda params: torch.optim.Adam(params, lr=2e-3),
+    "adamw-decay": lambda params: torch.optim.AdamW(params, lr=2e-3, weight_decay=0.5),
+}
 
 
 def vit() -> hatzoo.HATModel:

@@ -14,13 +14,8 @@ import hatzoo
 from hatzoo.core.gates import soft_gate
 from hatzoo.core.schedules import get_schedule
 from hatzoo.core.specialize import ConstantBranch
-from tests.model_support import vit
+from tests.model_support import OPTIMIZERS, vit
 
-OPTIMIZERS = {
-    "sgd-momentum": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
-    "adam": lambda params: torch.optim.Adam(params, lr=2e-3),
-    "adamw-decay": lambda params: torch.optim.AdamW(params, lr=2e-3, weight_decay=0.5),
-}
 MORE_OPTIMIZERS = {
     "sgd-nesterov-decay": lambda params: torch.optim.SGD(
         params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01
@@ -52,8 +47,11 @@ def tiny_mlp() -> hatzoo.HATModel:
 ARCHS = {"vit": vit, "resnet": tiny_resnet, "mlp": tiny_mlp}
 
 
-def train_task(model, optimizer_factory, optimizer, x, y, steps=6):
-    """Add a task and train it a few steps with the one optimizer (created on the first task)."""
+def train_task(model, optimizer_factory, optimizer, x, y, steps=6, end=True, after_backward=None):
+    """Add a task and train it a few steps with the one optimizer (created on the first task).
+
+    ``after_backward(model)`` runs between backward and the step; ``end=False`` leaves the task open.
+    """
     task = model.add_task(num_classes=int(y.max()) + 1)
     model.train()
     if optimizer is None:
@@ -66,8 +64,11 @@ def train_task(model, optimizer_factory, optimizer, x, y, steps=6):
         loss = F.cross_entropy(logits, y) + model.regularization(task=task)
         optimizer.zero_grad()
         loss.backward()
+        if after_backward is not None:
+            after_backward(model)
         optimizer.step()
-    model.end_task(task)
+    if end:
+        model.end_task(task)
     return task, optimizer
 
 
@@ -364,13 +365,7 @@ def test_optimizer_state_of_locked_entries_is_zeroed_so_it_cannot_go_subnormal()
     model = tiny_mlp()
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
     _, optimizer = train_task(model, OPTIMIZERS["adam"], None, x, y)
-    task = model.add_task(num_classes=2)
-    optimizer.add_param_group({"params": model.task_parameters(task)})
-    model.train()
-    for _ in range(2):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x, task=task, scale=10.0), y).backward()
-        optimizer.step()
+    train_task(model, None, optimizer, x, y, steps=2, end=False)  # still open: only task 0's entries locked
     checked = 0
     params = dict(model.named_parameters())
     for name, locked in model.locked_entries().items():
@@ -388,14 +383,11 @@ def test_a_gradient_changed_after_backward_is_filtered_again_before_the_step():
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
     _, optimizer = train_task(model, OPTIMIZERS["sgd-momentum"], None, x, y)
     before = eval_logits(model, x, (0,))
-    task = model.add_task(num_classes=2)
-    optimizer.add_param_group({"params": model.task_parameters(task)})
-    model.train()
-    for _ in range(3):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x, task=task, scale=10.0), y).backward()
-        for p in model.parameters():  # e.g. gradient noise added by the user after backward
+
+    def add_noise(model):  # e.g. gradient noise added by the user after backward
+        for p in model.parameters():
             if p.grad is not None:
                 p.grad.add_(torch.randn_like(p.grad))
-        optimizer.step()
+
+    train_task(model, None, optimizer, x, y, steps=3, after_backward=add_noise)
     assert_unchanged(model, x, before)

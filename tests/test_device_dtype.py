@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 import hatzoo
 from hatzoo.diagnostics import count_ops, syncs
-from tests.model_support import vit
+from tests.model_support import OPTIMIZERS, vit
 
 ARCHS = {
     "vit": vit,
@@ -84,13 +84,9 @@ def test_bfloat16_model_runs_and_trains(arch):
 @pytest.mark.parametrize("opt", ["sgd-momentum", "adamw-decay"])
 def test_bf16_autocast_training_keeps_earlier_tasks_bitwise(arch, opt):
     torch.manual_seed(2)
-    make = {
-        "sgd-momentum": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
-        "adamw-decay": lambda p: torch.optim.AdamW(p, lr=2e-3, weight_decay=0.5),
-    }[opt]
     model = ARCHS[arch]()
     x, y = torch.randn(8, 1, 16, 16), torch.randint(0, 2, (8,))
-    optimizer = make(model.parameters())
+    optimizer = OPTIMIZERS[opt](model.parameters())
     first_task = []  # task 0's logits in float32 and under bf16 autocast, after each task
     for task in range(2):
         assert model.add_task(num_classes=2) == task
