@@ -59,17 +59,13 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def plain_step(model, optimizer, x, y, amp, device):
+def train_step(model, optimizer, x, y, amp, device, task=None):
+    """One optimizer step of the plain model (``task`` None) or of the HAT model training ``task``."""
     with autocast(device, amp):
-        loss = F.cross_entropy(model(x), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
-def hat_step(model, optimizer, x, y, amp, device, task):
-    with autocast(device, amp):
-        loss = F.cross_entropy(model(x, task=task, scale=200.0), y) + model.regularization(task=task)
+        if task is None:
+            loss = F.cross_entropy(model(x), y)
+        else:
+            loss = F.cross_entropy(model(x, task=task, scale=200.0), y) + model.regularization(task=task)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -88,7 +84,7 @@ def hat_model_on_second_task(zoo_name, kwargs, x, y, amp, device):
     first = model.add_task(num_classes=2)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    hat_step(model, optimizer, x, y, amp, device, first)
+    train_step(model, optimizer, x, y, amp, device, first)
     model.end_task(first)
     task = model.add_task(num_classes=2)
     optimizer.add_param_group({"params": model.task_parameters(task)})
@@ -112,16 +108,16 @@ def measure(setting, args) -> dict:
         hat_fn = torch.compile(hat)
 
     def run_plain():
-        plain_step(plain, plain_opt, x, y, amp, device)
+        train_step(plain, plain_opt, x, y, amp, device)
 
     def run_hat():
-        hat_step(hat_fn, hat_opt, x, y, amp, device, task)
+        train_step(hat_fn, hat_opt, x, y, amp, device, task)
 
     for _ in range(args.warmup):
         run_plain()
         run_hat()
     with count_ops() as ops:
-        hat_step(hat, hat_opt, x, y, amp, device, task)  # eager, counted
+        train_step(hat, hat_opt, x, y, amp, device, task)  # eager, counted
     breaks = sum(torch._dynamo.utils.counters["graph_break"].values()) if args.compile else None
     train = [(timed(run_plain, device), timed(run_hat, device)) for _ in range(args.repeats)]
     xe = torch.randn(eval_batch, 3, size, size, device=device)

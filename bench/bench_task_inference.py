@@ -48,13 +48,10 @@ from hatzoo.training.recipe import Recipe, load_recipe
 
 def test_rows(seq: TaskSequence, limit: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, task id, class within the task) of every task's test split (the first ``limit`` rows of each)."""
-    xs, ts, ys = [], [], []
-    for t, task in enumerate(seq):
-        x, y = (v[:limit] for v in task.test.tensors)
-        xs.append(x)
-        ys.append(y)
-        ts.append(torch.full((len(y),), t, dtype=torch.long))
-    return torch.cat(xs), torch.cat(ts), torch.cat(ys)
+    splits = [[v[:limit] for v in task.test.tensors] for task in seq]
+    ids = [torch.full((len(y),), t, dtype=torch.long) for t, (_, y) in enumerate(splits)]
+    x, y = (torch.cat(v) for v in zip(*splits, strict=True))
+    return x, torch.cat(ids), y
 
 
 def validation_split(
