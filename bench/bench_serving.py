@@ -88,19 +88,8 @@ def start_server(bundle: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     from hatzoo.export.client import ClientError, HatzooClient
 
     port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hatzoo.export.server",
-            str(bundle),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            *extra,
-        ]
-    )
+    args = [str(bundle), "--port", str(port), "--log-level", "warning", *extra]
+    proc = subprocess.Popen([sys.executable, "-m", "hatzoo.export.server", *args])
     url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
     while True:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import textwrap
@@ -26,6 +25,7 @@ from torch import nn
 import hatzoo
 from hatzoo.core.specialize import ConstantBranch, specialize
 from hatzoo.errors import ExportError, InputError, TaskError
+from tests.serving_support import npy
 
 ATOL = 1e-4
 BATCHES = (1, 7, 32)
@@ -234,14 +234,12 @@ def test_export_bundle_is_read_and_served_like_the_hat_model(vit, tmp_path: Path
         assert spec.kept_units == {k: tuple(v) for k, v in vit.model.specialize(t).kept_units.items()}
         assert 0 < spec.flops_fraction < 1 and spec.max_abs_diff <= ATOL
     x = np.random.default_rng(5).standard_normal((3, 1, 16, 16)).astype(np.float32)
-    buf = io.BytesIO()
-    np.save(buf, x)
     app = create_app([root], global_thread_pool=False)  # keep this process's other ORT sessions legal
     with TestClient(app) as client:
         for t in vit.tasks:
             r = client.post(
                 f"/v1/models/tiny/tasks/{t}:predict",
-                content=buf.getvalue(),
+                content=npy(x),
                 headers={"Content-Type": "application/x-npy"},
             )
             assert r.status_code == 200, r.text

@@ -230,7 +230,7 @@ def test_server_bad_inputs_answer_4xx_and_keep_serving(bundles: list[Path], refe
     good = np.zeros((2, 1, 8, 8), np.float32)
     with running_server(bundles, max_request_batch=8, max_body_bytes=64 << 10) as (url, _app):
         base = f"{url}/v1/models/tiny-cnn/tasks/0:predict"
-        j = lambda a: json.dumps({"inputs": a}).encode()  # noqa: E731
+        j = lambda a, **fields: json.dumps({"inputs": a, **fields}).encode()  # noqa: E731
         cases = [
             (f"{url}/v1/models/nope/tasks/0:predict", npy(good), "application/x-npy", 404, "tiny-cnn"),
             (f"{url}/v1/models/tiny-cnn/tasks/9:predict", npy(good), "application/x-npy", 404, "known tasks"),
@@ -247,13 +247,7 @@ def test_server_bad_inputs_answer_4xx_and_keep_serving(bundles: list[Path], refe
             (base, b'{"pixels": []}', "application/json", 400, "inputs"),
             (base, j([[[1.0, 2.0], [3.0]]]), "application/json", 400, "rectangular"),
             (base, j([[["a"] * 8] * 8]), "application/json", 400, "rectangular"),
-            (
-                base,
-                json.dumps({"inputs": good.tolist(), "top_k": -1}).encode(),
-                "application/json",
-                400,
-                "top_k",
-            ),
+            (base, j(good.tolist(), top_k=-1), "application/json", 400, "top_k"),
             (base, npy(np.zeros((8, 1, 64, 64), np.float32)), "application/x-npy", 413, "over the limit"),
             (base, b"hello", "text/plain", 415, "Content-Type"),
         ]
