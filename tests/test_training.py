@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 import hatzoo
@@ -26,33 +27,20 @@ def mlp() -> hatzoo.HATModel:
     return hatzoo.hatify(net)
 
 
+TINY = """\
+name: tiny
+arch: hat-vit-tiny  # replaced by the MLP factory; kept valid for the card
+benchmark: {name: split-mnist, seed: 0, max_train_per_task: 200, max_tasks: 3, max_test_per_task: 200}
+recipe: {optimizer: sgd, lr: 0.05, momentum: 0.9, epochs: 2, batch_size: 32, seed: 0, joint: false}
+hub: {repo_id: test-org/tiny}
+description: tiny test recipe
+"""
+
+
 def tiny_recipe(**recipe) -> Recipe:
-    return Recipe.from_dict(
-        {
-            "name": "tiny",
-            "arch": "hat-vit-tiny",  # replaced by the MLP factory; kept valid for the card
-            "benchmark": {
-                "name": "split-mnist",
-                "seed": 0,
-                "max_train_per_task": 200,
-                "max_tasks": 3,
-                "max_test_per_task": 200,
-            },
-            "recipe": {
-                "optimizer": "sgd",
-                "lr": 0.05,
-                "momentum": 0.9,
-                "epochs": 2,
-                "batch_size": 32,
-                "seed": 0,
-                "joint": False,
-                **recipe,
-            },
-            "hub": {"repo_id": "test-org/tiny"},
-            "description": "tiny test recipe",
-        },
-        "<test>",
-    )
+    data = yaml.safe_load(TINY)
+    data["recipe"].update(recipe)
+    return Recipe.from_dict(data, "<test>")
 
 
 def task_logits(model: hatzoo.HATModel, x: torch.Tensor) -> list[torch.Tensor]:
@@ -97,10 +85,7 @@ def test_card_has_real_numbers(full_run):
     out, results = full_run
     card = (out / "README.md").read_text()
     assert (out / "model" / "README.md").read_text() == card
-    front = card.split("---")[1]
-    import yaml
-
-    meta = yaml.safe_load(front)
+    meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] == "hatzoo" and {"hat", "continual-learning", "timm"} <= set(meta["tags"])
     metrics = meta["model-index"][0]["results"][0]["metrics"]
     assert [m["value"] for m in metrics[:3]] == [round(100 * a, 2) for a in results.final]
@@ -211,8 +196,6 @@ def test_cli_trains_tiny_vit(tmp_path, capsys):
 
 
 def test_card_results_block_is_generated(tmp_path, full_run):
-    import yaml
-
     from hatzoo.training import card_results, write_card_results
 
     out, results = full_run
