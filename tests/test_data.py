@@ -230,10 +230,9 @@ def test_torchvision_fashion_on_local_files(tmp_path: Path, split_fashion: TaskS
 
 
 def test_torchvision_missing_files_and_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(DataError, match="download=True"):
-        get_benchmark("tv-cifar10", root=tmp_path, download=False)
-    with pytest.raises(DataError, match="download=True"):
-        get_benchmark("tv-mnist", root=tmp_path, download=False)
+    for bench in ("tv-cifar10", "tv-mnist"):
+        with pytest.raises(DataError, match="download=True"):
+            get_benchmark(bench, root=tmp_path, download=False)
     monkeypatch.delenv("HATZOO_DATA", raising=False)
     with pytest.raises(DataError, match="root="):
         get_benchmark("tv-cifar100")
