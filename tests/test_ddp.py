@@ -14,40 +14,18 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from hatzoo import HATModel
 from hatzoo.training import load_recipe, train_sequence
 
-CARD = {
-    "name": "ddp-tiny",
-    "arch": "hat-vit-tiny",
-    "model_args": {
-        "img_size": 28,
-        "patch_size": 7,
-        "in_chans": 1,
-        "embed_dim": 32,
-        "depth": 1,
-        "num_heads": 2,
-    },
-    "benchmark": {
-        "name": "split-mnist",
-        "seed": 0,
-        "max_train_per_task": 64,
-        "max_test_per_task": 64,
-        "max_tasks": 2,
-    },
-    "recipe": {
-        "optimizer": "sgd",
-        "lr": 0.01,
-        "momentum": 0.9,
-        "epochs": 2,
-        "batch_size": 16,
-        "seed": 0,
-        "joint": False,
-    },
-    "hub": {"repo_id": "test-org/ddp-tiny"},
-}
+CARD = """\
+name: ddp-tiny
+arch: hat-vit-tiny
+model_args: {img_size: 28, patch_size: 7, in_chans: 1, embed_dim: 32, depth: 1, num_heads: 2}
+benchmark: {name: split-mnist, seed: 0, max_train_per_task: 64, max_test_per_task: 64, max_tasks: 2}
+recipe: {optimizer: sgd, lr: 0.01, momentum: 0.9, epochs: 2, batch_size: 16, seed: 0, joint: false}
+hub: {repo_id: test-org/ddp-tiny}
+"""
 
 
 def _logits(model, x: torch.Tensor) -> list[torch.Tensor]:
@@ -58,25 +36,12 @@ def _logits(model, x: torch.Tensor) -> list[torch.Tensor]:
 
 def test_ddp_matches_single_process(tmp_path: Path) -> None:
     card = tmp_path / "ddp-tiny.yaml"
-    card.write_text(yaml.safe_dump(CARD))
+    card.write_text(CARD)
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "hatzoo.training.cli",
-        "--card",
-        str(card),
-        "--out",
-        str(ddp_out),
-        "--no-progress",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    train = ["-m", "hatzoo.training.cli", "--card", str(card), "--out", str(ddp_out), "--no-progress"]
+    proc = subprocess.run([*torchrun, *train], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     single = train_sequence(load_recipe(card), single_out, progress=False)
