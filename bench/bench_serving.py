@@ -19,8 +19,8 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -150,12 +150,9 @@ def bench_throughput(
                 except Exception as e:  # noqa: BLE001
                     errors.append(str(e))
 
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
         t0 = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(worker, range(clients)))
         served = requests / (time.perf_counter() - t0)
         metrics = HatzooClient(url).metrics()
     finally:

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -277,20 +278,16 @@ def test_server_micro_batches_concurrent_requests(bundles: list[Path], reference
 
     n = 16
     xs = [np.random.default_rng(100 + i).standard_normal((1, 1, 8, 8)).astype(np.float32) for i in range(n)]
-    outs: list[np.ndarray | None] = [None] * n
     with running_server(bundles, micro_batch=64, max_wait_ms=30) as (url, app):
         barrier = threading.Barrier(n)
 
-        def one(i: int) -> None:
+        def one(x: np.ndarray) -> np.ndarray:
             c = HatzooClient(url)
             barrier.wait()
-            outs[i] = c.predict("tiny-mlp", 5, xs[i])["logits"]
+            return c.predict("tiny-mlp", 5, x)["logits"]
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
+        with ThreadPoolExecutor(n) as clients:
+            outs = list(clients.map(one, xs))
         text = HatzooClient(url).metrics()
     for x, y in zip(xs, outs, strict=True):
         np.testing.assert_allclose(y, reference("tiny-mlp", 5, x), rtol=1e-6, atol=1e-6)

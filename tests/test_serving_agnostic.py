@@ -67,12 +67,6 @@ def server(bundle: Path):
         yield url
 
 
-def _library_scores(hat: hatzoo.HATModel, inputs: dict[int, np.ndarray], rule: str) -> np.ndarray:
-    with torch.no_grad():
-        logits = [hat(torch.from_numpy(inputs[t]), task=t).double().numpy() for t in range(3)]
-    return task_scores(logits, rule)
-
-
 def test_normalized_floats_answer_like_the_library(hat, server: str) -> None:
     x = np.random.default_rng(1).standard_normal((9, *SHAPE)).astype(np.float32)
     body = json.dumps({"inputs": x.tolist()}).encode()
@@ -92,7 +86,9 @@ def test_normalized_floats_answer_like_the_library(hat, server: str) -> None:
 def test_pixels_are_normalized_per_task(hat, server: str) -> None:
     px = np.random.default_rng(2).integers(0, 256, (5, *SHAPE), dtype=np.uint8)
     inputs = {t: ((px / 255.0 - NORMS[t][0]) / NORMS[t][1]).astype(np.float32) for t in range(3)}
-    want = _library_scores(hat, inputs, "msp")
+    with torch.no_grad():
+        logits = [hat(torch.from_numpy(inputs[t]), task=t).double().numpy() for t in range(3)]
+    want = task_scores(logits, "msp")
     status, got = post(f"{server}/v1/models/mlp:predict?rule=msp", npy(px), "application/x-npy")
     assert status == 200, got
     np.testing.assert_allclose(np.asarray(got["scores"]), want, rtol=0, atol=1e-5)

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,37 +61,32 @@ def test_concurrent_load_zero_errors_and_exact_answers(bundles: list[Path], refe
     args = [*map(str, bundles), "--max-sessions", "4", "--log-level", "warning"]
     with server_process(*args) as (_proc, url):
         errors: list[str] = []
-        worst = [0.0]
-        done = [0]
-        lock = threading.Lock()
 
-        def worker(i: int) -> None:
+        def worker(i: int) -> list[float]:
+            """This client's max |diff| per answer; wrong or failed answers go to ``errors``."""
             rng = np.random.default_rng(1000 + i)
             c = HatzooClient(url, timeout=30)
+            diffs = []
             for j in range(REQUESTS_PER_CLIENT):
                 model, task = ROUTES[(i + j) % len(ROUTES)]
                 x = rng.standard_normal((int(rng.integers(1, 5)), 1, 8, 8)).astype(np.float32)
                 try:
                     y = c.predict(model, task, x, top_k=1, use_npy=bool(j % 4))
-                    diff = float(np.abs(y["logits"] - reference(model, task, x)).max())
-                    with lock:
-                        worst[0] = max(worst[0], diff)
-                        done[0] += 1
-                    if diff > 1e-5 or y["task"] != str(task) or y["model"] != model:
-                        errors.append(f"{model}/{task}: wrong answer (max diff {diff})")
+                    diffs.append(float(np.abs(y["logits"] - reference(model, task, x)).max()))
+                    if diffs[-1] > 1e-5 or y["task"] != str(task) or y["model"] != model:
+                        errors.append(f"{model}/{task}: wrong answer (max diff {diffs[-1]})")
                 except Exception as e:  # noqa: BLE001 - collect every failure
                     errors.append(f"{model}/{task}: {e}")
+            return diffs
 
         t1 = time.monotonic()
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        with ThreadPoolExecutor(CLIENTS) as clients:
+            diffs = [d for client in clients.map(worker, range(CLIENTS)) for d in client]
         elapsed = time.monotonic() - t1
         assert not errors, errors[:5]
-        assert done[0] == CLIENTS * REQUESTS_PER_CLIENT
-        assert worst[0] <= 1e-5
+        assert len(diffs) == CLIENTS * REQUESTS_PER_CLIENT
+        worst = max(diffs)
+        assert worst <= 1e-5
         text = HatzooClient(url).metrics()
         total = sum(
             metric(text, "hatzoo_requests_total", model=m, task=str(t), status="200") for m, t in ROUTES
@@ -98,9 +94,7 @@ def test_concurrent_load_zero_errors_and_exact_answers(bundles: list[Path], refe
         assert total == CLIENTS * REQUESTS_PER_CLIENT
         assert all(metric(text, "hatzoo_errors_total", model=m, task=str(t)) == 0 for m, t in ROUTES)
         assert metric(text, "hatzoo_sessions_loaded") <= 4
-        print(
-            f"\n{total} requests in {elapsed:.2f} s ({total / elapsed:.0f} req/s), max |diff| {worst[0]:.2e}"
-        )
+        print(f"\n{total} requests in {elapsed:.2f} s ({total / elapsed:.0f} req/s), max |diff| {worst:.2e}")
 
 
 @pytest.mark.parametrize("stop", ["terminate", "kill"])
