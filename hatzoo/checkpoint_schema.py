@@ -157,7 +157,7 @@ def _check_section(s: _Schema, section: dict[str, Any]) -> None:
 
 
 def _check_hat(s: _Schema, hat: Any) -> None:
-    """The HAT options, read off ``HATConfig``'s fields: a Literal is a choice, a float a number >= 0."""
+    """The HAT options, read off ``HATConfig``'s fields: a Literal is a choice, a float a number > 0."""
     fields = typing.get_type_hints(HATConfig)
     s.mapping(hat, "hatzoo.hat", set(), set(fields))
     for key, kind in fields.items():
@@ -165,7 +165,7 @@ def _check_hat(s: _Schema, hat: Any) -> None:
             continue
         if typing.get_origin(kind) is typing.Literal:
             s.string(hat[key], f"hatzoo.hat.{key}", typing.get_args(kind))
-        else:  # reg_c may be 0 (no regularizer); scales and clamps must be > 0
+        else:  # but reg_c may be 0: no regularizer
             s.number(hat[key], f"hatzoo.hat.{key}", 0.0, open_lo=key != "reg_c")
 
 
