@@ -76,18 +76,11 @@ class Metrics:
                 "# TYPE hatzoo_request_latency_seconds histogram",
             ]
             for (m, t), b in sorted(self.lat_buckets.items()):
-                for le, n in zip(LATENCY_BUCKETS, b, strict=True):
-                    out.append(f"hatzoo_request_latency_seconds_bucket{lab(model=m, task=t, le=le)} {n}")
-                out.append(
-                    f"hatzoo_request_latency_seconds_bucket{lab(model=m, task=t, le='+Inf')} "
-                    f"{self.lat_count[(m, t)]}"
-                )
-                out.append(
-                    f"hatzoo_request_latency_seconds_sum{lab(model=m, task=t)} {self.lat_sum[(m, t)]:.6f}"
-                )
-                out.append(
-                    f"hatzoo_request_latency_seconds_count{lab(model=m, task=t)} {self.lat_count[(m, t)]}"
-                )
+                name, count = "hatzoo_request_latency_seconds", self.lat_count[(m, t)]
+                for le, n in zip((*LATENCY_BUCKETS, "+Inf"), (*b, count), strict=True):
+                    out.append(f"{name}_bucket{lab(model=m, task=t, le=le)} {n}")
+                out.append(f"{name}_sum{lab(model=m, task=t)} {self.lat_sum[(m, t)]:.6f}")
+                out.append(f"{name}_count{lab(model=m, task=t)} {count}")
         out += [
             "# HELP hatzoo_batches_total session.run calls made by the micro-batcher.",
             "# TYPE hatzoo_batches_total counter",

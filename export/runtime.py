@@ -426,12 +426,10 @@ class MicroBatcher:
         st.rows += len(x)
         st.requests += len(batch)
         st.max_rows = max(st.max_rows, len(x))
-        i = 0
-        for p in batch:
-            n = len(p.x)
+        ends = np.cumsum([len(p.x) for p in batch])
+        for p, rows in zip(batch, np.split(y, ends[:-1]), strict=True):  # each caller's rows, in order
             if not p.future.done():
-                p.future.set_result(y[i : i + n])
-            i += n
+                p.future.set_result(rows)
 
     def close(self) -> None:
         """Stop the workers and the thread pool."""
