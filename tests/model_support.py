@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 import hatzoo
@@ -37,6 +38,25 @@ OPTIMIZERS = {
 def vit() -> hatzoo.HATModel:
     """A two-block hat-vit-tiny for 1x16x16 inputs."""
     return hatzoo.create_model("hat-vit-tiny", img_size=16, patch_size=4, in_chans=1, depth=2)
+
+
+def tiny_mlp() -> hatzoo.HATModel:
+    """A plain Sequential for 1x16x16 inputs: two masked Linear layers, one with a per-task BatchNorm1d."""
+    return hatzoo.hatify(
+        nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(256, 64),
+            nn.ReLU(),
+            nn.Linear(64, 48),
+            nn.BatchNorm1d(48),
+            nn.ReLU(),
+            nn.Linear(48, 10),
+        )
+    )
+
+
+# one model of each policy, all for 1x16x16 inputs
+ARCHS = {"vit": vit, "resnet": lambda: hatzoo.create_model("hat-resnet18", in_chans=1), "mlp": tiny_mlp}
 
 
 def train_tasks(model: hatzoo.HATModel, num_tasks: int, x: torch.Tensor, seed: int = 0) -> hatzoo.HATModel:

@@ -14,7 +14,7 @@ import hatzoo
 from hatzoo.core.gates import soft_gate
 from hatzoo.core.schedules import get_schedule
 from hatzoo.core.specialize import ConstantBranch
-from tests.model_support import OPTIMIZERS, vit
+from tests.model_support import ARCHS, OPTIMIZERS, tiny_mlp, vit
 
 MORE_OPTIMIZERS = {
     "sgd-nesterov-decay": lambda params: torch.optim.SGD(
@@ -24,27 +24,6 @@ MORE_OPTIMIZERS = {
     "rmsprop": lambda params: torch.optim.RMSprop(params, lr=1e-3, momentum=0.5),
     "adagrad": lambda params: torch.optim.Adagrad(params, lr=0.05),
 }
-
-
-def tiny_resnet() -> hatzoo.HATModel:
-    return hatzoo.create_model("hat-resnet18", in_chans=1)
-
-
-def tiny_mlp() -> hatzoo.HATModel:
-    return hatzoo.hatify(
-        nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(256, 64),
-            nn.ReLU(),
-            nn.Linear(64, 48),
-            nn.BatchNorm1d(48),
-            nn.ReLU(),
-            nn.Linear(48, 10),
-        )
-    )
-
-
-ARCHS = {"vit": vit, "resnet": tiny_resnet, "mlp": tiny_mlp}
 
 
 def train_task(model, optimizer_factory, optimizer, x, y, steps=6, end=True, after_backward=None):

@@ -9,15 +9,7 @@ from torch.nn import functional as F
 
 import hatzoo
 from hatzoo.diagnostics import count_ops, syncs
-from tests.model_support import OPTIMIZERS, vit
-
-ARCHS = {
-    "vit": vit,
-    "resnet": lambda: hatzoo.create_model("hat-resnet18", in_chans=1),
-    "mlp": lambda: hatzoo.hatify(
-        nn.Sequential(nn.Flatten(), nn.Linear(256, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
-    ),
-}
+from tests.model_support import ARCHS, OPTIMIZERS
 
 
 def floating_dtypes(model: nn.Module) -> set[torch.dtype]:
