@@ -132,12 +132,3 @@ def get_card(name: str) -> Card:
 def resolve(name_or_repo_id: str | os.PathLike[str], revision: str | None = None) -> tuple[str, str | None]:
     """Where to load a zoo name, repo id or local folder from: ``(folder or repo id, revision)``."""
     return default_zoo().resolve(name_or_repo_id, revision)
-
-
-def __getattr__(name: str):
-    """Transitional: ``create_model`` is in hatzoo.architectures; hatzoo.training.common imports it here."""
-    if name == "create_model":
-        from hatzoo.architectures import create_model
-
-        return create_model
-    raise AttributeError(f"module 'hatzoo.zoo' has no attribute {name!r}")
