@@ -103,13 +103,12 @@ class HATModel(nn.Module):
         Computing every gate of a forward pass together costs a handful of kernels instead of a few
         per group, and the expansion (a head's unit covers head_dim activations) is one gather.
         """
-        self._unit_sizes = [g.size for g in groups]
         self._act_sizes = [g.size * g.gate.expand for g in groups]
-        index = [torch.arange(g.size).repeat_interleave(g.gate.expand) for g in groups]
-        offsets = torch.tensor([0, *self._unit_sizes[:-1]]).cumsum(0).tolist() if groups else []
-        flat = torch.cat([i + o for i, o in zip(index, offsets, strict=True)]) if groups else torch.zeros(0)
+        expand = torch.tensor([g.gate.expand for g in groups], dtype=torch.long)
+        per_unit = expand.repeat_interleave(torch.tensor([g.size for g in groups], dtype=torch.long))
+        index = torch.arange(len(per_unit)).repeat_interleave(per_unit)  # flat unit of each activation
         expands = any(g.gate.expand > 1 for g in groups)
-        self.register_buffer("_gate_index", flat.long() if expands else None, persistent=False)
+        self.register_buffer("_gate_index", index if expands else None, persistent=False)
 
     def _index_slices(self, groups: list[MaskGroup]) -> dict[str, list[tuple[str, UnitSlice]]]:
         """Map each backbone tensor ('module.tensor') to the (group, slice) pairs that touch it."""
@@ -279,8 +278,7 @@ class HATModel(nn.Module):
     def regularization(self, task: int, scale: float | None = None) -> torch.Tensor:
         """The HAT mask regularizer: reg_c times the share of free units the task's gates open."""
         self.check_task(task, allow_open=True)
-        if scale is None:
-            scale = self._last_scale.get(task, self.config.smax)
+        scale = self._last_scale.get(task, self.config.smax) if scale is None else scale
         if task not in self._reg_weights:
             self._reg_weights[task] = self._regularizer_weights(task)
         return self.config.reg_c * (self._flat_soft_gate(task, scale) * self._reg_weights[task]).sum()
