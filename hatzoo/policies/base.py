@@ -24,10 +24,10 @@ class PolicySpec:
 
     groups: the mask groups.
     per_task_modules: qualified names of modules that get one copy per task (norms).
-    per_task_params: (host module name, attribute) of tensors that get one copy per task.
     num_features: width of the features the per-task heads read.
     input_shape: expected input shape without the batch, ``None`` entries where any size goes;
         ``None`` as a whole when a leading Flatten takes any shape of ``input_numel`` values.
+    per_task_params: (host module name, attribute) of tensors that get one copy per task.
     fold_pairs: (conv, batchnorm) module names that ``specialize`` may fold exactly.
     arch: how to rebuild the backbone (source, name, kwargs); stored in checkpoints.
     feature_group: the group whose units are the features the heads read, if any; pruning
@@ -36,9 +36,9 @@ class PolicySpec:
 
     groups: list[MaskGroup]
     per_task_modules: list[str]
-    per_task_params: list[tuple[str, str]]
     num_features: int
     input_shape: tuple[int | None, ...] | None
+    per_task_params: list[tuple[str, str]] = field(default_factory=list)
     fold_pairs: list[tuple[str, str]] = field(default_factory=list)
     arch: dict[str, Any] = field(default_factory=dict)
     input_numel: int | None = None

@@ -95,7 +95,6 @@ def plain_spec(model: nn.Module, num_features: int | None = None) -> PolicySpec:
     return PolicySpec(
         groups=groups,
         per_task_modules=norm_modules(model),
-        per_task_params=[],
         num_features=num_features or 0,
         input_shape=input_shape,
         input_numel=first.in_features if isinstance(first, nn.Linear) and flattens_first else None,

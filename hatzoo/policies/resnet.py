@@ -48,15 +48,12 @@ def resnet_spec(model: nn.Module) -> PolicySpec:
                     "the ResNet policy supports timm BasicBlock and Bottleneck"
                 )
             for k in range(1, convs):
-                if getattr(block, f"conv{k}").groups != 1 or not isinstance(
-                    getattr(block, f"bn{k}"), nn.BatchNorm2d
-                ):
+                conv = getattr(block, f"conv{k}")
+                if conv.groups != 1 or not isinstance(getattr(block, f"bn{k}"), nn.BatchNorm2d):
                     raise UnsupportedModelError(
                         f"{name}.conv{k} is grouped or not followed by BatchNorm2d; use a plain timm ResNet"
                     )
-                groups.append(
-                    _conv_bn_group(name, k, f"{name}.conv{k + 1}", getattr(block, f"conv{k}").out_channels)
-                )
+                groups.append(_conv_bn_group(name, k, f"{name}.conv{k + 1}", conv.out_channels))
             folds += [(f"{name}.conv{k}", f"{name}.bn{k}") for k in range(1, convs + 1)]
             if block.downsample is not None and isinstance(block.downsample, nn.Sequential):
                 folds.append((f"{name}.downsample.0", f"{name}.downsample.1"))
@@ -64,7 +61,6 @@ def resnet_spec(model: nn.Module) -> PolicySpec:
     return PolicySpec(
         groups=groups,
         per_task_modules=norm_modules(model),
-        per_task_params=[],
         num_features=model.num_features,
         input_shape=(stem.in_channels, None, None),
         fold_pairs=[(c, b) for c, b in folds if isinstance(model.get_submodule(c), nn.Conv2d)],
