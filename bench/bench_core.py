@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import statistics
 import time
+from functools import partial
 
 import timm
 import torch
@@ -79,6 +80,15 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
+def alternate(plain, hat, args) -> list[float]:
+    """Median seconds of a call of ``plain`` and of ``hat``, timed alternately after warm-up calls."""
+    for _ in range(args.warmup):
+        plain()
+        hat()
+    times = [(timed(plain, args.device), timed(hat, args.device)) for _ in range(args.repeats)]
+    return [statistics.median(t) for t in zip(*times, strict=True)]
+
+
 def hat_model_on_second_task(zoo_name, kwargs, x, y, amp, device):
     model = hatzoo.create_model(zoo_name, in_chans=3, **kwargs).to(device)
     first = model.add_task(num_classes=2)
@@ -107,35 +117,24 @@ def measure(setting, args) -> dict:
         torch._dynamo.utils.counters.clear()
         hat_fn = torch.compile(hat)
 
-    def run_plain():
-        train_step(plain, plain_opt, x, y, amp, device)
-
-    def run_hat():
-        train_step(hat_fn, hat_opt, x, y, amp, device, task)
-
-    for _ in range(args.warmup):
-        run_plain()
-        run_hat()
+    train = alternate(
+        partial(train_step, plain, plain_opt, x, y, amp, device),
+        partial(train_step, hat_fn, hat_opt, x, y, amp, device, task),
+        args,
+    )
     with count_ops() as ops:
         train_step(hat, hat_opt, x, y, amp, device, task)  # eager, counted
     breaks = sum(torch._dynamo.utils.counters["graph_break"].values()) if args.compile else None
-    train = [(timed(run_plain, device), timed(run_hat, device)) for _ in range(args.repeats)]
     xe = torch.randn(eval_batch, 3, size, size, device=device)
     plain.eval()
     hat.eval()
     with torch.no_grad(), autocast(device, amp):
-        for _ in range(args.warmup):
-            plain(xe)
-            hat(xe, task=task - 1)
-        infer = [
-            (timed(lambda: plain(xe), device), timed(lambda: hat(xe, task=task - 1), device))
-            for _ in range(args.repeats)
-        ]
+        infer = alternate(partial(plain, xe), partial(hat, xe, task=task - 1), args)
     return {
         "batch": batch,
-        "train": [statistics.median(t) for t in zip(*train, strict=True)],
+        "train": train,
         "eval_batch": eval_batch,
-        "infer": [statistics.median(t) for t in zip(*infer, strict=True)],
+        "infer": infer,
         "syncs": syncs(ops),
         "ops": sum(ops.values()),
         "graph_breaks": breaks,
