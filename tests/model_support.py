@@ -75,3 +75,30 @@ def train_tasks(model: hatzoo.HATModel, num_tasks: int, x: torch.Tensor, seed: i
             optimizer.step()
         model.end_task(task)
     return model.eval()
+
+
+def train_random_tasks(
+    model: hatzoo.HATModel,
+    classes: tuple[int, ...],
+    shape: tuple[int, ...],
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+) -> hatzoo.HATModel:
+    """Add a task of ``k`` classes per entry of ``classes`` and train it ``steps`` Adam steps on random inputs
+    and labels (masks start from N(0, 1), so they end partial); eval mode. The caller seeds torch."""
+    for n, k in enumerate(classes):
+        task = model.add_task(num_classes=k, labels=[f"t{n}-c{i}" for i in range(k)])
+        model.train()
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+        for step in range(steps):
+            x, y = torch.randn(batch, *shape), torch.randint(0, k, (batch,))
+            loss = F.cross_entropy(model(x, task=task, scale=50.0 * (step + 1)), y) + model.regularization(
+                task=task
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.end_task(task)
+    return model.eval()

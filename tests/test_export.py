@@ -25,6 +25,7 @@ from torch import nn
 import hatzoo
 from hatzoo.core.specialize import ConstantBranch, specialize
 from hatzoo.errors import ExportError, InputError, TaskError
+from tests.model_support import train_random_tasks
 from tests.serving_support import npy
 
 ATOL = 1e-4
@@ -41,24 +42,10 @@ class Trained:
 
 
 def _train(model: hatzoo.HATModel, shape: tuple[int, ...], tasks: int = 3, steps: int = 3) -> Trained:
-    """Train ``tasks`` tasks for a few steps each (masks start from N(0, 1): partial), then end them."""
+    """Train ``tasks`` tasks of 2, 3, ... classes for a few steps each (partial masks), then end them."""
     torch.manual_seed(0)
-    ce = nn.CrossEntropyLoss()
-    ids = []
-    for k in range(tasks):
-        t = model.add_task(num_classes=2 + k, labels=[f"t{k}-c{i}" for i in range(2 + k)])
-        model.train()
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        for step in range(steps):
-            x, y = torch.randn(8, *shape), torch.randint(0, 2 + k, (8,))
-            loss = ce(model(x, task=t, scale=50.0 * (step + 1)), y) + model.regularization(task=t)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.end_task(t)
-        ids.append(t)
-    model.eval()
-    return Trained(model, shape, ids)
+    train_random_tasks(model, tuple(range(2, 2 + tasks)), shape, steps=steps, batch=8, lr=1e-3)
+    return Trained(model, shape, list(range(tasks)))
 
 
 @pytest.fixture(scope="module")

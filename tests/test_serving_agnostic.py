@@ -16,6 +16,7 @@ from torch import nn
 
 import hatzoo
 from hatzoo.task_inference import predict
+from tests.model_support import train_random_tasks
 from tests.serving_support import npy, post, running_server
 
 SHAPE = (1, 8, 8)
@@ -33,18 +34,7 @@ def hat() -> hatzoo.HATModel:
             nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 2)
         )
     )
-    for k in (2, 3, 4):
-        t = model.add_task(num_classes=k, labels=[f"t{k - 2}-{i}" for i in range(k)])
-        model.train()
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-        for step in range(5):
-            x, y = torch.randn(16, *SHAPE), torch.randint(0, k, (16,))
-            loss = nn.functional.cross_entropy(model(x, task=t, scale=50.0 * (step + 1)), y)
-            opt.zero_grad()
-            (loss + model.regularization(task=t)).backward()
-            opt.step()
-        model.end_task(t)
-    return model.eval()
+    return train_random_tasks(model, (2, 3, 4), SHAPE, steps=5, batch=16, lr=1e-2)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from hatzoo.task_inference import (
     global_class,
     predict,
 )
+from tests.model_support import train_random_tasks
 
 RULES = ("msp", "entropy", "energy")
 NUM_TASKS, WIDTH = 3, 6  # task t owns input dims 2t (class 0) and 2t + 1 (class 1)
@@ -65,17 +66,7 @@ def trained() -> hatzoo.HATModel:
             nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 12), nn.ReLU(), nn.Linear(12, 5)
         )
     )
-    for k in (2, 2, 3, 4):
-        t = model.add_task(num_classes=k)
-        model.train()
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-        for step in range(5):
-            x, y = torch.randn(16, 1, 4, 4), torch.randint(0, k, (16,))
-            loss = nn.functional.cross_entropy(model(x, task=t, scale=50.0 * (step + 1)), y)
-            opt.zero_grad()
-            (loss + model.regularization(task=t)).backward()
-            opt.step()
-        model.end_task(t)
+    train_random_tasks(model, (2, 2, 3, 4), (1, 4, 4), steps=5, batch=16, lr=1e-2)
     model.forget(1)
     return model.eval()
 
