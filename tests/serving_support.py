@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -88,12 +87,6 @@ class Reference:
         return self._s[key].run(["logits"], {"x": x})[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_server(dirs: list[Path], **options) -> Iterator[tuple[str, object]]:
     """A real uvicorn server on 127.0.0.1 in a thread of this process, with serve()'s protocol (header
@@ -101,6 +94,8 @@ def running_server(dirs: list[Path], **options) -> Iterator[tuple[str, object]]:
     import uvicorn
     from hatzoo.export.guard import header_timeout_protocol
     from hatzoo.export.server import create_app
+
+    from hatzoo.hub.local_hub import free_port
 
     options.setdefault("global_thread_pool", False)  # keep this pytest process's other ORT sessions legal
     app = create_app(dirs, **options)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from hatzoo.errors import HATError
-from tests.serving_support import edit_manifest, free_port, running_server
+from hatzoo.hub.local_hub import free_port
+from tests.serving_support import edit_manifest, running_server
 
 
 def copy(bundle: Path, tmp_path: Path, edit=None) -> Path:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serving_support import Reference, free_port, metric
+from hatzoo.hub.local_hub import free_port
+from tests.serving_support import Reference, metric
 
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 50
