@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from hatzoo.export.client import HatzooClient
+
+from hatzoo.hub.local_hub import free_port, stop_process
 
 
 def build_demo_bundle(out: Path, arch: str = "cnn", tasks: int = 4) -> Path:
@@ -69,12 +71,6 @@ def build_demo_bundle(out: Path, arch: str = "cnn", tasks: int = 4) -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rss_mb(pid: int) -> float:
     """Resident set size of a process in MiB, from /proc (Linux)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -85,29 +81,12 @@ def _rss_mb(pid: int) -> float:
 
 def start_server(bundle: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     """Start ``python -m hatzoo.export.server`` on a free port and wait for /healthz."""
-    from hatzoo.export.client import ClientError, HatzooClient
-
-    port = _free_port()
+    port = free_port()
     args = [str(bundle), "--port", str(port), "--log-level", "warning", *extra]
     proc = subprocess.Popen([sys.executable, "-m", "hatzoo.export.server", *args])
     url = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-    while True:
-        try:
-            HatzooClient(url, timeout=2).health()
-            return proc, url
-        except ClientError:
-            if proc.poll() is not None or time.monotonic() - t0 > 60:
-                raise RuntimeError("server did not start") from None
-            time.sleep(0.1)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    HatzooClient(url, timeout=2).wait_until_up(proc)
+    return proc, url
 
 
 def bench_throughput(
@@ -116,7 +95,6 @@ def bench_throughput(
     """Requests/s through the server with ``clients`` threads vs. direct session.run in a loop."""
     import onnxruntime as ort
     from hatzoo.export.bundle import read_bundle
-    from hatzoo.export.client import HatzooClient
 
     b = read_bundle(bundle)
     tids = list(b.tasks)
@@ -156,7 +134,7 @@ def bench_throughput(
         served = requests / (time.perf_counter() - t0)
         metrics = HatzooClient(url).metrics()
     finally:
-        stop(proc)
+        stop_process(proc)
     batches = sum(
         float(line.split()[-1]) for line in metrics.splitlines() if line.startswith("hatzoo_batches_total{")
     )
@@ -172,7 +150,6 @@ def bench_throughput(
 def bench_rss(bundle: Path, n_tasks: int) -> list[tuple[int, float]]:
     """Server RSS (MiB) at start and after a batch-32 request to each of the first 1..N tasks."""
     from hatzoo.export.bundle import read_bundle
-    from hatzoo.export.client import HatzooClient
 
     b = read_bundle(bundle)
     tids = list(b.tasks)[:n_tasks]
@@ -184,7 +161,7 @@ def bench_rss(bundle: Path, n_tasks: int) -> list[tuple[int, float]]:
             HatzooClient(url).predict(b.model, t, x)
             rows.append((i, _rss_mb(proc.pid)))
     finally:
-        stop(proc)
+        stop_process(proc)
     return rows
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -55,6 +57,25 @@ class HatzooClient:
     def health(self) -> dict[str, Any]:
         """The server's /healthz answer."""
         return self._request("GET", "/healthz")
+
+    def wait_until_up(self, process: subprocess.Popen | None = None, timeout: float = 60.0) -> dict[str, Any]:
+        """Poll /healthz until the server answers; ClientError if ``process`` (the server) exits first or
+        ``timeout`` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.health()
+            except ClientError:
+                if process is not None and process.poll() is not None:
+                    raise ClientError(
+                        f"the hatzoo server for {self.base_url} exited with code {process.returncode} before "
+                        "answering /healthz; run its command in a terminal to see why"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise ClientError(
+                        f"the server at {self.base_url} did not answer within {timeout:g} s"
+                    ) from None
+                time.sleep(0.1)
 
     def models(self) -> list[dict[str, Any]]:
         """Models served, each with its tasks (id, labels, input_shape, dtype, normalization)."""

@@ -62,7 +62,7 @@ def run_demo(workdir: Path, port: int | None = None) -> dict[str, Any]:
 
     from hatzoo.card import HubPin, update_card
     from hatzoo.export.client import HatzooClient
-    from hatzoo.hub.local_hub import LocalHub, free_port
+    from hatzoo.hub.local_hub import LocalHub, free_port, stop_process
     from hatzoo.hub.publish import publish_git
     from hatzoo.training import load_recipe, train_sequence
     from hatzoo.zoo import get_card
@@ -132,9 +132,9 @@ def run_demo(workdir: Path, port: int | None = None) -> dict[str, Any]:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            stack.callback(_stop, server)
+            stack.callback(stop_process, server)
             client = HatzooClient(f"http://127.0.0.1:{port}", timeout=30)
-            _wait_until_up(client, server)
+            client.wait_until_up(server)
             answer = client.predict(ZOO_NAME, TASK, x[:8], top_k=1)
             served = [row[0]["label"] for row in answer["top_k"]]
             truth = [labels[i] for i in y[:8]]
@@ -166,29 +166,6 @@ def _run(argv: list[str], env: dict[str, str]) -> str:
     if done.returncode != 0:
         raise RuntimeError((done.stderr.strip().splitlines() or ["the process failed"])[-1])
     return done.stdout.strip().splitlines()[-1]
-
-
-def _wait_until_up(client, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.health()
-            return
-        except Exception:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "the server did not come up (run the serve command by hand to see why)"
-                ) from None
-            time.sleep(0.2)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()  # does nothing if it has exited already
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -271,6 +271,12 @@ def test_server_bad_inputs_answer_4xx_and_keep_serving(bundles: list[Path], refe
         assert metric(text, "hatzoo_unrouted_requests_total", status="404") >= 3
     with pytest.raises(ClientError, match="cannot reach"):
         HatzooClient(url, timeout=2).models()
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    exited.wait()
+    with pytest.raises(ClientError, match="exited with code 3 before answering"):
+        HatzooClient(url, timeout=2).wait_until_up(exited)
+    with pytest.raises(ClientError, match="did not answer within 0.5 s"):
+        HatzooClient(url, timeout=2).wait_until_up(timeout=0.5)
 
 
 def test_server_micro_batches_concurrent_requests(bundles: list[Path], reference: Reference) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hatzoo.hub.local_hub import free_port
+from hatzoo.hub.local_hub import free_port, stop_process
 from tests.serving_support import Reference, metric
 
 CLIENTS = 8
@@ -35,24 +35,14 @@ def server_process(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        client, t0 = HatzooClient(url, timeout=5), time.monotonic()
-        while True:
-            try:
-                client.health()
-                break
-            except ClientError:
-                if proc.poll() is not None or time.monotonic() - t0 > 60:
-                    proc.kill()
-                    raise RuntimeError("server did not start: " + proc.stdout.read()) from None
-                time.sleep(0.1)
+        try:
+            HatzooClient(url, timeout=5).wait_until_up(proc)
+        except ClientError as e:
+            proc.kill()
+            raise RuntimeError(f"{e}: {proc.stdout.read()}") from None
         yield proc, url
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_process(proc)
 
 
 def test_concurrent_load_zero_errors_and_exact_answers(bundles: list[Path], reference: Reference) -> None:

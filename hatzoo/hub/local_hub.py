@@ -41,6 +41,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL after ``grace`` seconds; always reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait(timeout=grace)
+
+
 def repo_folder(mirror_root: str | os.PathLike[str], repo_id: str) -> Path:
     """The git repository folder olah serves for a model repo id: ``<mirror_root>/models/<org>/<name>``."""
     parts = repo_id.split("/")
@@ -223,15 +236,8 @@ class LocalHub:
     def _terminate(self, grace: float = 5.0) -> None:
         """Stop the server by PID: SIGTERM, then SIGKILL after ``grace`` seconds; always reap it."""
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait(timeout=grace)
+        if proc is not None:
+            stop_process(proc, grace)
         if self._console is not None:
             self._console.close()
             self._console = None
