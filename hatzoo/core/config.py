@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -41,12 +42,9 @@ class HATConfig:
             raise InputError(f"smax must be > 0, got {self.smax}")
         if self.reg_c < 0:
             raise InputError(f"reg_c must be >= 0, got {self.reg_c}")
-        for name, allowed in (
-            ("reg_mode", ("global", "per_layer")),
-            ("mask_init", ("normal", "dense", "sparse")),
-            ("norm_init", ("copy", "fresh")),
-        ):
-            if getattr(self, name) not in allowed:
+        for name, kind in typing.get_type_hints(HATConfig).items():
+            allowed = typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+            if allowed and getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
