@@ -1,6 +1,10 @@
-"""What the tests share: a tiny ViT, trained tasks, the optimizers, and `hatzoo train`'s tiny-ViT flags."""
+"""What the tests share: a tiny ViT, trained tasks, the optimizers, `hatzoo train`'s tiny-ViT flags, and a
+new user's environment."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -102,3 +106,12 @@ def train_random_tasks(
             optimizer.step()
         model.end_task(task)
     return model.eval()
+
+
+def fresh_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A new user's environment: no HF_* settings at all, an empty HF_HOME, one thread."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HATZOO_"))}
+    home = tmp_path / "hf-home"
+    home.mkdir(exist_ok=True)
+    env.update(HF_HOME=str(home), OMP_NUM_THREADS="1", **extra)
+    return env

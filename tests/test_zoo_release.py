@@ -7,7 +7,6 @@ card pinning its deterministic revision and sha256 in a temporary cards folder (
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import hatzoo
 from hatzoo.card import HubPin
 from hatzoo.hub.local_hub import free_port
 from hatzoo.hub.release import build_mirror, file_sha256, release_pin, release_revision
-from tests.model_support import train_tasks, vit
+from tests.model_support import fresh_env, train_tasks, vit
 
 pytestmark = pytest.mark.integration  # real processes and a real local Hub
 NAME = "hat-release-test"
@@ -78,15 +77,6 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
     revision, digest = release_revision(folder), file_sha256(folder / "model.safetensors")
     write_card(root / "cards", revision, digest)
     return Release(root / "zoo", folder, root / "cards", root / "refs.safetensors", revision, digest)
-
-
-def fresh_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """A new user's environment: no HF_* settings at all, an empty HF_HOME, one thread."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HATZOO_"))}
-    home = tmp_path / "hf-home"
-    home.mkdir(exist_ok=True)
-    env.update(HF_HOME=str(home), OMP_NUM_THREADS="1", **extra)
-    return env
 
 
 def run_load(env: dict[str, str], refs: Path) -> subprocess.CompletedProcess:

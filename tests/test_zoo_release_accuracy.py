@@ -9,7 +9,6 @@ files within one image.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from hatzoo.card import Card, read_card
+from tests.model_support import fresh_env
 
 pytestmark = pytest.mark.integration  # fresh processes on the shipped releases and the real data
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,12 +61,9 @@ def shipped() -> list[str]:
 
 def measure(name: str, tasks: list[int], tmp_path: Path) -> dict[int, tuple[int, int]]:
     """``{task: (correct, total)}`` measured in a new user's fresh process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HATZOO_"))}
-    (tmp_path / "hf-home").mkdir()
-    env.update(HF_HOME=str(tmp_path / "hf-home"), OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, "-c", EVALUATE, name, json.dumps(benchmark(card(name))), json.dumps(tasks)],
-        env=env,
+        env=fresh_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=1800,
