@@ -135,23 +135,19 @@ def test_hatzoo_cards_reaches_the_zoo_and_training(cards: Path, monkeypatch: pyt
     ],
 )
 def test_malformed_cards_name_the_file_and_the_key(tmp_path: Path, text: str, key: str) -> None:
-    folder = tmp_path / "cards"
-    folder.mkdir()
-    (folder / "m.yaml").write_text(text)
+    (tmp_path / "m.yaml").write_text(text)
     with pytest.raises(CardError, match=rf"m\.yaml: .*{key}"):
-        Zoo(folder).list_models()
+        Zoo(tmp_path).list_models()
     with pytest.raises(CardError, match=key):
-        read_card(folder / "m.yaml")
+        read_card(tmp_path / "m.yaml")
 
 
 def test_name_must_match_file_and_folder_must_exist(tmp_path: Path) -> None:
-    folder = tmp_path / "cards"
-    folder.mkdir()
-    (folder / "other.yaml").write_text(VIT_CARD)
+    (tmp_path / "other.yaml").write_text(VIT_CARD)
     with pytest.raises(
         CardError, match=r"other\.yaml: name: 'hat-vit-small' differs from the file name 'other'"
     ):
-        Zoo(folder).list_models()
+        Zoo(tmp_path).list_models()
     with pytest.raises(CardError, match="cards folder .* does not exist"):
         Zoo(tmp_path / "nowhere").list_models()
 
