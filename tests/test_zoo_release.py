@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 import hatzoo
 from hatzoo.card import HubPin
-from hatzoo.hub.local_hub import free_port
+from hatzoo.hub.local_hub import free_port, stop_process
+from hatzoo.hub.publish import run_git
 from hatzoo.hub.release import build_mirror, file_sha256, release_pin, release_revision
 from tests.model_support import fresh_env, train_tasks, vit
 
@@ -59,11 +60,10 @@ class Release:
     sha256: str
 
 
-def write_card(cards: Path, revision: str | None, sha256: str | None, repo_id: str = REPO) -> None:
+def write_card(cards: Path, revision: str | None, sha256: str | None) -> None:
     cards.mkdir(parents=True, exist_ok=True)
-    card = {"name": NAME, "arch": "hat-vit-tiny", "hub": {"repo_id": repo_id, "revision": revision}}
-    card["hub"]["sha256"] = sha256
-    (cards / f"{NAME}.yaml").write_text(json.dumps(card))
+    hub = {"repo_id": REPO, "revision": revision, "sha256": sha256}
+    (cards / f"{NAME}.yaml").write_text(json.dumps({"name": NAME, "arch": "hat-vit-tiny", "hub": hub}))
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +79,10 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Release:
     return Release(root / "zoo", folder, root / "cards", root / "refs.safetensors", revision, digest)
 
 
-def run_load(env: dict[str, str], refs: Path) -> subprocess.CompletedProcess:
+def run(script: str, env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess:
+    """Run a test script in a fresh interpreter with ``env``; its output is captured as text."""
     return subprocess.run(
-        [sys.executable, "-c", LOAD, NAME, str(refs)], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script, *map(str, args)], env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -94,7 +95,7 @@ def use(monkeypatch: pytest.MonkeyPatch, cards: Path, zoo: Path) -> None:
 # ----------------------------------------------------------------------------------------- resolution order
 def test_fresh_process_without_hub_or_cache_loads_the_bundled_release_at_once(release, tmp_path):
     env = fresh_env(tmp_path, HATZOO_CARDS=str(release.cards), HATZOO_ZOO=str(release.zoo))
-    done = run_load(env, release.refs)
+    done = run(LOAD, env, NAME, release.refs)
     assert done.returncode == 0, done.stderr
     seconds = float(done.stdout.split("LOADED")[1])
     assert seconds < 10.0, f"the bundled release took {seconds} s: did it wait on the network (~23 s)?"
@@ -167,7 +168,7 @@ def test_hf_endpoint_and_then_the_cache_win_over_the_bundled_release(release, hu
         HF_HUB_CACHE=str(hub_env.cache_dir),
         HF_ENDPOINT=f"http://127.0.0.1:{free_port()}",  # the Hub is gone: the cache alone serves
     )
-    done = run_load(env, release.refs)
+    done = run(LOAD, env, NAME, release.refs)
     assert done.returncode == 0, done.stderr
 
 
@@ -220,13 +221,7 @@ def test_release_revision_is_the_commit_every_mirror_build_makes(release, tmp_pa
     relative = build_mirror(release.zoo.name, "relative-mirror")  # as in `--zoo zoo`
     assert first == second == again == relative == {NAME: (REPO, release.revision)}
     repo = tmp_path / "two" / "models" / REPO
-    log = subprocess.run(
-        ["git", "log", "--format=%H|%an <%ae> %ad|%cn <%ce> %cd|%s", "--date=raw", "main"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\n")[0]
+    log = run_git(["log", "-1", "--format=%H|%an <%ae> %ad|%cn <%ce> %cd|%s", "--date=raw", "main"], repo)
     fixed = "hatzoo <hatzoo@localhost> 946684800 +0000"
     assert log == f"{release.revision}|{fixed}|{fixed}|hatzoo zoo release"
     assert sorted(p.name for p in repo.iterdir() if p.name != ".git") == sorted(
@@ -247,16 +242,9 @@ def test_embedded_hub_serves_the_zoo_to_hatzoo_huggingface_hub_and_timm(release,
         assert f"{REPO}@{release.revision} (the card pins it)\n" in lines
         (tmp_path / "no-zoo").mkdir()
         client = dict(env, HF_ENDPOINT=endpoint, HATZOO_ZOO=str(tmp_path / "no-zoo"))
-        done = subprocess.run(
-            [sys.executable, "-c", DOWNLOAD, NAME, REPO, release.revision, str(release.refs)],
-            env=client,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = run(DOWNLOAD, client, NAME, REPO, release.revision, release.refs)
         assert done.returncode == 0, done.stderr
         assert "SERVED VisionTransformer" in done.stdout
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc, grace=30)
     assert proc.returncode == 0
