@@ -18,10 +18,9 @@ from safetensors.torch import load_file
 from hatzoo.errors import HATError, HubError
 from hatzoo.hub.download import hub_file, snapshot, snapshot_commit
 from hatzoo.hub.local_hub import LocalHub, free_port
-from hatzoo.hub.publish import publish_git, publish_http
+from hatzoo.hub.publish import publish_git, publish_http, run_git
 
 pytestmark = pytest.mark.integration  # real processes and a real local Hub
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _files(folder: Path) -> list[str]:
@@ -41,10 +40,7 @@ def test_publish_git_then_load_by_branch_tag_and_sha(hub_env, repo_id, make_chec
     assert len(sha) == 40
     # the mirror is a git working tree whose checkout shows the published files
     repo = hub_env.hub.repo_path(repo_id)
-    assert (
-        subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-        == sha
-    )
+    assert run_git(["rev-parse", "HEAD"], repo) == sha
     assert (repo / "sub" / "notes.txt").read_text() == "hello"
 
     for revision in (None, "main", "v1", sha, sha[:10]):
@@ -108,7 +104,7 @@ def test_push_to_a_git_remote_served_by_the_hub(hub_env, repo_id, make_checkpoin
     """remote_url path: clone, commit, push; here the remote is a bare repository that olah serves."""
     bare = hub_env.hub.repo_path(repo_id)
     bare.mkdir(parents=True)
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main"], cwd=bare, check=True)
+    run_git(["init", "-q", "--bare", "-b", "main"], bare)
     sha1 = publish_git(
         make_checkpoint(tmp_path / "a", seed=1, extra_files={"x.txt": "x"}), repo_id, remote_url=str(bare)
     )
@@ -227,7 +223,6 @@ def test_cache_serves_after_the_server_stops_even_in_a_fresh_offline_process(
         """
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_ENDPOINT=endpoint)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
