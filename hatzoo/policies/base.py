@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from hatzoo.core.groups import MaskGroup
+from hatzoo.core.groups import MaskGroup, UnitSlice
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
@@ -57,3 +57,11 @@ class Policy:
 def norm_modules(model: nn.Module) -> list[str]:
     """Names of every normalization layer: those become per-task."""
     return [name for name, module in model.named_modules() if name and isinstance(module, NORM_TYPES)]
+
+
+def unit_rows(model: nn.Module, name: str, expand: int = 1, repeat: int = 1) -> list[UnitSlice]:
+    """The dim-0 slices of every per-unit tensor module ``name`` has (weight, bias, running statistics):
+    a writer's rows and those of a norm after it belong to the units they write."""
+    module = model.get_submodule(name)
+    tensors = ("weight", "bias", "running_mean", "running_var")
+    return [UnitSlice(name, t, 0, expand, repeat) for t in tensors if getattr(module, t, None) is not None]

@@ -12,7 +12,7 @@ from torch import nn
 
 from hatzoo.core.groups import GateSite, MaskGroup, UnitSlice
 from hatzoo.errors import UnsupportedModelError
-from hatzoo.policies.base import NORM_TYPES, Policy, PolicySpec, norm_modules
+from hatzoo.policies.base import NORM_TYPES, Policy, PolicySpec, norm_modules, unit_rows
 
 ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.ELU, nn.Sigmoid)
 PASSIVE = (nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity)
@@ -61,13 +61,8 @@ def plain_spec(model: nn.Module, num_features: int | None = None) -> PolicySpec:
         # the gate goes after the last layer that could turn a zero into something else
         active = [n for n, m in between if not isinstance(m, PASSIVE + (nn.Flatten,))]
         # the writer's rows and those of the norms between it and the gate
-        owners = [leaves[start]] + [(n, m) for n, m in between if isinstance(m, NORM_TYPES)]
-        producers = [
-            UnitSlice(name, t, 0)
-            for name, module in owners
-            for t in ("weight", "bias", "running_mean", "running_var")
-            if getattr(module, t, None) is not None
-        ]
+        owners = [producer_name] + [n for n, m in between if isinstance(m, NORM_TYPES)]
+        producers = [s for name in owners for s in unit_rows(model, name)]
         consumers = []
         if end < len(leaves):
             consumer_name, consumer = leaves[end]

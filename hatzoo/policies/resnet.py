@@ -10,25 +10,13 @@ from torch import nn
 
 from hatzoo.core.groups import GateSite, MaskGroup, UnitSlice
 from hatzoo.errors import UnsupportedModelError
-from hatzoo.policies.base import Policy, PolicySpec, norm_modules
+from hatzoo.policies.base import Policy, PolicySpec, norm_modules, unit_rows
 
 
 def _is_resnet(model: nn.Module) -> bool:
     from timm.models.resnet import ResNet
 
     return isinstance(model, ResNet)
-
-
-def _conv_bn_group(block: str, index: int, next_conv: str, channels: int) -> MaskGroup:
-    conv, bn, act = f"{block}.conv{index}", f"{block}.bn{index}", f"{block}.act{index}"
-    return MaskGroup(
-        name=f"{block}.conv{index}",
-        size=channels,
-        gate=GateSite(act, "output", dim=1),
-        producers=[UnitSlice(conv, "weight", 0)]
-        + [UnitSlice(bn, t, 0) for t in ("weight", "bias", "running_mean", "running_var")],
-        consumers=[UnitSlice(next_conv, "weight", 1)],
-    )
 
 
 def resnet_spec(model: nn.Module) -> PolicySpec:
@@ -53,7 +41,15 @@ def resnet_spec(model: nn.Module) -> PolicySpec:
                     raise UnsupportedModelError(
                         f"{name}.conv{k} is grouped or not followed by BatchNorm2d; use a plain timm ResNet"
                     )
-                groups.append(_conv_bn_group(name, k, f"{name}.conv{k + 1}", conv.out_channels))
+                groups.append(
+                    MaskGroup(
+                        name=f"{name}.conv{k}",
+                        size=conv.out_channels,
+                        gate=GateSite(f"{name}.act{k}", "output", dim=1),
+                        producers=unit_rows(model, f"{name}.conv{k}") + unit_rows(model, f"{name}.bn{k}"),
+                        consumers=[UnitSlice(f"{name}.conv{k + 1}", "weight", 1)],
+                    )
+                )
             folds += [(f"{name}.conv{k}", f"{name}.bn{k}") for k in range(1, convs + 1)]
             if block.downsample is not None and isinstance(block.downsample, nn.Sequential):
                 folds.append((f"{name}.downsample.0", f"{name}.downsample.1"))

@@ -6,7 +6,7 @@ from torch import nn
 
 from hatzoo.core.groups import GateSite, MaskGroup, UnitSlice
 from hatzoo.errors import UnsupportedModelError
-from hatzoo.policies.base import Policy, PolicySpec, norm_modules
+from hatzoo.policies.base import Policy, PolicySpec, norm_modules, unit_rows
 
 
 def _is_vit(model: nn.Module) -> bool:
@@ -22,13 +22,6 @@ def _set_heads(attn_name: str):
         attn.attn_dim = kept * attn.head_dim
 
     return resize
-
-
-def _biased(module: nn.Module, name: str, slices: list[UnitSlice]) -> list[UnitSlice]:
-    """Add the bias slices matching weight slices where the module has a bias."""
-    if getattr(module, "bias", None) is None:
-        return slices
-    return slices + [UnitSlice(name, "bias", 0, s.expand, s.repeat) for s in slices if s.tensor == "weight"]
 
 
 def vit_spec(model: nn.Module) -> PolicySpec:
@@ -49,11 +42,7 @@ def vit_spec(model: nn.Module) -> PolicySpec:
                 name=f"{prefix}.attn.heads",
                 size=heads,
                 gate=GateSite(f"{prefix}.attn.proj", "input", dim=-1, expand=head_dim),
-                producers=_biased(
-                    attn.qkv,
-                    f"{prefix}.attn.qkv",
-                    [UnitSlice(f"{prefix}.attn.qkv", "weight", 0, head_dim, 3)],
-                ),
+                producers=unit_rows(model, f"{prefix}.attn.qkv", head_dim, 3),
                 consumers=[UnitSlice(f"{prefix}.attn.proj", "weight", 1, head_dim)],
                 resize=_set_heads(f"{prefix}.attn"),
                 collapse=(f"{prefix}.attn", f"{prefix}.attn.proj.bias"),
@@ -64,9 +53,7 @@ def vit_spec(model: nn.Module) -> PolicySpec:
                 name=f"{prefix}.mlp.hidden",
                 size=mlp.fc1.out_features,
                 gate=GateSite(f"{prefix}.mlp.act", "output", dim=-1),
-                producers=_biased(
-                    mlp.fc1, f"{prefix}.mlp.fc1", [UnitSlice(f"{prefix}.mlp.fc1", "weight", 0)]
-                ),
+                producers=unit_rows(model, f"{prefix}.mlp.fc1"),
                 consumers=[UnitSlice(f"{prefix}.mlp.fc2", "weight", 1)],
                 collapse=(f"{prefix}.mlp", f"{prefix}.mlp.fc2.bias"),
             )
