@@ -69,19 +69,24 @@ def get_benchmark(
             f"benchmark {key!r} does not take {', '.join(unknown)}; its options are: "
             f"{', '.join([*COMMON, *accepted])}"
         )
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise DataArgumentError(f"seed must be a non-negative int, got {seed!r}")
-    check_limit("max_train_per_task", max_train_per_task)
-    check_limit("max_test_per_task", kwargs.get("max_test_per_task"))
-    return fn(seed=int(seed), root=root, max_train_per_task=max_train_per_task, **kwargs)
+    seed = check_int("seed", seed, minimum=0)
+    max_train_per_task = check_int("max_train_per_task", max_train_per_task, optional=True)
+    if "max_test_per_task" in kwargs:
+        kwargs["max_test_per_task"] = check_int(
+            "max_test_per_task", kwargs["max_test_per_task"], optional=True
+        )
+    return fn(seed=seed, root=root, max_train_per_task=max_train_per_task, **kwargs)
 
 
-def check_limit(what: str, value: int | None) -> None:
-    """A per-task size limit must be None or a positive int."""
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1
-    ):
-        raise DataArgumentError(f"{what} must be None or a positive int, got {value!r}")
+def check_int(what: str, value: Any, minimum: int = 1, optional: bool = False) -> int | None:
+    """``value`` as a plain int if it is an int (not a bool) of at least ``minimum`` (or None where
+    ``optional``), so options stay JSON-ready; else a DataArgumentError naming ``what``."""
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        kind = "a positive int" if minimum == 1 else "a non-negative int"
+        raise DataArgumentError(f"{what} must be {'None or ' if optional else ''}{kind}, got {value!r}")
+    return int(value)
 
 
 def rng(seed: int, *stream: int) -> np.random.Generator:
@@ -151,8 +156,7 @@ def split_tasks(
     """Cut the data set ``load(root, **load_options)`` into tasks of ``classes_per_task`` classes each,
     in the resolved class order."""
     raw = load(root, **load_options)
-    if isinstance(classes_per_task, bool) or not isinstance(classes_per_task, int) or classes_per_task < 1:
-        raise DataArgumentError(f"classes_per_task must be a positive int, got {classes_per_task!r}")
+    classes_per_task = check_int("classes_per_task", classes_per_task)
     order = resolve_class_order(class_order, raw.num_classes, seed)
     if len(order) % classes_per_task:
         raise DataArgumentError(
@@ -224,7 +228,7 @@ def permuted_mnist(
     identity_first: bool = False,
 ) -> TaskSequence:
     """Permuted-MNIST: task t shuffles the 784 pixels with stream ``[seed, 2, t]`` (task 0 kept if asked)."""
-    check_limit("num_tasks", num_tasks)
+    num_tasks = check_int("num_tasks", num_tasks)
     raw = sources.load_mnist(root)
     limits = (max_train_per_task, max_test_per_task)
     tasks = []
