@@ -111,9 +111,7 @@ def checkpoint_tensors(model: HATModel) -> dict[str, torch.Tensor]:
         if not any(name.startswith(prefix + ".") for prefix in per_task_prefixes):
             tensors[name] = value
     default = model.default_task
-    for t, info in enumerate(model.tasks):
-        if info.status == "forgotten":
-            continue
+    for t in range(model.num_tasks):
         for name, value in _task_tensors(model, t).items():
             tensors[f"tasks.{t}.{name}"] = value
             if t == default and not name.startswith(("head.", "masks.", "embeddings.")):
@@ -128,6 +126,9 @@ def _canonical(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _task_tensors(model: HATModel, t: int) -> dict[str, torch.Tensor]:
+    """Task ``t``'s stored tensors by name after ``tasks.<t>.``; none for a forgotten task."""
+    if model.tasks[t].status == "forgotten":
+        return {}
     out = {f"head.{k}": v for k, v in model.heads[t].state_dict().items()}
     for path, module in model.task_modules().items():
         for k, v in module.tasks[t].state_dict().items():
@@ -158,7 +159,7 @@ def checkpoint_config(
     extra: dict[str, Any] | None = None,
     *,
     precision: str = "fp32",
-    weights_id: str | None = None,
+    weights_id: str,
 ) -> dict[str, Any]:
     """config.json: timm's fields where the backbone is a timm model, and the hatzoo section."""
     arch = model.spec.arch
@@ -185,9 +186,8 @@ def checkpoint_config(
         "data_config": model.data_config,
         "metadata": extra or {},
         "release_precision": precision,
+        "weights_id": weights_id,
     }
-    if weights_id is not None:
-        config["hatzoo"]["weights_id"] = weights_id
     return config
 
 
@@ -468,9 +468,7 @@ def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], directory: 
     with torch.no_grad():
         own = model.backbone.state_dict()
         model.backbone.load_state_dict({k: tensors.get(k, v) for k, v in own.items()}, strict=True)
-        for t, info in enumerate(model.tasks):
-            if info.status == "forgotten":
-                continue
+        for t in range(model.num_tasks):
             prefix = f"tasks.{t}."
             for name, target in _task_tensors(model, t).items():
                 value = tensors[prefix + name]
