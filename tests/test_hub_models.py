@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 import hatzoo
 from hatzoo.hub.local_hub import LocalHub
 from hatzoo.hub.release import file_sha256
-from tests.model_support import train_tasks, vit
+from tests.model_support import fresh_env, train_tasks, vit
 
 pytestmark = pytest.mark.integration  # real processes and a real local Hub
 LOAD_AND_COMPARE = textwrap.dedent(
@@ -41,9 +41,7 @@ LOAD_AND_COMPARE = textwrap.dedent(
 )
 
 
-def run_fresh(env_overrides: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(env_overrides)
+def run_fresh(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", LOAD_AND_COMPARE, *args], env=env, capture_output=True, text=True, timeout=300
     )
@@ -64,7 +62,7 @@ def test_publish_with_git_load_in_fresh_process_then_offline(tmp_path):
     with LocalHub(tmp_path / "mirror") as hub:
         sha = model.push_to_hub("zoo/hat-vit-test", git_mirror=hub.mirror_root, commit_message="three tasks")
         assert len(sha) == 40
-        env = {"HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(cache)}
+        env = fresh_env(tmp_path, HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(cache))
         args = ("zoo/hat-vit-test", "", str(refs), "3")
         online = run_fresh(env, *args)
         assert online.returncode == 0, online.stderr
@@ -158,8 +156,7 @@ def test_bad_names_repos_revisions_and_corrupted_cache(local_hub, hub_env, repo_
 
 def test_http_publishing_fails_cleanly_without_an_upload_api(local_hub, hub_env, repo_id):
     model = vit()
-    model.add_task(num_classes=2)
-    model.end_task(0)
+    model.end_task(model.add_task(num_classes=2))
     with pytest.raises(hatzoo.HubError, match="publish with git"):
         model.push_to_hub(repo_id)  # olah serves downloads only
 
