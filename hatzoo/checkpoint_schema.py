@@ -186,7 +186,8 @@ def _check_data_config(s: _Schema, data: Any, path: str) -> None:
     for key, value in data.items():
         if key in ("input_shape", "input_size", "mean", "std"):
             continue
-        if isinstance(value, (list, dict)) and any(isinstance(x, (list, dict)) for x in _values(value)):
+        inner = value.values() if isinstance(value, dict) else value
+        if isinstance(value, (list, dict)) and any(isinstance(x, (list, dict)) for x in inner):
             raise s.fail(f"{path}.{key}", "must be a JSON scalar or a flat list")
 
 
@@ -223,10 +224,6 @@ def _check_timm_fields(s: _Schema, config: dict[str, Any], arch: dict[str, Any])
         s.string(cfg["interpolation"], "pretrained_cfg.interpolation", _INTERPOLATIONS)
     if "crop_pct" in cfg:
         s.number(cfg["crop_pct"], "pretrained_cfg.crop_pct", 0.0, 1.0, open_lo=True)
-
-
-def _values(value: list | dict) -> list:
-    return list(value.values()) if isinstance(value, dict) else value
 
 
 def _kind(value: Any) -> str:
