@@ -27,9 +27,10 @@ EVALUATE = textwrap.dedent(
     import json, sys, torch
     torch.set_num_threads(1)
     import hatzoo
-    from hatzoo.data import get_benchmark
-    name, benchmark, tasks = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-    seq = get_benchmark(**benchmark)
+    from hatzoo.training.common import load_benchmark
+    from hatzoo.zoo import get_card
+    name, tasks = sys.argv[1], json.loads(sys.argv[2])
+    seq = load_benchmark(get_card(name))  # the card's benchmark, as its training run read it
     for t in tasks:
         net = hatzoo.load(name, task=t)
         x, y = seq[t].test.tensors
@@ -44,12 +45,6 @@ def card(name: str) -> Card:
     return read_card(ROOT / "cards" / f"{name}.yaml")
 
 
-def benchmark(c: Card) -> dict:
-    """The card's benchmark as ``get_benchmark`` keyword arguments."""
-    b = c.benchmark
-    return {"name": b.name, "seed": b.seed, "max_train_per_task": b.max_train_per_task, **b.options}
-
-
 def shipped() -> list[str]:
     """Zoo models whose card pins a release that is bundled in this checkout's zoo/."""
     return sorted(
@@ -62,7 +57,7 @@ def shipped() -> list[str]:
 def measure(name: str, tasks: list[int], tmp_path: Path) -> dict[int, tuple[int, int]]:
     """``{task: (correct, total)}`` measured in a new user's fresh process."""
     done = subprocess.run(
-        [sys.executable, "-c", EVALUATE, name, json.dumps(benchmark(card(name))), json.dumps(tasks)],
+        [sys.executable, "-c", EVALUATE, name, json.dumps(tasks)],
         env=fresh_env(tmp_path),
         capture_output=True,
         text=True,
