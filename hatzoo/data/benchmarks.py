@@ -53,7 +53,8 @@ def get_benchmark(
 
     ``root`` (or ``HATZOO_DATA``) pins the one data folder to use; ``max_train_per_task`` keeps a
     seeded, class-balanced subset of each task's training set. Other options depend on the benchmark
-    (a wrong one raises an error listing the accepted ones).
+    (a wrong one raises an error listing the accepted ones). The sequence's ``options`` record what was
+    asked for: the seed, the benchmark's own options as resolved (e.g. the class order), then the limits.
     """
     if not isinstance(name, str):
         raise DataArgumentError(f"benchmark name must be a string, got {type(name).__name__}")
@@ -70,12 +71,13 @@ def get_benchmark(
             f"{', '.join([*COMMON, *accepted])}"
         )
     seed = check_int("seed", seed, minimum=0)
-    max_train_per_task = check_int("max_train_per_task", max_train_per_task, optional=True)
-    if "max_test_per_task" in kwargs:
-        kwargs["max_test_per_task"] = check_int(
-            "max_test_per_task", kwargs["max_test_per_task"], optional=True
-        )
-    return fn(seed=seed, root=root, max_train_per_task=max_train_per_task, **kwargs)
+    limits = dict(
+        max_train_per_task=max_train_per_task, max_test_per_task=kwargs.pop("max_test_per_task", None)
+    )
+    limits = {k: check_int(k, v, optional=True) for k, v in limits.items()}
+    seq = fn(seed=seed, root=root, **limits, **kwargs)
+    seq.options = {"seed": seed, **seq.options, **limits}
+    return seq
 
 
 def check_int(what: str, value: Any, minimum: int = 1, optional: bool = False) -> int | None:
@@ -172,16 +174,8 @@ def split_tasks(
         tasks.append(
             make_task(name, raw.labels, raw.splits, convert, classes=group, seed=seed, t=t, limits=limits)
         )
-    options = {
-        "seed": seed,
-        "class_order": order,
-        "classes_per_task": classes_per_task,
-        "max_train_per_task": max_train_per_task,
-        "max_test_per_task": max_test_per_task,
-    }
-    return TaskSequence(
-        bench, raw.x_train.shape[1:], tuple(raw.mean), tuple(raw.std), tasks, options, raw.source
-    )
+    options = {"class_order": order, "classes_per_task": classes_per_task}  # get_benchmark adds the rest
+    return TaskSequence(bench, raw.x_train.shape[1:], raw.mean, raw.std, tasks, options, raw.source)
 
 
 def split_benchmark(bench: str, load: Callable[..., RawData], classes_per_task: int = 2) -> Builder:
@@ -238,13 +232,7 @@ def permuted_mnist(
         info = {"identity": bool((perm == np.arange(784)).all())}
         name = f"permuted-mnist/p{t}"
         tasks.append(make_task(name, raw.labels, raw.splits, convert, seed=seed, t=t, limits=limits, **info))
-    options = {
-        "seed": seed,
-        "num_tasks": num_tasks,
-        "identity_first": identity_first,
-        "max_train_per_task": max_train_per_task,
-        "max_test_per_task": max_test_per_task,
-    }
+    options = {"num_tasks": num_tasks, "identity_first": identity_first}
     return TaskSequence("permuted-mnist", (1, 28, 28), raw.mean, raw.std, tasks, options, raw.source)
 
 
@@ -282,11 +270,5 @@ def mixed(
         tasks.append(
             make_task(name, raw.labels, raw.splits, convert, seed=seed, t=t, limits=limits, dataset=d)
         )
-    options = {
-        "seed": seed,
-        "datasets": names,
-        "max_train_per_task": max_train_per_task,
-        "max_test_per_task": max_test_per_task,
-    }
     source = "; ".join(r.source for r in raws)
-    return TaskSequence("mixed", (1, 28, 28), mean, std, tasks, options, source)
+    return TaskSequence("mixed", (1, 28, 28), mean, std, tasks, {"datasets": names}, source)

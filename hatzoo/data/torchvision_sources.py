@@ -195,13 +195,7 @@ def imagefolder(
         tasks.append(
             make_task(f"imagefolder/{name}", classes, task_splits, convert, seed=seed, t=t, limits=limits)
         )
-    options = {
-        "seed": seed,
-        "max_train_per_task": max_train_per_task,
-        "max_test_per_task": max_test_per_task,
-        "image_size": list(size),
-        "channels": channels,
-    }
+    options = {"image_size": list(size), "channels": channels}
     return TaskSequence(
         "imagefolder", (channels, *size), mean, std, tasks, options, f"image folders in {base}"
     )
