@@ -11,21 +11,11 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 import hatzoo
 from hatzoo.checkpoint import pack_mask, unpack_mask
 from hatzoo.checkpoint_files import tensors_id
-from tests.model_support import train_tasks, vit
-
-
-def stored(folder: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint: the timm backbone file and the tasks file."""
-    return load_file(folder / "model.safetensors") | load_file(folder / "tasks.safetensors")
-
-
-def mlp() -> hatzoo.HATModel:
-    return hatzoo.hatify(nn.Sequential(nn.Flatten(), nn.Linear(256, 40), nn.ReLU(), nn.Linear(40, 10)))
+from tests.model_support import tiny_mlp, train_tasks, vit
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +24,12 @@ def saved(tmp_path_factory):
     model = train_tasks(vit(), 3, x)
     folder = model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "hat-vit-test")
     return model, folder, x
+
+
+@pytest.fixture
+def copied(saved, tmp_path) -> Path:
+    """A copy of the saved checkpoint, for a test to damage."""
+    return shutil.copytree(saved[1], tmp_path / "copy")
 
 
 def test_round_trip_is_bitwise_and_task_models_match(saved):
@@ -87,7 +83,7 @@ def test_plain_timm_loads_the_backbone_weights(saved):
 
 def test_plain_sequential_round_trip(tmp_path):
     x = torch.randn(6, 1, 16, 16)
-    model = train_tasks(mlp(), 2, x)
+    model = train_tasks(tiny_mlp(), 2, x)
     loaded = hatzoo.HATModel.from_pretrained(model.save_pretrained(tmp_path / "mlp"))
     with torch.no_grad():
         for t in range(2):
@@ -107,12 +103,6 @@ def test_mask_packing_round_trip_and_checks():
         unpack_mask(bad, 37, "m")
 
 
-def copy_checkpoint(folder: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "copy"
-    shutil.copytree(folder, target)
-    return target
-
-
 def rewrite_weights(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Replace the weights and keep config and header bound to each other, as a consistent forgery."""
     config = json.loads((folder / "config.json").read_text())
@@ -123,37 +113,33 @@ def rewrite_weights(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
     (folder / "tasks.safetensors").unlink()
 
 
-def test_truncated_weights_are_a_clear_error(saved, tmp_path):
-    folder = copy_checkpoint(saved[1], tmp_path)
-    data = (folder / "model.safetensors").read_bytes()
-    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+def test_truncated_weights_are_a_clear_error(copied):
+    data = (copied / "model.safetensors").read_bytes()
+    (copied / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(hatzoo.CheckpointError, match="truncated or corrupted"):
-        hatzoo.HATModel.from_pretrained(folder)
+        hatzoo.HATModel.from_pretrained(copied)
 
 
-def test_config_from_another_architecture(saved, tmp_path):
-    folder = copy_checkpoint(saved[1], tmp_path)
-    other = mlp()
-    other.add_task(num_classes=2)
-    other.end_task(0)
+def test_config_from_another_architecture(copied, tmp_path):
+    other = tiny_mlp()
+    other.end_task(other.add_task(num_classes=2))
     other.save_pretrained(tmp_path / "other")
-    shutil.copy(tmp_path / "other" / "config.json", folder / "config.json")
+    shutil.copy(tmp_path / "other" / "config.json", copied / "config.json")
     with pytest.raises(hatzoo.CheckpointError, match="does not belong to its config.json"):
-        hatzoo.HATModel.from_pretrained(folder)
+        hatzoo.HATModel.from_pretrained(copied)
 
 
 @pytest.mark.parametrize(
     ("part", "message"), [(".masks.", "units"), ("blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.weight")]
 )
-def test_forged_weights_of_the_wrong_size(saved, tmp_path, part, message):
+def test_forged_weights_of_the_wrong_size(copied, part, message):
     """A mask or a backbone tensor of another size, in a folder whose config and header still agree."""
-    folder = copy_checkpoint(saved[1], tmp_path)
-    tensors = stored(folder)
+    tensors = load_file(copied / "model.safetensors") | load_file(copied / "tasks.safetensors")
     key = next(k for k in tensors if part in k)
     tensors[key] = torch.zeros(tensors[key].numel() + 3, dtype=tensors[key].dtype)
-    rewrite_weights(folder, tensors)
+    rewrite_weights(copied, tensors)
     with pytest.raises(hatzoo.CheckpointError, match=message):
-        hatzoo.HATModel.from_pretrained(folder)
+        hatzoo.HATModel.from_pretrained(copied)
 
 
 @pytest.mark.parametrize(
