@@ -138,18 +138,16 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _has_fashion_files(d: Path) -> bool:
-    """Whether ``d`` holds the four Fashion-MNIST IDX files (gzipped or not)."""
-    return all((d / f"{f}.gz").is_file() or (d / f).is_file() for f in FASHION_FILES)
+def _idx_path(d: Path, name: str) -> Path | None:
+    """The IDX file ``name`` in ``d``: gzipped as Debian ships it, else unzipped; None if neither is there."""
+    return next((p for p in (d / f"{name}.gz", d / name) if p.is_file()), None)
 
 
 @lru_cache(maxsize=4)
 def _load_fashion(directory: str) -> RawData:
     """Parse the Fashion-MNIST IDX files of one folder (cached per folder)."""
     d = Path(directory)
-    xtr, ytr, xte, yte = (
-        read_idx(d / f"{f}.gz" if (d / f"{f}.gz").is_file() else d / f) for f in FASHION_FILES
-    )
+    xtr, ytr, xte, yte = (read_idx(_idx_path(d, f)) for f in FASHION_FILES)
     xtr, ytr = drop_overlap(xtr[:, None], ytr.astype(np.int64), xte)
     xte, yte = np.ascontiguousarray(xte[:, None]), yte.astype(np.int64)
     return RawData(
@@ -160,7 +158,7 @@ def _load_fashion(directory: str) -> RawData:
 def load_fashion_mnist(root: str | os.PathLike | None = None) -> RawData:
     """Fashion-MNIST, the official 60,000 / 10,000 split, from the Debian package or a data root."""
     subfolders = ["fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "."]
-    d = paths.find_first(root, subfolders, found=_has_fashion_files)
+    d = paths.find_first(root, subfolders, found=lambda d: all(_idx_path(d, f) for f in FASHION_FILES))
     if d is None:
         raise paths.missing(
             "Fashion-MNIST (train-images-idx3-ubyte.gz and the other three IDX files)",
