@@ -58,36 +58,31 @@ def make_optimizer(recipe: Recipe, params: Iterable[nn.Parameter]) -> torch.opti
     return OPTIMIZERS.get(recipe.recipe.optimizer)(params, recipe.recipe)
 
 
-def task_param_groups(recipe: Recipe, model: HATModel, task: int) -> list[dict]:
-    """Task ``task``'s parameters as optimizer groups for ``add_param_group``.
+def add_task_params(optimizer: torch.optim.Optimizer, recipe: Recipe, model: HATModel, task: int) -> None:
+    """Let task ``task``'s parameters join ``optimizer`` (``add_param_group``).
 
     With ``recipe.mask_lr`` set, the task's gate embeddings get their own group at that learning rate
     (and no weight decay): with Adam an embedding moves only about lr per step, so at lr 1e-3 the masks
     would stay at their random initialisation and the regularizer could not shape them.
     """
-    params = model.task_parameters(task)
-    mask_lr = recipe.recipe.mask_lr
-    if mask_lr is None:
-        return [{"params": params, "base_lr": recipe.recipe.lr}]
-    gates = {id(model.embedding(g, task)) for g in model.groups}
+    params, mask_lr = model.task_parameters(task), recipe.recipe.mask_lr
+    gates = set() if mask_lr is None else {id(model.embedding(g, task)) for g in model.groups}
     rest = [p for p in params if id(p) not in gates]
     embeddings = [p for p in params if id(p) in gates]
-    groups = [{"params": rest, "base_lr": recipe.recipe.lr}]
-    groups.append({"params": embeddings, "lr": mask_lr, "base_lr": mask_lr, "weight_decay": 0.0})
-    return [g for g in groups if g["params"]]
+    optimizer.add_param_group({"params": rest, "base_lr": recipe.recipe.lr})
+    if embeddings:
+        optimizer.add_param_group(
+            {"params": embeddings, "lr": mask_lr, "base_lr": mask_lr, "weight_decay": 0.0}
+        )
 
 
-def set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
-    """Scale every group's learning rate to ``factor`` times its ``base_lr`` (the within-task schedule)."""
+def set_lr(optimizer: torch.optim.Optimizer, recipe: Recipe, step: int, total: int) -> None:
+    """Set each group's learning rate at ``step`` of ``total`` (the within-task schedule): its ``base_lr``,
+    times a cosine decay towards 0 under the cosine schedule."""
+    cosine = recipe.recipe.lr_schedule != "constant" and total > 1
+    factor = 0.5 * (1.0 + math.cos(math.pi * step / total)) if cosine else 1.0
     for group in optimizer.param_groups:
         group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
-
-
-def lr_factor(recipe: Recipe, step: int, total: int) -> float:
-    """The learning-rate multiplier at ``step`` of ``total`` steps: 1, or a cosine decay towards 0."""
-    if recipe.recipe.lr_schedule == "constant" or total <= 1:
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * step / total))
 
 
 def shared_parameters(model: HATModel) -> list[nn.Parameter]:
@@ -178,7 +173,7 @@ def train_epoch(
     count = 0
     bar = rt.bar(batches, desc)
     for b, idx in enumerate(bar):
-        set_lr_factor(optimizer, lr_factor(recipe, step + b, total))
+        set_lr(optimizer, recipe, step + b, total)
         batch = rt.to_device(*(d[ddp.shard(idx, rt.ctx)] for d in data))
         with rt.autocast():
             loss, stats = loss_fn(b, batch, rt.ctx.world_size / len(idx))

@@ -90,9 +90,7 @@ def train_joint(
     net = JointNet(plain_backbone(template), template.spec.num_features, seq.num_classes).to(rt.device)
     del template
     data = [torch.cat(parts) for parts in zip(*(task.train.tensors for task in seq), strict=True)]
-    data.append(
-        torch.cat([torch.full((len(task.train),), t, dtype=torch.long) for t, task in enumerate(seq)])
-    )
+    data.append(torch.repeat_interleave(torch.tensor([len(task.train) for task in seq])))  # task ids
     optimizer = make_optimizer(recipe, net.parameters())
     trainer = ddp.wrap(net, rt.ctx, rt.device)
 

@@ -32,12 +32,12 @@ from hatzoo.training.common import (
     ModelFactory,
     Runtime,
     accuracy,
+    add_task_params,
     build_model,
     derive_seed,
     load_benchmark,
     make_optimizer,
     shared_parameters,
-    task_param_groups,
     train_epoch,
 )
 from hatzoo.training.metrics import Results, jsonable_capacity
@@ -114,8 +114,7 @@ def train_sequence(
 
     optimizer = make_optimizer(recipe, shared_parameters(model))
     for t in range(model.num_tasks):
-        for group in task_param_groups(recipe, model, t):
-            optimizer.add_param_group(group)
+        add_task_params(optimizer, recipe, model, t)
     if found is not None and not ckpt.load_optimizer(optimizer, model, found[0]):
         log("optimizer_restarted", reason="no optimizer state of this type in the checkpoint")
 
@@ -125,8 +124,7 @@ def train_sequence(
         tid = model.add_task(seq[t].num_classes, labels=seq[t].labels)
         if tid != t:
             raise HATError(f"the model got task id {tid} for task {t}; the checkpoint and data disagree")
-        for group in task_param_groups(recipe, model, t):
-            optimizer.add_param_group(group)
+        add_task_params(optimizer, recipe, model, t)
         _train_task(recipe, model, optimizer, seq[t], t, len(seq), rt, log, log_every)
         model.end_task(t)
         seconds = time.perf_counter() - start
