@@ -115,9 +115,9 @@ def test_mnist_sources_overlap_and_dedupe(tmp_path: Path) -> None:
 
 
 def test_class_order_random_is_seeded() -> None:
-    a = get_benchmark("split-mnist", seed=3, class_order="random", max_train_per_task=50)
-    b = get_benchmark("split-mnist", seed=3, class_order="random", max_train_per_task=50)
-    c = get_benchmark("split-mnist", seed=4, class_order="random", max_train_per_task=50)
+    a, b, c = (
+        get_benchmark("split-mnist", seed=s, class_order="random", max_train_per_task=50) for s in (3, 3, 4)
+    )
     order_a = [k for t in a for k in t.classes]
     assert sorted(order_a) == list(range(10)) and order_a != list(range(10))
     assert order_a == [k for t in b for k in t.classes] != [k for t in c for k in t.classes]
@@ -132,9 +132,7 @@ def test_class_order_random_is_seeded() -> None:
 
 
 def test_permuted_mnist_seeded_permutations(split_mnist: TaskSequence) -> None:
-    a = get_benchmark("permuted-mnist", seed=0, num_tasks=3, identity_first=True)
-    b = get_benchmark("permuted-mnist", seed=0, num_tasks=3, identity_first=True)
-    c = get_benchmark("permuted-mnist", seed=1, num_tasks=3, identity_first=True)
+    a, b, c = (get_benchmark("permuted-mnist", seed=s, num_tasks=3, identity_first=True) for s in (0, 0, 1))
     assert len(a) == 3 and [t.name for t in a] == [f"permuted-mnist/p{t}" for t in range(3)]
     assert a[1].num_classes == 10 and (len(a[1].train), len(a[1].test)) == (8000, 2000)
     for s, t in zip(a, b, strict=True):
@@ -164,9 +162,7 @@ def test_normalization_statistics(split_fashion: TaskSequence, split_mnist: Task
 
 
 def test_max_train_per_task_subset(split_fashion: TaskSequence) -> None:
-    a = get_benchmark("split-fashion-mnist", seed=0, max_train_per_task=101)
-    b = get_benchmark("split-fashion-mnist", seed=0, max_train_per_task=101)
-    c = get_benchmark("split-fashion-mnist", seed=1, max_train_per_task=101)
+    a, b, c = (get_benchmark("split-fashion-mnist", seed=s, max_train_per_task=101) for s in (0, 0, 1))
     assert [len(t.train) for t in a] == [101] * 5 and [len(t.test) for t in a] == [2000] * 5
     assert sorted(torch.bincount(a[0].train.tensors[1]).tolist()) == [50, 51]  # class balanced
     assert torch.equal(a[2].train.tensors[0], b[2].train.tensors[0])
@@ -238,30 +234,26 @@ def test_torchvision_missing_files_and_root(tmp_path: Path, monkeypatch: pytest.
         get_benchmark("tv-cifar100")
 
 
-def _write_png(path: Path, img: np.ndarray) -> None:
+def test_imagefolder_per_task(tmp_path: Path) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img, mode="L").save(path)
-
-
-def test_imagefolder_per_task(tmp_path: Path) -> None:
     dg = load_digits()
-    to8 = lambda x: (x[0].astype(np.uint16) * 255 // 16).astype(np.uint8)  # noqa: E731
-    written: dict[str, set[bytes]] = {"train": set(), "test": set()}
+    written: dict[str, set[bytes]] = {"train": set(), "test": set()}  # pixel hashes of the PNG files
     for task, classes in (("a-first", (0, 1)), ("b-second", (2, 3))):
-        for split, x, y in (("train", dg.x_train, dg.y_train), ("test", dg.x_test, dg.y_test)):
+        for split, x, y, n in (("train", dg.x_train, dg.y_train, 6), ("test", dg.x_test, dg.y_test, 3)):
             for c in classes:
-                for i, img in enumerate(x[y == c][: 6 if split == "train" else 3]):
-                    _write_png(tmp_path / task / split / f"digit{c}" / f"{i}.png", to8(img))
-                    written[split].add(to8(img).tobytes())
+                images = (x[y == c][:n, 0].astype(np.uint16) * 255 // 16).astype(np.uint8)  # 0..16 -> 0..255
+                folder = tmp_path / task / split / f"digit{c}"
+                folder.mkdir(parents=True)
+                for i, img in enumerate(images):
+                    Image.fromarray(img, mode="L").save(folder / f"{i}.png")
+                written[split].update(image_hashes(images))
     seq = get_benchmark("imagefolder", root=tmp_path)
     assert [t.name for t in seq] == ["imagefolder/a-first", "imagefolder/b-second"]
     assert seq.input_shape == (1, 8, 8) and seq[1].labels == ["digit2", "digit3"] and seq[1].classes == (0, 1)
     assert [len(t.train) for t in seq] == [12, 12] and [len(t.test) for t in seq] == [6, 6]
-    pixels = [torch.round(seq.denormalize(t.train.tensors[0]) * 255).to(torch.uint8) for t in seq]
-    got = {row.tobytes() for p in pixels for row in p.flatten(1).numpy()}
-    assert got == written["train"]  # the exact pixels that were written
+    for split, hashes in written.items():  # the exact pixels that were written
+        assert {h for t in seq for h in pixel_hashes(seq, getattr(t, split).tensors[0])} == hashes
     big = get_benchmark("imagefolder", root=tmp_path, image_size=16, max_train_per_task=4)
     assert big.input_shape == (1, 16, 16) and [len(t.train) for t in big] == [4, 4]
     (tmp_path / "c-bad" / "train" / "x").mkdir(parents=True)
@@ -298,8 +290,7 @@ def test_missing_data_says_how_to_get_it(
 
 
 def test_project_data_folder_alone_is_enough(monkeypatch: pytest.MonkeyPatch) -> None:
-    repo_data = Path(__file__).resolve().parents[1] / ".data"
-    monkeypatch.setenv("HATZOO_DATA", str(repo_data))
+    monkeypatch.setenv("HATZOO_DATA", str(DATA_ROOT))
     seq = get_benchmark("mixed", max_train_per_task=8, max_test_per_task=8)
-    assert str(repo_data.resolve()) in seq.source or ".data" in seq.source
+    assert str(DATA_ROOT.resolve()) in seq.source or ".data" in seq.source
     assert isinstance(seq[0], TaskData)
