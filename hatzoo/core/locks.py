@@ -18,6 +18,7 @@ before the step; anything else is restored.
 from __future__ import annotations
 
 import copy
+import functools
 import weakref
 from dataclasses import dataclass
 
@@ -26,7 +27,6 @@ from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 _GUARDS: weakref.WeakSet[LockGuard] = weakref.WeakSet()
-_HOOK_HANDLES: list = []
 # a step of these moves an entry with zero gradient and zero state by exactly zero (no weight decay)
 EXACT_ON_ZERO = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 
@@ -78,8 +78,8 @@ class LockGuard:
         """A guard over the copied parameters, with its gradient filters registered on them."""
         self.enforce()
         clone = LockGuard()
-        clone.set_locks([(copy.deepcopy(lk.param, memo), _copy(lk.locked)) for lk in self._locks.values()])
-        clone.set_clamps([(copy.deepcopy(p, memo), bound) for p, bound in self._clamps])
+        clone.set_locks(copy.deepcopy([(lk.param, lk.locked) for lk in self._locks.values()], memo))
+        clone.set_clamps(copy.deepcopy(self._clamps, memo))
         return clone
 
     def has_locks(self) -> bool:
@@ -186,10 +186,6 @@ def _filter(lock: _Lock) -> None:
     lock.grad_mark = (id(grad), grad._version)
 
 
-def _copy(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    return None if tensor is None else tensor.clone()
-
-
 def _before_optimizer_step(optimizer, args, kwargs) -> None:
     for guard in list(_GUARDS):
         guard.before_step(optimizer)
@@ -200,7 +196,7 @@ def _after_optimizer_step(optimizer, args, kwargs) -> None:
         guard.after_step(optimizer)
 
 
+@functools.cache  # once per process: the hooks serve every guard
 def _install_optimizer_hook() -> None:
-    if not _HOOK_HANDLES:
-        _HOOK_HANDLES.append(register_optimizer_step_pre_hook(_before_optimizer_step))
-        _HOOK_HANDLES.append(register_optimizer_step_post_hook(_after_optimizer_step))
+    register_optimizer_step_pre_hook(_before_optimizer_step)
+    register_optimizer_step_post_hook(_after_optimizer_step)
