@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,7 +27,6 @@ class TaskInfo:
     num_classes: int
     labels: list[str]
     status: TaskStatus = "open"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class GateHook:
@@ -422,13 +421,10 @@ class HATModel(nn.Module):
             return None
         if any(not bool(v.any()) for v in per_dim.values()):
             return False
-        locked = None
+        locked = torch.ones_like(param, dtype=torch.bool)
         for dim, entries in per_dim.items():
-            shape = [1] * param.ndim
-            shape[dim] = -1
-            view = entries.view(shape)
-            locked = view if locked is None else locked & view
-        return locked.expand(param.shape).contiguous()
+            locked = apply_gate(locked, entries, dim)  # bool * bool is a logical and
+        return locked
 
     def _per_task_tensors(self, task: int) -> list[nn.Parameter]:
         params = list(self.heads[task].parameters())

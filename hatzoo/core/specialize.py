@@ -158,11 +158,9 @@ def _prune_group(backbone: nn.Module, group: MaskGroup, keep: torch.Tensor) -> N
         module = backbone.get_submodule(s.module)
         tensor = getattr(module, s.tensor)
         entries = s.entry_mask(keep).nonzero().flatten().to(tensor.device)
-        pruned = tensor.index_select(s.dim, entries).clone()
-        if isinstance(tensor, nn.Parameter):
-            setattr(module, s.tensor, nn.Parameter(pruned, requires_grad=False))
-        else:
-            module.register_buffer(s.tensor, pruned)
+        pruned = tensor.index_select(s.dim, entries)  # a new tensor: nothing shares the backbone's
+        # a Module stores a plain tensor set on a buffer's name as the buffer
+        setattr(module, s.tensor, nn.Parameter(pruned, False) if isinstance(tensor, nn.Parameter) else pruned)
         _sync_shape_attributes(module)
     if group.resize is not None:
         group.resize(backbone, int(keep.sum()))
