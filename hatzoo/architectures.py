@@ -60,8 +60,6 @@ def _hatified(timm_name: str, config: HATConfig | None = None, **kwargs: Any) ->
     import timm
 
     hat_options = {k: kwargs.pop(k) for k in list(kwargs) if k in HATConfig.__dataclass_fields__}
-    if config is not None and hat_options:
-        raise InputError("pass either a HATConfig or HAT keyword options, not both")
     kwargs.pop("num_classes", None)
     try:
         backbone = timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
@@ -69,7 +67,7 @@ def _hatified(timm_name: str, config: HATConfig | None = None, **kwargs: Any) ->
         raise InputError(f"{timm_name}: timm rejected the arguments {kwargs}: {error}") from error
     jsonable = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
     arch = {"source": "timm", "name": timm_name, "kwargs": jsonable}
-    return hatify(backbone, config or HATConfig.from_dict(hat_options), arch=arch)
+    return hatify(backbone, config, arch=arch, **hat_options)  # hatify refuses a config and options both
 
 
 def _timm_entry(zoo_name: str, timm_name: str) -> Callable[..., HATModel]:
