@@ -24,8 +24,7 @@ def to_tensor(
 ) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float32 ``(x / scale - mean) / std`` per channel; with ``size``, x / scale is
     first brought to size x size (bilinear, clamped to [0, 1]) where it is not already."""
-    x = np.ascontiguousarray(x) if x.flags.writeable else x.copy()  # cached sources are read-only
-    t = torch.from_numpy(x).to(torch.float32).div_(scale)
+    t = torch.tensor(x, dtype=torch.float32).div_(scale)  # a copy: cached sources are read-only
     if size is not None and t.shape[-2:] != (size, size):
         t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
