@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -68,10 +69,7 @@ def mlp_folder(tmp_path_factory) -> Path:
 
 def edited(folder: Path, tmp_path: Path, edits: dict[str, object]) -> Path:
     """A copy of ``folder`` whose config.json has ``edits`` applied (key path -> value or DELETE)."""
-    target = tmp_path / folder.name
-    target.mkdir()
-    for name in ("model.safetensors", "tasks.safetensors", "README.md"):
-        (target / name).write_bytes((folder / name).read_bytes())
+    target = shutil.copytree(folder, tmp_path / folder.name)
     config = json.loads((folder / "config.json").read_text())
     for path, value in edits.items():
         set_path(config, path, value)
@@ -338,15 +336,13 @@ def same_model(a: hatzoo.HATModel, b: hatzoo.HATModel) -> bool:
 def test_save_killed_at_every_step_leaves_the_old_or_the_new_model(tmp_path):
     old, new = tiny_mlp(["old-a", "old-b"], seed=1), tiny_mlp(["new-a", "new-b"], seed=2)
     new.save_pretrained(tmp_path / "new")
-    script = tmp_path / "save_and_die.py"
-    script.write_text(SAVE_AND_DIE)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     outcomes = []
     for kill_at in range(1, 20):
         target = tmp_path / f"run{kill_at}" / "model"
         old.save_pretrained(target)
         proc = subprocess.run(
-            [sys.executable, str(script), str(tmp_path / "new"), str(target), str(kill_at)],
+            [sys.executable, "-c", SAVE_AND_DIE, tmp_path / "new", target, str(kill_at)],
             env=env,
             capture_output=True,
             text=True,
@@ -420,11 +416,9 @@ def test_the_same_model_saves_to_the_same_bytes_in_any_process(tmp_path, precisi
     a, c = tmp_path / "a" / "model", tmp_path / "c" / "model"
     first = digests(model.save_pretrained(a, precision=precision))
     assert digests(model.save_pretrained(tmp_path / "b" / "model", precision=precision)) == first
-    script = tmp_path / "resave.py"
-    script.write_text(RESAVE)
     # another process: another hash seed, another dict order in safetensors' writer
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), PYTHONHASHSEED="99")
-    subprocess.run([sys.executable, str(script), str(a), str(c), precision], env=env, check=True, timeout=300)
+    subprocess.run([sys.executable, "-c", RESAVE, a, c, precision], env=env, check=True, timeout=300)
     assert digests(c) == first
     assert set(first) == {"README.md", "config.json", "model.safetensors", "tasks.safetensors"}
     headers = {}
