@@ -114,7 +114,7 @@ def _read_images(
     samples: list[tuple[str, int]], mode: str, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """ImageFolder (file, class) samples as uint8 (N, C, H, W) in ``mode`` ("L" or "RGB") resized to
-    ``size`` (H, W), and int64 labels."""
+    ``size`` (H, W), so they always stack, and int64 labels."""
     from PIL import Image
 
     out = []
@@ -125,12 +125,6 @@ def _read_images(
                 im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             a = np.asarray(im, dtype=np.uint8)
         out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
-    shapes = {a.shape for a in out}
-    if len(shapes) > 1:
-        raise DataError(
-            f"images of different sizes {sorted(shapes)[:3]} (e.g. {samples[0][0]}); pass image_size=(H, W) "
-            "to resize them all to one shape"
-        )
     return np.stack(out), np.array([c for _, c in samples], dtype=np.int64)
 
 
