@@ -274,8 +274,6 @@ def read_config(directory: Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise CheckpointError(f"{path} is not valid JSON ({error}); the download may be corrupted") from error
-    if not isinstance(config, dict) or not isinstance(config.get("hatzoo"), dict):
-        raise CheckpointError(f"{path} is not a hatzoo config (no 'hatzoo' section with format 'hatzoo')")
     return validate_config(config, str(path))
 
 

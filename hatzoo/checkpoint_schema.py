@@ -94,10 +94,10 @@ class _Schema:
 def validate_config(config: Any, where: str) -> dict[str, Any]:
     """Check a whole config.json; returns its hatzoo section."""
     s = _Schema(where)
-    if not isinstance(config, dict):
-        raise s.fail("(top level)", f"must be a JSON object, got {_kind(config)}")
+    if not isinstance(config, dict) or not isinstance(config.get("hatzoo"), dict):
+        raise CheckpointError(f"{where} is not a hatzoo config (no 'hatzoo' section with format 'hatzoo')")
     section = s.mapping(
-        config.get("hatzoo"), "hatzoo", {"format", "format_version"}, _REQUIRED_KEYS | _OPTIONAL_KEYS
+        config["hatzoo"], "hatzoo", {"format", "format_version"}, _REQUIRED_KEYS | _OPTIONAL_KEYS
     )
     _check_section(s, section)
     _check_timm_fields(s, config, section["arch"])
