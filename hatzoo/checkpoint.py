@@ -329,15 +329,12 @@ def _read_headers(directory: Path, section: dict[str, Any]) -> tuple[dict[str, t
     """
     path = directory / WEIGHTS_NAME
     metadata, shapes = _read_header(path)
-    for name, ours in (
-        ("weights_id", "hatzoo_weights_id"),
-        ("release_precision", "hatzoo_release_precision"),
-    ):
-        if name in section and metadata.get(ours) != section[name]:
+    for name in ("weights_id", "release_precision"):  # the header holds them as hatzoo_<name>
+        if name in section and metadata.get(f"hatzoo_{name}") != section[name]:
             raise CheckpointError(
                 f"{path} does not belong to its {CONFIG_NAME}: the config's {name} is {section[name]!r}, "
-                f"the weights' is {metadata.get(ours)!r}. The folder mixes two saves: save or download it "
-                "again"
+                f"the weights' is {metadata.get(f'hatzoo_{name}')!r}. The folder mixes two saves: save or "
+                "download it again"
             )
     if _TASKS_SHA256 not in metadata:
         return shapes, [path]
