@@ -182,8 +182,7 @@ def _head(model: Predictor, task: int) -> nn.Module:
 def _temperature_list(tasks: Sequence[int], temperatures: Mapping[int, float] | None) -> list[float] | None:
     if temperatures is None:
         return None
-    unknown = sorted(set(temperatures) - set(tasks))
-    if unknown:
+    if unknown := sorted(set(temperatures) - set(tasks)):
         raise InputError(
             f"temperatures given for tasks {unknown} that do not answer; answering tasks: {tasks}"
         )
@@ -242,8 +241,7 @@ def _scores(
             raise InputError(f"unknown task-inference rule {rule!r}; choose one of {', '.join(ALL_RULES)}")
         return task_scores(logits, rule, _temperature_list(tasks, temperatures))
     fitted = gaussians or {}
-    missing = sorted(set(tasks) - set(fitted))
-    if missing:
+    if missing := sorted(set(tasks) - set(fitted)):
         raise InputError(
             f"rule {FEATURE_RULE!r} needs the feature Gaussians of tasks {missing}: pass "
             "gaussians=fit_feature_gaussians(model, {task: (x, y) of its training data})"
@@ -283,8 +281,7 @@ def _batches(data: LabelledData, size: int = 512) -> Iterable[tuple[torch.Tensor
 
 def _check_fit_data(model: Predictor, data: Mapping[int, LabelledData], what: str) -> list[int]:
     tasks = active_tasks(model)
-    missing = sorted(set(tasks) - set(data))
-    if missing:
+    if missing := sorted(set(tasks) - set(data)):
         raise InputError(f"no {what} data for tasks {missing}; give (x, y) for every answering task")
     if model.training:
         raise InputError(f"fit on the binary masks: call model.eval() before fitting {what} statistics")
@@ -399,8 +396,7 @@ def evaluate(
         rows = slice(start, start + batch_size)
         tasks, features, logits = task_outputs(model, x[rows], layers=FEATURE_RULE in rules)
         t, y = task[rows].long().cpu(), target[rows].long().cpu()
-        unknown = sorted(set(t.tolist()) - set(tasks))
-        if unknown:
+        if unknown := sorted(set(t.tolist()) - set(tasks)):
             raise InputError(f"true tasks {unknown} do not answer; answering tasks: {tasks}")
         column = [tasks.index(v) for v in t.tolist()]
         given = torch.stack([logits[c][i].argmax().cpu() for i, c in enumerate(column)])

@@ -222,8 +222,7 @@ def _timm_family(name: Any, where: str) -> str:
 
 
 def _only_keys(mapping: dict[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(mapping) - allowed)
-    if extra:
+    if extra := sorted(set(mapping) - allowed):
         raise CheckpointError(f"{where}.{extra[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
 
 

@@ -53,7 +53,6 @@ class HATConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HATConfig:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
+        if unknown := sorted(set(data) - known):
             raise InputError(f"unknown HAT option(s) {unknown}; known options are {sorted(known)}")
         return cls(**data)
