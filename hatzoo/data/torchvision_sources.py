@@ -142,7 +142,7 @@ def imagefolder(
 ) -> TaskSequence:
     """One task per subfolder of ``root`` (sorted); class ids are the class folders' sorted positions."""
     from PIL import Image
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS, ImageFolder, make_dataset
 
     base = _pinned_root("imagefolder", root)
     task_dirs = (
@@ -161,18 +161,17 @@ def imagefolder(
     listed = []
     for d in task_dirs:
         try:
-            classes, class_to_idx = find_classes(d / "train")
-            train = make_dataset(d / "train", class_to_idx, extensions=IMG_EXTENSIONS)
-            test = make_dataset(d / "test", class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+            train = ImageFolder(d / "train")  # its class folders (sorted) decide the class ids
+            test = make_dataset(d / "test", train.class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
         except FileNotFoundError as e:
             raise DataError(f"imagefolder: task {d.name}: {e}") from e
-        extra = sorted({p.name for p in (d / "test").iterdir() if p.is_dir()} - set(classes))
+        extra = sorted({p.name for p in (d / "test").iterdir() if p.is_dir()} - set(train.classes))
         if extra or not test:
             problem = f"unknown test classes {extra}" if extra else "it holds none"
             raise DataError(
                 f"imagefolder: task {d.name}: test/ must hold images of the train/ classes; {problem}"
             )
-        listed.append((d.name, classes, train, test))
+        listed.append((d.name, train.classes, train.samples, test))
     with Image.open(listed[0][2][0][0]) as im:  # the first training image decides what was not given
         channels = channels or (1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3)
         size = size or (im.size[1], im.size[0])
