@@ -81,7 +81,7 @@ class TaskSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     labels: tuple[str, ...]
-    root: Path | None = None
+    root: Path
     kept_units: dict[str, tuple[int, int]] = field(default_factory=dict)
     flops_fraction: float | None = None
     max_abs_diff: float | None = None
@@ -110,13 +110,10 @@ class Bundle:
     format_version: int = FORMAT_VERSION
 
 
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in chunks so large graphs do not need to fit in memory twice."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def confined_path(root: Path, file: str) -> Path:
@@ -135,7 +132,7 @@ def confined_path(root: Path, file: str) -> Path:
 
 def read_graph(spec: TaskSpec) -> bytes:
     """The task's graph bytes, re-confined and checked against the manifest sha256 (what a session loads)."""
-    path = confined_path(spec.root or spec.path.parent, spec.file)
+    path = confined_path(spec.root, spec.file)
     try:
         data = path.read_bytes()
     except OSError as e:
