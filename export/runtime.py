@@ -90,22 +90,17 @@ def _cuda_driver_present() -> bool:
     """True when the CUDA driver library loads and reports at least one device (no CUDA toolkit needed)."""
     try:
         lib = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    try:
-        if lib.cuInit(0) != 0:
-            return False
         n = ctypes.c_int(0)
-        return lib.cuDeviceGetCount(ctypes.byref(n)) == 0 and n.value > 0
-    except AttributeError:
+        return lib.cuInit(0) == 0 and lib.cuDeviceGetCount(ctypes.byref(n)) == 0 and n.value > 0
+    except (OSError, AttributeError):  # no driver library, or one without these entry points
         return False
 
 
 def default_providers() -> list[str]:
     """CUDA first when this onnxruntime build has it *and* a GPU driver is present, then CPU."""
-    if "CUDAExecutionProvider" in ort.get_available_providers() and _CUDA_USABLE is not False:
-        if _cuda_driver_present():
-            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    available = "CUDAExecutionProvider" in ort.get_available_providers() and _CUDA_USABLE is not False
+    if available and _cuda_driver_present():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -257,19 +252,14 @@ class TaskSessionPool:
     def session(self, model: str, task: str) -> ort.InferenceSession:
         """The session for (model, task), loading it (and evicting LRU sessions) when needed."""
         key = (model, str(task))
+        if (sess := self._cached(key)) is not None:
+            return sess
+        spec = self.spec(*key)
         with self._lock:
-            e = self._sessions.get(key)
-            if e is not None:
-                self._sessions.move_to_end(key)
-                return e.session
             load_lock = self._load_locks.setdefault(key, threading.Lock())
-        spec = self.spec(model, str(task))
         with load_lock:  # one load per key even when many requests arrive at once
-            with self._lock:
-                e = self._sessions.get(key)
-                if e is not None:
-                    self._sessions.move_to_end(key)
-                    return e.session
+            if (sess := self._cached(key)) is not None:  # loaded while this request waited
+                return sess
             cost = int(spec.file_size * self.bytes_per_file_byte)
             if self.max_bytes is not None and cost > self.max_bytes:
                 raise ServingError(
@@ -282,6 +272,14 @@ class TaskSessionPool:
                 self.loads += 1
                 self._evict_locked(keep=key)
             return sess
+
+    def _cached(self, key: tuple[str, str]) -> ort.InferenceSession | None:
+        """The open session for key, marked most recently used (None when it is not open)."""
+        with self._lock:
+            if key not in self._sessions:
+                return None
+            self._sessions.move_to_end(key)
+            return self._sessions[key].session
 
     def _evict_locked(self, keep: tuple[str, str]) -> None:
         """Close least recently used sessions until both budgets hold (never the one just loaded)."""
