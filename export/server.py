@@ -99,8 +99,6 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.pool = pool
-    app.state.batcher = batcher
-    app.state.metrics = state.metrics
     app.state.serving = state
     add_v1_routes(app, state)
     add_v2_routes(app, state)
