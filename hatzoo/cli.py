@@ -7,7 +7,7 @@ A user mistake prints one ``error:`` line that says what to do, and exits with c
 from __future__ import annotations
 
 import argparse
-import importlib
+import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,16 +44,6 @@ def model_parser(name: str, description: str, examples: str) -> argparse.Argumen
     p.add_argument("model", help="zoo name, Hub repo id or local folder")
     p.add_argument("--revision", help="branch, tag or commit (default: the card's pin, or main)")
     return p
-
-
-def _imported(target: str) -> Callable[[list[str]], int]:
-    """The command ``module:function``, imported only when it runs: ``hatzoo serve`` never imports torch."""
-
-    def run(argv: list[str]) -> int:
-        module, _, function = target.partition(":")
-        return getattr(importlib.import_module(module), function)(argv) or 0
-
-    return run
 
 
 def _push(argv: list[str]) -> int:
@@ -229,21 +219,16 @@ def _list(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "train": (_imported("hatzoo.training.cli:train_command"), "train a recipe task after task (with resume)"),
+# a command is a function, or "module:function": imported only when it runs, so serve never imports torch
+COMMANDS: dict[str, tuple[str | Callable[[list[str]], int], str]] = {
+    "train": ("hatzoo.training.cli:train_command", "train a recipe task after task (with resume)"),
     "push": (_push, "publish a checkpoint folder (git mirror / remote, or HTTP)"),
     "load": (_load, "load a model from the Hub or a folder, optionally predict"),
     "export": (_export, "export tasks to pruned ONNX graphs (a bundle)"),
-    "serve": (
-        _imported("hatzoo.export.server:main"),
-        "serve bundles over HTTP, routing requests by model and task",
-    ),
+    "serve": ("hatzoo.export.server:main", "serve bundles over HTTP, routing requests by model and task"),
     "info": (_info, "tasks, labels, accuracy and capacity of a model"),
     "list": (_list, "the zoo's models"),
-    "demo": (
-        _imported("hatzoo.demo:main"),
-        "the whole life cycle on a local Hub: train, publish, load, export, serve",
-    ),
+    "demo": ("hatzoo.demo:main", "the whole life cycle on a local Hub: train, publish, load, export, serve"),
 }
 
 USAGE = (
@@ -264,8 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return EXIT_USAGE
+    run = COMMANDS[command][0]
     try:
-        return COMMANDS[command][0](rest)
+        return (pkgutil.resolve_name(run) if isinstance(run, str) else run)(rest) or 0
     except HATError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
