@@ -97,7 +97,8 @@ def train_sequence(
 
     found = ckpt.latest_checkpoint(out) if resume else None
     if found is None:
-        model, state = build_model(recipe, model_factory), _empty_state(recipe)
+        model = build_model(recipe, model_factory)
+        state = {"completed": 0, "accuracy": [], "capacity": [], "seconds": [], "recipe": recipe.to_dict()}
         log("start", recipe=recipe.to_dict(), benchmark=seq.describe(), world_size=ctx.world_size, amp=amp)
     else:
         folder, state = found
@@ -212,10 +213,6 @@ def evaluate(model: HATModel, task: TaskData, t: int, runtime: Runtime | None = 
     model.eval()
     x, y = task.test.tensors
     return accuracy(lambda xb: model(xb, task=t), x, y, rt, f"evaluate task {t}")
-
-
-def _empty_state(recipe: Recipe) -> dict[str, Any]:
-    return {"completed": 0, "accuracy": [], "capacity": [], "seconds": [], "recipe": recipe.to_dict()}
 
 
 def _check_same_recipe(recipe: Recipe, stored: dict[str, Any], out: Path) -> None:
