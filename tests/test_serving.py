@@ -15,8 +15,13 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from hatzoo.export.bundle import FORMAT, FORMAT_VERSION, BundleError, read_bundle, write_manifest
+from hatzoo.export.client import ClientError, HatzooClient
+from hatzoo.export.runtime import MicroBatcher, TaskSessionPool, UnknownModelError
+from hatzoo.export.server import create_app
 
 from hatzoo.errors import HATError
 from tests.serving_support import (
@@ -59,8 +64,6 @@ def test_serving_modules_do_not_import_torch(bundles: list[Path]) -> None:
 
 
 def test_read_bundle_fields(bundles: list[Path]) -> None:
-    from hatzoo.export.bundle import FORMAT, FORMAT_VERSION, read_bundle
-
     m = json.loads((bundles[0] / "manifest.json").read_text())
     assert m["format"] == FORMAT and m["format_version"] == FORMAT_VERSION and m["opset"] == 18
     b = read_bundle(bundles[0])
@@ -90,8 +93,6 @@ def test_read_bundle_fields(bundles: list[Path]) -> None:
     ],
 )
 def test_read_bundle_rejects_bad_bundles(bundles: list[Path], tmp_path: Path, corrupt, message: str) -> None:
-    from hatzoo.export.bundle import BundleError, read_bundle
-
     d = tmp_path / "b"
     shutil.copytree(bundles[0], d)
     corrupt(d)
@@ -101,8 +102,6 @@ def test_read_bundle_rejects_bad_bundles(bundles: list[Path], tmp_path: Path, co
 
 
 def test_write_manifest_errors(bundles: list[Path], tmp_path: Path) -> None:
-    from hatzoo.export.bundle import BundleError, write_manifest
-
     with pytest.raises(BundleError, match="does not exist"):
         write_manifest(tmp_path, model="m", source=None, tasks={0: {"file": "nope.onnx"}})
     shutil.copy(bundles[0] / "task0.onnx", tmp_path / "t.onnx")
@@ -118,9 +117,6 @@ def test_write_manifest_errors(bundles: list[Path], tmp_path: Path) -> None:
 
 
 def test_pool_lru_eviction_by_count_and_bytes(bundles: list[Path], reference: Reference) -> None:
-    from hatzoo.export.bundle import read_bundle
-    from hatzoo.export.runtime import TaskSessionPool
-
     b = read_bundle(bundles[0])
     pool = TaskSessionPool([b], max_sessions=2, global_thread_pool=False)
     assert pool.providers == ["CPUExecutionProvider"] or pool.providers[0] == "CUDAExecutionProvider"
@@ -151,9 +147,6 @@ def test_pool_lru_eviction_by_count_and_bytes(bundles: list[Path], reference: Re
 
 
 def test_pool_unknown_names(bundles: list[Path]) -> None:
-    from hatzoo.export.bundle import read_bundle
-    from hatzoo.export.runtime import TaskSessionPool, UnknownModelError
-
     pool = TaskSessionPool([read_bundle(d) for d in bundles], global_thread_pool=False)
     with pytest.raises(UnknownModelError, match="known models: \\['tiny-cnn', 'tiny-mlp'\\]"):
         pool.spec("nope", "0")
@@ -162,9 +155,6 @@ def test_pool_unknown_names(bundles: list[Path]) -> None:
 
 
 def test_micro_batcher_merges_concurrent_requests(bundles: list[Path], reference: Reference) -> None:
-    from hatzoo.export.bundle import read_bundle
-    from hatzoo.export.runtime import MicroBatcher, TaskSessionPool
-
     pool = TaskSessionPool([read_bundle(d) for d in bundles], global_thread_pool=False)
     batcher = MicroBatcher(pool, max_batch=16, max_wait_ms=50)
     rng = np.random.default_rng(1)
@@ -186,8 +176,6 @@ def test_micro_batcher_merges_concurrent_requests(bundles: list[Path], reference
 
 
 def test_server_predict_routes_and_matches_direct(bundles: list[Path], reference: Reference) -> None:
-    from hatzoo.export.client import HatzooClient
-
     rng = np.random.default_rng(2)
     with running_server(bundles) as (url, _app):
         c = HatzooClient(url)
@@ -226,8 +214,6 @@ def test_server_predict_routes_and_matches_direct(bundles: list[Path], reference
 
 
 def test_server_bad_inputs_answer_4xx_and_keep_serving(bundles: list[Path], reference: Reference) -> None:
-    from hatzoo.export.client import ClientError, HatzooClient
-
     good = np.zeros((2, 1, 8, 8), np.float32)
     with running_server(bundles, max_request_batch=8, max_body_bytes=64 << 10) as (url, _app):
         base = f"{url}/v1/models/tiny-cnn/tasks/0:predict"
@@ -258,8 +244,6 @@ def test_server_bad_inputs_answer_4xx_and_keep_serving(bundles: list[Path], refe
             assert msg in doc["error"], (msg, doc)
             out = HatzooClient(url).predict("tiny-cnn", 0, good)  # still serving, still right
             np.testing.assert_allclose(out["logits"], reference("tiny-cnn", 0, good), atol=1e-6)
-        import httpx
-
         assert httpx.get(f"{url}/v1/nothing").status_code == 404
         with pytest.raises(ClientError, match="known models") as ei:
             HatzooClient(url).predict("nope", 0, good)
@@ -280,8 +264,6 @@ def test_server_bad_inputs_answer_4xx_and_keep_serving(bundles: list[Path], refe
 
 
 def test_server_micro_batches_concurrent_requests(bundles: list[Path], reference: Reference) -> None:
-    from hatzoo.export.client import HatzooClient
-
     n = 16
     xs = [np.random.default_rng(100 + i).standard_normal((1, 1, 8, 8)).astype(np.float32) for i in range(n)]
     with running_server(bundles, micro_batch=64, max_wait_ms=30) as (url, app):
@@ -305,8 +287,6 @@ def test_server_micro_batches_concurrent_requests(bundles: list[Path], reference
 
 
 def test_server_lru_budget_reloads_correctly(bundles: list[Path], reference: Reference) -> None:
-    from hatzoo.export.client import HatzooClient
-
     x = np.random.default_rng(3).standard_normal((2, 1, 8, 8)).astype(np.float32)
     with running_server(bundles, max_sessions=2) as (url, app):
         c = HatzooClient(url)
@@ -321,8 +301,6 @@ def test_server_lru_budget_reloads_correctly(bundles: list[Path], reference: Ref
 
 
 def test_create_app_needs_bundles() -> None:
-    from hatzoo.export.server import create_app
-
     with pytest.raises(HATError):
         create_app([])
     with pytest.raises(HATError, match="not a hatzoo bundle"):

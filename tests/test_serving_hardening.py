@@ -12,7 +12,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import pytest
+from hatzoo.export.bundle import BundleError, read_bundle, write_manifest
+from hatzoo.export.server import StartupError, create_app, main, serve
+from onnx import TensorProto, helper, numpy_helper
 
 from hatzoo.errors import HATError
 from hatzoo.hub.local_hub import free_port
@@ -30,8 +34,6 @@ def copy(bundle: Path, tmp_path: Path, edit=None) -> Path:
 
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
 def test_bundle_files_cannot_leave_the_folder(bundle: Path, tmp_path: Path, kind: str) -> None:
-    from hatzoo.export.bundle import BundleError, read_bundle
-
     outside = tmp_path / "x.onnx"
     shutil.copy(bundle / "task0.onnx", outside)
     file = {"dotdot": "../x.onnx", "absolute": str(outside)}.get(kind)
@@ -44,11 +46,6 @@ def test_bundle_files_cannot_leave_the_folder(bundle: Path, tmp_path: Path, kind
 
 
 def test_external_data_is_refused(tmp_path: Path) -> None:
-    import onnx
-    from hatzoo.export.bundle import write_manifest
-    from hatzoo.export.server import StartupError, create_app
-    from onnx import TensorProto, helper, numpy_helper
-
     w = numpy_helper.from_array(np.ones((64, 3), np.float32), "W")
     g = helper.make_graph(
         [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["logits"])],
@@ -86,8 +83,6 @@ def test_external_data_is_refused(tmp_path: Path) -> None:
     ],
 )
 def test_manifest_and_graph_must_agree_at_startup(bundle: Path, tmp_path: Path, edit, message: str) -> None:
-    from hatzoo.export.server import StartupError, create_app
-
     d = copy(bundle, tmp_path, edit)
     with pytest.raises(StartupError, match=message) as ei:
         create_app([d], global_thread_pool=False)
@@ -95,8 +90,6 @@ def test_manifest_and_graph_must_agree_at_startup(bundle: Path, tmp_path: Path, 
 
 
 def test_manifest_values_mode_and_labels(bundle: Path, tmp_path: Path) -> None:
-    from hatzoo.export.bundle import BundleError, read_bundle, write_manifest
-
     shutil.copy(bundle / "task0.onnx", tmp_path / "t.onnx")
     spec = {"file": "t.onnx", "input_shape": [None, 1, 8, 8], "labels": ["a", "b", "c"]}
     old = os.umask(0o022)
@@ -194,8 +187,6 @@ def test_slow_clients_are_cut_off(bundle: Path) -> None:
 
 
 def test_api_key_and_concurrency_limit(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hatzoo.export.server import StartupError, serve
-
     monkeypatch.setenv("HATZOO_API_KEY", "s3cret")
     with running_server([bundle], max_concurrency=1, body_timeout_s=5) as (url, _app):
         port = httpx.URL(url).port
@@ -220,8 +211,6 @@ def test_api_key_and_concurrency_limit(bundle: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_serve_help_names_itself_and_shows_defaults(capsys: pytest.CaptureFixture) -> None:
-    from hatzoo.export.server import main
-
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out

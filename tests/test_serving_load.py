@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hatzoo.export.client import ClientError, HatzooClient
 
 from hatzoo.hub.local_hub import free_port, stop_process
 from tests.serving_support import Reference, metric
@@ -27,8 +28,6 @@ ROUTES = [("tiny-cnn", 0), ("tiny-cnn", 1), ("tiny-cnn", 2), ("tiny-mlp", 0), ("
 def server_process(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """``python -m hatzoo.export.server ARGS`` on a free port; yields (process, url) once /healthz answers,
     and stops it afterwards (terminate, then kill) unless the test already did."""
-    from hatzoo.export.client import ClientError, HatzooClient
-
     port = free_port()
     cmd = [sys.executable, "-m", "hatzoo.export.server", *args, "--port", str(port)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -47,8 +46,6 @@ def server_process(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
 
 def test_concurrent_load_zero_errors_and_exact_answers(bundles: list[Path], reference: Reference) -> None:
     """8 client threads x 50 requests over 5 tasks against ``python -m hatzoo.export.server`` (defaults)."""
-    from hatzoo.export.client import HatzooClient
-
     args = [*map(str, bundles), "--max-sessions", "4", "--log-level", "warning"]
     with server_process(*args) as (_proc, url):
         errors: list[str] = []
@@ -91,8 +88,6 @@ def test_concurrent_load_zero_errors_and_exact_answers(bundles: list[Path], refe
 @pytest.mark.parametrize("stop", ["terminate", "kill"])
 def test_a_stopped_server_leaves_no_process_holding_its_output(bundle: Path, stop: str) -> None:
     """Decode workers exit with the server, even on SIGKILL: the server's output pipe reaches EOF."""
-    from hatzoo.export.client import HatzooClient
-
     with server_process(str(bundle)) as (proc, url):
         HatzooClient(url, timeout=30).predict(  # JSON: decoded in a worker
             *ROUTES[0], np.zeros((2, 1, 8, 8), np.float32), use_npy=False
