@@ -7,12 +7,15 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from hatzoo.export.triton import export_triton_repository
 
 from hatzoo.errors import ExportError
 
 
-def triton_model_config():
-    """Triton's ModelConfig message class, loaded from tritonclient without its grpc-only package init."""
+@pytest.fixture(scope="module")
+def pb():
+    """Triton's model_config_pb2 module, loaded from tritonclient without its grpc-only package init."""
     try:
         dist = importlib.metadata.distribution("tritonclient")
     except importlib.metadata.PackageNotFoundError:
@@ -24,11 +27,7 @@ def triton_model_config():
     return mod
 
 
-def test_triton_repository_configs_parse(bundle: Path, tmp_path: Path) -> None:
-    from google.protobuf import text_format
-    from hatzoo.export.triton import export_triton_repository
-
-    pb = triton_model_config()
+def test_triton_repository_configs_parse(pb, bundle: Path, tmp_path: Path) -> None:
     dirs = export_triton_repository(bundle, tmp_path, max_batch_size=16, instance_count=2, kind="KIND_CPU")
     assert [d.name for d in dirs] == ["tiny-cnn_task0", "tiny-cnn_task1", "tiny-cnn_task2"]
     for d, k in zip(dirs, (3, 4, 5), strict=True):
@@ -48,11 +47,7 @@ def test_triton_repository_configs_parse(bundle: Path, tmp_path: Path) -> None:
         assert ig.count == 2 and ig.kind == pb.ModelInstanceGroup.KIND_CPU
 
 
-def test_triton_options(bundle: Path, tmp_path: Path) -> None:
-    from google.protobuf import text_format
-    from hatzoo.export.triton import export_triton_repository
-
-    pb = triton_model_config()
+def test_triton_options(pb, bundle: Path, tmp_path: Path) -> None:
     (d,) = export_triton_repository(bundle, tmp_path, tasks=[2], preferred_batch_sizes=[2, 8])
     cfg = text_format.Parse((d / "config.pbtxt").read_text(), pb.ModelConfig())
     assert cfg.max_batch_size == 32 and list(cfg.dynamic_batching.preferred_batch_size) == [2, 8]
