@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -131,32 +132,28 @@ def test_v2_bare_model_name_answers_without_a_task(hat, bundle: Path, server: st
 
 def test_bad_requests_are_clear(server: str) -> None:
     body = json.dumps({"inputs": np.zeros((1, *SHAPE)).tolist()}).encode()
-    status, got = post(f"{server}/v1/models/mlp:predict?rule=soft", body)
-    assert (
-        status == 400
-        and "unknown task-inference rule 'soft'; choose one of msp, entropy, energy" in got["error"]
-    )
-    status, got = post(f"{server}/v1/models/nope:predict", body)
-    assert status == 404 and "unknown model 'nope'" in got["error"]
-    status, got = post(f"{server}/v1/models/mlp:explain", body)
-    assert status == 404 and "/v1/models/{model}:predict" in got["error"]
-    status, got = post(f"{server}/v1/models/mlp:predict", json.dumps({"inputs": [[1.0]]}).encode())
-    assert status == 400 and "inputs must have shape" in got["error"]
-    status, got = post(
-        f"{server}/v2/models/mlp/infer",
-        json.dumps(
-            {
-                "inputs": [{"name": "x", "shape": [1, *SHAPE], "datatype": "FP32", "data": [0.0] * 64}],
-                "outputs": [{"name": "logits"}],
-            }
-        ).encode(),
-    )
-    assert status == 400 and "unknown outputs ['logits']" in got["error"]
+    v2_logits = {
+        "inputs": [{"name": "x", "shape": [1, *SHAPE], "datatype": "FP32", "data": [0.0] * 64}],
+        "outputs": [{"name": "logits"}],
+    }
+    cases = [
+        (
+            "/v1/models/mlp:predict?rule=soft",
+            body,
+            400,
+            "unknown task-inference rule 'soft'; choose one of msp, entropy, energy",
+        ),
+        ("/v1/models/nope:predict", body, 404, "unknown model 'nope'"),
+        ("/v1/models/mlp:explain", body, 404, "/v1/models/{model}:predict"),
+        ("/v1/models/mlp:predict", json.dumps({"inputs": [[1.0]]}).encode(), 400, "inputs must have shape"),
+        ("/v2/models/mlp/infer", json.dumps(v2_logits).encode(), 400, "unknown outputs ['logits']"),
+    ]
+    for path, data, status, message in cases:
+        code, got = post(server + path, data)
+        assert code == status and message in got["error"], (path, code, got)
 
 
 def test_openapi_documents_the_route(server: str) -> None:
-    import httpx
-
     doc = httpx.get(f"{server}/openapi.json", timeout=30).json()
     route = doc["paths"]["/v1/models/{model_action}"]["post"]
     assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(

@@ -86,32 +86,28 @@ def test_images_and_pixels_give_the_normalized_array_logits(server: str) -> None
     url = f"{server}/v1/models/tiny-cnn/tasks/1:predict"
     want = np.asarray(httpx.post(url, json={"inputs": norm.tolist()}).json()["logits"])
 
-    def logits(r: httpx.Response) -> np.ndarray:
-        assert r.status_code == 200, r.text
-        assert r.json()["warnings"] == []
-        return np.asarray(r.json()["logits"])
-
-    one = httpx.post(url + "?top_k=2", content=png(px[0]), headers={"Content-Type": "image/png"})
-    np.testing.assert_allclose(logits(one), want[:1], rtol=1e-5, atol=1e-5)
-    assert len(one.json()["top_k"][0]) == 2
-    files = [("file", (f"{i}.png", png(px[i]), "image/png")) for i in range(2)]
-    np.testing.assert_allclose(logits(httpx.post(url, files=files)), want, rtol=1e-5, atol=1e-5)
-    rgb = np.repeat(px[0][:, :, None], 3, axis=2)  # converted to the task's one channel
-    r = httpx.post(url, content=png(rgb), headers={"Content-Type": "image/png"})
-    np.testing.assert_allclose(logits(r), want[:1], rtol=1e-5, atol=1e-5)
+    as_png = {"Content-Type": "image/png"}
     raw = (px / 255.0)[:, None]
-    r = httpx.post(url, json={"inputs": raw.tolist(), "normalized": False})
-    np.testing.assert_allclose(logits(r), want, rtol=1e-5, atol=1e-5)
-    r = httpx.post(url, json={"inputs": px[:, None].tolist(), "dtype": "uint8"})
-    np.testing.assert_allclose(logits(r), want, rtol=1e-5, atol=1e-5)
-    r = httpx.post(url, content=npy(px[:, None]), headers={"Content-Type": "application/x-npy"})
-    np.testing.assert_allclose(logits(r), want, rtol=1e-5, atol=1e-5)
+    rgb = np.repeat(px[0][:, :, None], 3, axis=2)  # converted to the task's one channel
+    same_pixels = [  # (request, how many rows of want it answers)
+        ({"content": png(px[0]), "headers": as_png}, 1),
+        ({"files": [("file", (f"{i}.png", png(px[i]), "image/png")) for i in range(2)]}, 2),
+        ({"content": png(rgb), "headers": as_png}, 1),
+        ({"json": {"inputs": raw.tolist(), "normalized": False}}, 2),
+        ({"json": {"inputs": px[:, None].tolist(), "dtype": "uint8"}}, 2),
+        ({"content": npy(px[:, None]), "headers": {"Content-Type": "application/x-npy"}}, 2),
+    ]
+    for request, rows in same_pixels:
+        r = httpx.post(url + "?top_k=2", **request)
+        assert r.status_code == 200 and r.json()["warnings"] == [], r.text
+        np.testing.assert_allclose(np.asarray(r.json()["logits"]), want[:rows], rtol=1e-5, atol=1e-5)
+        assert [len(top) for top in r.json()["top_k"]] == [2] * rows
     # raw 0-1 pixels sent without saying so still run, but the answer says they look unnormalized
     r = httpx.post(url, json={"inputs": raw.tolist()})
     assert r.status_code == 200 and "normalized: false" in r.json()["warnings"][0]
     r = httpx.post(url, json={"inputs": (raw * 255).tolist(), "normalized": False})
     assert r.status_code == 400 and "[0, 1]" in r.json()["error"]
-    r = httpx.post(url, content=b"GIF89a....", headers={"Content-Type": "image/png"})
+    r = httpx.post(url, content=b"GIF89a....", headers=as_png)
     assert r.status_code == 400 and "PNG or JPEG" in r.json()["error"]
 
 
