@@ -31,11 +31,9 @@ def hub_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The huggingface_hub cache folder, resolved with the library's precedence but from today's env."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+    for var, below in (("HF_HUB_CACHE", ""), ("HUGGINGFACE_HUB_CACHE", ""), ("HF_HOME", "hub")):
         if os.environ.get(var):
-            return Path(os.path.expandvars(os.environ[var])).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.path.expandvars(os.environ["HF_HOME"])).expanduser() / "hub"
+            return Path(os.path.expandvars(os.environ[var])).expanduser() / below
     xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(xdg).expanduser() / "huggingface" / "hub"
 
