@@ -120,11 +120,7 @@ def _needs_lfs(files: list[str]) -> list[str]:
 
 def _is_local_remote(url: str) -> bool:
     """True for a remote that is a path or file:// URL (plain git suffices); False for http(s)/ssh hosts."""
-    if url.startswith("file://"):
-        return True
-    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url) or re.match(r"^[^/]+@[^/]+:", url):
-        return False
-    return True
+    return url.startswith("file://") or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://|^[^/]+@[^/]+:", url)
 
 
 def _rev(repo: Path, ref: str) -> str | None:
