@@ -24,8 +24,7 @@ class DataConfig:
     benchmark: str | None = None
 
     def __post_init__(self) -> None:
-        channels = self.input_size[0] if len(self.input_size) == 3 else None
-        if channels is None or not len(self.mean) == len(self.std) == channels:
+        if len(self.input_size) != 3 or not len(self.mean) == len(self.std) == self.input_size[0]:
             raise InputError(
                 f"a data config needs input_size (C, H, W) and C means and stds; got input_size "
                 f"{self.input_size}, mean {self.mean}, std {self.std}"
