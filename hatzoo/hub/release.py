@@ -120,12 +120,6 @@ def _tree_sha(folder: Path, files: list[str]) -> bytes:
     return _git_object("tree", body)
 
 
-def _commit_text(tree: str) -> str:
-    name, email = RELEASE_IDENTITY
-    who = f"{name} <{email}> {RELEASE_DATE}"
-    return f"tree {tree}\nauthor {who}\ncommitter {who}\n\n{RELEASE_MESSAGE}"
-
-
 def _release_files(folder: str | os.PathLike[str]) -> tuple[Path, list[str]]:
     root = Path(folder).resolve()  # git runs in the mirror repository, not here
     if not (root / WEIGHTS).is_file():
@@ -136,7 +130,9 @@ def _release_files(folder: str | os.PathLike[str]) -> tuple[Path, list[str]]:
 def release_revision(folder: str | os.PathLike[str]) -> str:
     """The commit sha that a release folder gets in the embedded Hub: pin it as the card's revision."""
     root, files = _release_files(folder)
-    return _git_object("commit", _commit_text(_tree_sha(root, files).hex()).encode()).hex()
+    who = "{} <{}> {}".format(*RELEASE_IDENTITY, RELEASE_DATE)
+    text = f"tree {_tree_sha(root, files).hex()}\nauthor {who}\ncommitter {who}\n\n{RELEASE_MESSAGE}"
+    return _git_object("commit", text.encode()).hex()
 
 
 def release_pin(folder: str | os.PathLike[str], repo_id: str) -> HubPin:
