@@ -178,16 +178,14 @@ class LocalHub:
                 f"port {self._requested_port} on {self.host} is already in use: stop what runs there, or "
                 "leave port=None to pick a free one"
             )
-        attempts = 1 if self._requested_port is not None else 3
-        for attempt in range(attempts):
+        for retries_left in reversed(range(1 if self._requested_port is not None else 3)):
             self.port = self._requested_port or free_port(self.host)
             try:
                 self._launch()
                 return self
-            except HubError:
+            except HubError:  # a free port taken by another process meanwhile: try another one
                 self._terminate()
-                port_race = "address already in use" in self.log_tail().lower()
-                if attempt == attempts - 1 or not port_race:
+                if not retries_left or "address already in use" not in self.log_tail().lower():
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
