@@ -50,10 +50,12 @@ headers before anything is allocated. Saving over a folder replaces it in one st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -295,7 +297,10 @@ def load_pretrained(
     shapes, files = _read_headers(directory, section)
     _check_head_shapes(section, shapes, directory)
     _check_backbone_shapes(build_backbone(section["arch"], device="meta"), shapes, directory)
-    tensors = {key: value for path in files for key, value in _read_weights(path).items()}
+    tensors: dict[str, torch.Tensor] = {}
+    for path in files:
+        with _safetensors_errors(path):
+            tensors |= load_file(path)
     from hatzoo.core.hatify import hatify
 
     try:
@@ -368,13 +373,20 @@ def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]
     """A safetensors file's metadata and tensor shapes, without reading its data."""
     if not path.is_file():
         raise CheckpointError(f"{path.parent} has no {path.name}")
+    with _safetensors_errors(path), safe_open(str(path), framework="numpy") as f:
+        return f.metadata() or {}, {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+
+
+@contextlib.contextmanager
+def _safetensors_errors(path: Path) -> Iterator[None]:
+    """Turn safetensors' error on a broken ``path`` into one that says what to do."""
     try:
-        with safe_open(str(path), framework="numpy") as handle:
-            return handle.metadata() or {}, {
-                key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()
-            }
+        yield
     except (SafetensorError, OSError, ValueError) as error:
-        raise _unreadable(path, error) from error
+        raise CheckpointError(
+            f"{path} cannot be read as safetensors ({error}); the file is truncated or corrupted: "
+            "delete it from the cache (huggingface-cli delete-cache) and download again"
+        ) from error
 
 
 def _check_head_shapes(section: dict[str, Any], shapes: dict[str, tuple[int, ...]], directory: Path) -> None:
@@ -411,20 +423,6 @@ def _check_backbone_shapes(backbone: nn.Module, shapes: dict[str, tuple[int, ...
             f"{directory}'s weights hold {stored} values but the architecture in {CONFIG_NAME} needs more "
             "than that beyond them; config and weights come from different models"
         )
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise _unreadable(path, error) from error
-
-
-def _unreadable(path: Path, error: Exception) -> CheckpointError:
-    return CheckpointError(
-        f"{path} cannot be read as safetensors ({error}); the file is truncated or corrupted: "
-        "delete it from the cache (huggingface-cli delete-cache) and download again"
-    )
 
 
 def _check_groups(model: HATModel, groups: list[dict[str, Any]], directory: Path) -> None:
