@@ -109,8 +109,7 @@ def measure(setting, args) -> dict:
     y = torch.randint(0, 2, (batch,), device=device)
     plain = timm.create_model(timm_name, num_classes=2, **kwargs).to(device).train()
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
-    hat, hat_opt, task = hat_model_on_second_task(zoo_name, kwargs, x, y, amp, device)
-    hat.train()
+    hat, hat_opt, task = hat_model_on_second_task(zoo_name, kwargs, x, y, amp, device)  # in train mode
     hat_fn = hat
     if args.compile:
         torch._dynamo.reset()

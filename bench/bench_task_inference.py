@@ -96,10 +96,10 @@ def train_joint_classifier(model: hatzoo.HATModel, recipe: Recipe, seq: TaskSequ
     return accuracy(net, xt, yt, rt, "joint test")
 
 
-def seconds(fn) -> float:
+def timed(fn) -> tuple[Any, float]:
+    """``fn()`` and the seconds it took."""
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return fn(), time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -119,7 +119,7 @@ def cost(
         lambda: agnostic.predict(x, rule="mahalanobis", gaussians=gaussians),
         lambda: one(x),
     )
-    times = [[seconds(call) for call in calls] for _ in range(repeats)]
+    times = [[timed(call)[1] for call in calls] for _ in range(repeats)]
     t_all, t_maha, t_one = (statistics.median(column) for column in zip(*times, strict=True))
     return {
         "macs_all_tasks": sum(macs.values()),
@@ -142,9 +142,8 @@ def run_model(name: str, card: str | None, args: argparse.Namespace) -> dict[str
     agnostic = TaskAgnosticModel.from_hat_model(model)
     x, task, target = test_rows(seq, args.max_test_per_task)
     result: dict[str, Any] = {"model": name, "benchmark": seq.name, "test_rows": len(x), "rules": {}}
-    start = time.perf_counter()
-    gaussians = fit_feature_gaussians(agnostic, {t: task.train.tensors for t, task in enumerate(seq)})
-    result["gaussians_fit_seconds"] = time.perf_counter() - start
+    training = {t: task.train.tensors for t, task in enumerate(seq)}
+    gaussians, result["gaussians_fit_seconds"] = timed(lambda: fit_feature_gaussians(agnostic, training))
     for rule, acc in evaluate(agnostic, x, task, target, gaussians=gaussians).items():
         result["rules"][rule] = dataclasses.asdict(acc)
     if args.fit_temperatures:
@@ -156,9 +155,8 @@ def run_model(name: str, card: str | None, args: argparse.Namespace) -> dict[str
     result["task_incremental"] = first["task_incremental"]
     if args.joint:
         epochs = args.joint_epochs or recipe.recipe.epochs
-        start = time.perf_counter()
-        result["joint"] = {"accuracy": train_joint_classifier(model, recipe, seq, epochs), "epochs": epochs}
-        result["joint"]["seconds"] = time.perf_counter() - start
+        accuracy, took = timed(lambda: train_joint_classifier(model, recipe, seq, epochs))
+        result["joint"] = {"accuracy": accuracy, "epochs": epochs, "seconds": took}
     result["cost"] = cost(agnostic, gaussians, x[: args.batch], tuple(seq.input_shape), args.repeats)
     return result
 
