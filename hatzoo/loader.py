@@ -123,6 +123,5 @@ def _not_found(card: Card, revision: str | None, hub_error: HubError | None) -> 
         hub = f"the Hub failed: {hub_error}"
     return HubError(
         f"cannot load zoo model {card.name} ({where}): it is not in the Hugging Face cache "
-        f"{hub_cache_dir()}, "
-        f"{bundle}, and {hub}. To get it: {GET_RELEASES}"
+        f"{hub_cache_dir()}, {bundle}, and {hub}. To get it: {GET_RELEASES}"
     )
