@@ -33,14 +33,11 @@ def test_float64_model_grows_trains_locks_and_specializes_in_float64(arch):
     torch.manual_seed(0)
     model = ARCHS[arch]().double()
     x, y = torch.randn(8, 1, 16, 16, dtype=torch.float64), torch.randint(0, 2, (8,))
-    optimizer = None
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)  # the shared weights
     for _ in range(2):
         task = model.add_task(num_classes=2)
         assert floating_dtypes(model) == {torch.float64}, "a new task's tensors must follow .double()"
-        if optimizer is None:
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        else:
-            optimizer.add_param_group({"params": model.task_parameters(task)})
+        optimizer.add_param_group({"params": model.task_parameters(task)})
         train_steps(model, task, x, y, optimizer)
         model.end_task(task)
         if task == 0:
