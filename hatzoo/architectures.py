@@ -13,6 +13,7 @@ from typing import Any
 from timm.models import register_model
 
 from hatzoo._registry import Registry
+from hatzoo.core.arch import jsonable
 from hatzoo.core.config import HATConfig
 from hatzoo.core.hatify import hatify
 from hatzoo.core.model import HATModel
@@ -65,8 +66,7 @@ def _hatified(timm_name: str, config: HATConfig | None = None, **kwargs: Any) ->
         backbone = timm.create_model(timm_name, pretrained=False, num_classes=0, **kwargs)
     except TypeError as error:
         raise InputError(f"{timm_name}: timm rejected the arguments {kwargs}: {error}") from error
-    jsonable = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
-    arch = {"source": "timm", "name": timm_name, "kwargs": jsonable}
+    arch = {"source": "timm", "name": timm_name, "kwargs": {k: jsonable(v) for k, v in kwargs.items()}}
     return hatify(backbone, config, arch=arch, **hat_options)  # hatify refuses a config and options both
 
 

@@ -284,7 +284,7 @@ def _describe_sequential(model: nn.Sequential) -> list[dict[str, Any]]:
             raise UnsupportedModelError(
                 f"cannot describe layer {name} ({type(child).__name__}) for a checkpoint"
             )
-        args = {a: _jsonable(getattr(child, a)) for a in _LAYER_ARGS[type(child)]}
+        args = {a: jsonable(getattr(child, a)) for a in _LAYER_ARGS[type(child)]}
         if "bias" in args:
             args["bias"] = child.bias is not None
         layers.append({"name": name, "type": type(child).__name__, "args": args})
@@ -301,5 +301,6 @@ def _build_sequential(layers: list[dict[str, Any]]) -> nn.Sequential:
     return model
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """A constructor argument as JSON stores it: tuples become lists."""
     return list(value) if isinstance(value, tuple) else value
