@@ -13,10 +13,6 @@ import importlib.abc
 import sys
 
 
-def _register() -> None:
-    importlib.import_module("hatzoo.architectures")
-
-
 class _AfterTimmImport(importlib.abc.MetaPathFinder):
     """Wraps timm's loader so that hatzoo.architectures is imported once timm's module has executed."""
 
@@ -31,7 +27,7 @@ class _AfterTimmImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             original(module)
-            _register()
+            importlib.import_module("hatzoo.architectures")  # registers the zoo architectures with timm
 
         spec.loader.exec_module = exec_module
         return spec
@@ -40,6 +36,6 @@ class _AfterTimmImport(importlib.abc.MetaPathFinder):
 def install() -> None:
     """Register now if timm is imported, else once it is."""
     if "timm" in sys.modules:
-        _register()
+        importlib.import_module("hatzoo.architectures")
     elif not any(isinstance(f, _AfterTimmImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _AfterTimmImport())
