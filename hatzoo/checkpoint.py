@@ -107,11 +107,8 @@ def unpack_mask(packed: torch.Tensor, size: int, what: str) -> torch.Tensor:
 def checkpoint_tensors(model: HATModel) -> dict[str, torch.Tensor]:
     """Every tensor the checkpoint stores, by key."""
     model.enforce_locks()
-    tensors: dict[str, torch.Tensor] = {}
-    per_task_prefixes = list(model.task_modules())
-    for name, value in model.backbone.state_dict().items():
-        if not any(name.startswith(prefix + ".") for prefix in per_task_prefixes):
-            tensors[name] = value
+    per_task = tuple(prefix + "." for prefix in model.task_modules())  # stored per task below
+    tensors = {k: v for k, v in model.backbone.state_dict().items() if not k.startswith(per_task)}
     default = model.default_task
     for t in range(model.num_tasks):
         for name, value in _task_tensors(model, t).items():
