@@ -225,18 +225,16 @@ def test_bad_input_gets_clear_errors():
     task = model.add_task(num_classes=2, labels=["cat", "dog"])
     with pytest.raises(hatzoo.TaskError, match="still open"):
         model.add_task(num_classes=2)
-    with pytest.raises(hatzoo.TaskError, match="does not exist"):
-        model(x, task=5)
-    with pytest.raises(hatzoo.TaskError, match="does not exist"):
-        model(x, task=-1)
+    for missing in (5, -1):
+        with pytest.raises(hatzoo.TaskError, match="does not exist"):
+            model(x, task=missing)
     with pytest.raises(hatzoo.InputError, match="channels"):
         model(torch.randn(2, 3, 16, 16), task=task)
     with pytest.raises(hatzoo.InputError, match="shape"):
         model(torch.randn(2, 16, 16), task=task)
-    with pytest.raises(hatzoo.InputError, match="scale"):
-        model.train()(x, task=task, scale=0)
-    with pytest.raises(hatzoo.InputError, match="scale"):
-        model.train()(x, task=task, scale=-3.0)
+    for scale in (0, -3.0):
+        with pytest.raises(hatzoo.InputError, match="scale"):
+            model.train()(x, task=task, scale=scale)
     with pytest.raises(hatzoo.InputError, match="labels"):
         model.end_task(task) or model.add_task(num_classes=3, labels=["a"])
     with pytest.raises(hatzoo.TaskError, match="already ended"):
