@@ -12,19 +12,16 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
-def env_true(name: str) -> bool:
-    """True when the environment variable is set to 1/on/yes/true (huggingface_hub's rule)."""
-    return os.environ.get(name, "").strip().upper() in _TRUE
-
-
 def hub_endpoint(endpoint: str | None = None) -> str:
     """The Hub base URL: the argument, else ``HF_ENDPOINT`` now, else the public Hub."""
     return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
 
 
 def hub_offline() -> bool:
-    """True when offline mode is asked for now (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
-    return env_true("HF_HUB_OFFLINE") or env_true("TRANSFORMERS_OFFLINE")
+    """True when HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is 1/on/yes/true now (huggingface_hub's rule)."""
+    return any(
+        os.environ.get(var, "").strip().upper() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def hub_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
