@@ -31,8 +31,6 @@ from hatzoo.hub._env import port_open
 
 __all__ = ["LocalHub", "free_port", "port_open", "repo_folder"]
 
-_LOG_TAIL_CHARS = 3000
-
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Ask the OS for a TCP port that is free right now (the server binds it a moment later)."""
@@ -96,9 +94,9 @@ class LocalHub:
     """Run an olah server on 127.0.0.1 over ``mirror_root`` while the ``with`` block lasts.
 
     ``mirror_root`` defaults to a fresh temporary folder that is deleted on exit. The server's own
-    files (config, logs, olah's cache) live in ``work_dir`` (a temporary folder unless given). The server
-    is stopped by its PID (SIGTERM, then SIGKILL), also at interpreter exit and, on Linux, when the
-    starting process dies.
+    files (config, logs, olah's cache) live in the temporary folder ``work_dir``. The server is stopped
+    by its PID (SIGTERM, then SIGKILL), also at interpreter exit and, on Linux, when the starting
+    process dies.
     """
 
     def __init__(
@@ -108,16 +106,14 @@ class LocalHub:
         host: str = "127.0.0.1",
         port: int | None = None,
         startup_timeout: float = 20.0,
-        work_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
         self.port: int | None = None
         self.startup_timeout = startup_timeout
         self._own_mirror = mirror_root is None
-        self._own_work = work_dir is None
         self.mirror_root: Path = Path(mirror_root).resolve() if mirror_root is not None else Path()
-        self.work_dir: Path = Path(work_dir).resolve() if work_dir is not None else Path()
+        self.work_dir = Path()  # made when the server starts
         self._proc: subprocess.Popen[bytes] | None = None
         self._console = None
 
@@ -138,11 +134,6 @@ class LocalHub:
     def running(self) -> bool:
         """True while the server process is alive."""
         return self.pid is not None
-
-    @property
-    def log_path(self) -> Path:
-        """olah's log file (its console output goes to ``console.log`` next to it)."""
-        return self.work_dir / "logs" / "olah.log"
 
     def repo_path(self, repo_id: str) -> Path:
         """The git working tree olah serves for ``repo_id`` (may not exist yet)."""
@@ -167,8 +158,7 @@ class LocalHub:
             self.mirror_root = Path(tempfile.mkdtemp(prefix="hatzoo-mirror-"))
         self.mirror_root.mkdir(parents=True, exist_ok=True)
         (self.mirror_root / "models").mkdir(exist_ok=True)
-        if self._own_work:
-            self.work_dir = Path(tempfile.mkdtemp(prefix="hatzoo-olah-"))
+        self.work_dir = Path(tempfile.mkdtemp(prefix="hatzoo-olah-"))
         (self.work_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.work_dir / "repos").mkdir(exist_ok=True)
         atexit.register(self.stop)
@@ -222,12 +212,12 @@ class LocalHub:
             f"raise startup_timeout on a slow machine. Its log ends with:\n{self.log_tail()}"
         )
 
-    def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
+    def log_tail(self, chars: int = 3000) -> str:
         """The last characters of olah's console output and log file, for error messages."""
         texts = []
-        for path in (self.work_dir / "logs" / "console.log", self.log_path):
+        for name in ("console.log", "olah.log"):
             with contextlib.suppress(OSError):
-                texts.append(path.read_text(errors="replace"))
+                texts.append((self.work_dir / "logs" / name).read_text(errors="replace"))
         text = "\n".join(t for t in texts if t).strip()
         return text[-chars:] if text else "(olah wrote no log)"
 
@@ -244,7 +234,7 @@ class LocalHub:
         """Stop the server and remove the temporary folders this object created; safe to call twice."""
         self._terminate()
         atexit.unregister(self.stop)
-        if self._own_work and self.work_dir != Path():
+        if self.work_dir != Path():
             shutil.rmtree(self.work_dir, ignore_errors=True)
             self.work_dir = Path()
         if self._own_mirror and self.mirror_root != Path():
