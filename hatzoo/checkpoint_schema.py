@@ -43,11 +43,9 @@ class _Schema:
     def mapping(self, value: Any, path: str, required: set[str], optional: set[str] = frozenset()) -> dict:
         if not isinstance(value, dict):
             raise self.fail(path, f"must be a mapping, got {_kind(value)}")
-        missing = sorted(required - set(value))
-        if missing:
+        if missing := sorted(required - set(value)):
             raise self.fail(f"{path}.{missing[0]}", "is missing")
-        extra = sorted(set(value) - required - optional)
-        if extra:
+        if extra := sorted(set(value) - required - optional):
             raise self.fail(
                 f"{path}.{extra[0]}", f"is not a known key (known: {', '.join(sorted(required | optional))})"
             )

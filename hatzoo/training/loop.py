@@ -217,8 +217,7 @@ def evaluate(model: HATModel, task: TaskData, t: int, runtime: Runtime | None = 
 
 def _check_same_recipe(recipe: Recipe, stored: dict[str, Any], out: Path) -> None:
     """Refuse to resume a run of another recipe (name, description, hub and the joint flag may change)."""
-    diff = report._same_recipe(recipe, stored)
-    if diff:
+    if diff := report._same_recipe(recipe, stored):
         raise HATError(
             f"{out} holds a run of a different recipe (differs in {', '.join(diff)}); rerun with "
             "--no-resume (resume=False) to start over, or choose another output folder"

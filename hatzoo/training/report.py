@@ -321,8 +321,7 @@ def write_card_results(
         results = Results.load(results)
 
     def check(updated: Recipe) -> None:
-        diff = _same_recipe(updated, results.recipe)
-        if diff:
+        if diff := _same_recipe(updated, results.recipe):
             raise RecipeError(
                 f"{card}: these results were trained with another recipe (differs in {', '.join(diff)}); "
                 "retrain with this card, or write them into the card of the recipe that produced them"
