@@ -12,7 +12,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from hatzoo.export.bundle import read_bundle
 from hatzoo.export.onnx_export import (
+    INPUT_NAME,
     ExportReport,
     check_graph,
     export_bundle,
@@ -20,6 +23,7 @@ from hatzoo.export.onnx_export import (
     export_task,
     ort_session,
 )
+from hatzoo.export.server import create_app
 from torch import nn
 
 import hatzoo
@@ -86,8 +90,7 @@ def _hat(model: hatzoo.HATModel, task: int, x: np.ndarray) -> np.ndarray:
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    session = ort_session(path)
-    return session.run(None, {session.get_inputs()[0].name: x})[0]
+    return ort_session(path).run(None, {INPUT_NAME: x})[0]
 
 
 @pytest.mark.parametrize("name", ["vit", "resnet", "mlp"])
@@ -200,10 +203,6 @@ def test_float16_export_is_within_its_tolerance(exported, name: str, tmp_path: P
 
 
 def test_export_bundle_is_read_and_served_like_the_hat_model(vit, tmp_path: Path) -> None:
-    from fastapi.testclient import TestClient
-    from hatzoo.export.bundle import read_bundle
-    from hatzoo.export.server import create_app
-
     norm = {"mean": [0.5], "std": [0.25]}
     source = {"repo_id": "test-org/hat-vit-tiny", "revision": "abc123"}
     root = export_bundle(
@@ -235,8 +234,6 @@ def test_export_bundle_is_read_and_served_like_the_hat_model(vit, tmp_path: Path
 
 
 def test_float16_bundle_manifest_says_float16(mlp, tmp_path: Path) -> None:
-    from hatzoo.export.bundle import read_bundle
-
     root = export_bundle(
         mlp.model,
         tmp_path / "b16",
