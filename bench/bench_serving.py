@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from hatzoo.export.bundle import read_bundle
 from hatzoo.export.client import HatzooClient
 
 from hatzoo.hub.local_hub import free_port, stop_process
@@ -94,7 +95,6 @@ def bench_throughput(
 ) -> dict[str, float]:
     """Requests/s through the server with ``clients`` threads vs. direct session.run in a loop."""
     import onnxruntime as ort
-    from hatzoo.export.bundle import read_bundle
 
     b = read_bundle(bundle)
     tids = list(b.tasks)
@@ -149,8 +149,6 @@ def bench_throughput(
 
 def bench_rss(bundle: Path, n_tasks: int) -> list[tuple[int, float]]:
     """Server RSS (MiB) at start and after a batch-32 request to each of the first 1..N tasks."""
-    from hatzoo.export.bundle import read_bundle
-
     b = read_bundle(bundle)
     tids = list(b.tasks)[:n_tasks]
     x = np.random.default_rng(1).standard_normal((32, *b.tasks[tids[0]].input_shape[1:])).astype(np.float32)
@@ -187,8 +185,6 @@ def main() -> None:
         bundle = a.demo
     if bundle is None:
         p.error("give a bundle folder or --demo DIR")
-    from hatzoo.export.bundle import read_bundle
-
     b = read_bundle(bundle)
     size = sum(t.file_size for t in b.tasks.values()) / len(b.tasks) / 2**20
     print(f"bundle {b.model}: {len(b.tasks)} tasks, {size:.1f} MiB per graph, cpu={os.cpu_count()}")
