@@ -169,20 +169,18 @@ def verify(
     fp16_rtol: float = 1e-2,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Max abs diff of the ONNX graph vs the HAT model's float32 logits on random normal inputs.
+    """Max abs diff of the ONNX graph vs the HAT model (eval, float32) on random normal inputs.
 
-    The model must be in eval mode (``export_task`` puts it there). Runs every batch size in ``batches``;
-    returns (max_abs_diff, tolerance) and raises ExportError with the numbers when a batch is off by more
-    than the tolerance (or its output shape is wrong).
+    Runs every batch size in ``batches``; returns (max_abs_diff, tolerance) and raises ExportError with
+    the numbers when a batch is off by more than the tolerance (or its output shape is wrong).
     """
     session = ort_session(path)
     name = session.get_inputs()[0].name
     gen = torch.Generator().manual_seed(seed)
-    param = next(model.parameters())
     worst, allowed = 0.0, math.inf
     for b in batches:
         x = torch.randn(b, *shape, generator=gen)
-        ref = model(x.to(param.device, param.dtype), task=task).float().cpu().numpy()  # the ground truth
+        ref = _hat_forward(model, task, x).numpy()
         feed = x.numpy().astype(np.float16 if dtype == "float16" else np.float32)
         try:
             out = session.run(None, {name: feed})[0]
@@ -199,6 +197,17 @@ def verify(
             )
         worst, allowed = max(worst, diff), min(allowed, tol)
     return worst, allowed
+
+
+def _hat_forward(model: HATModel, task: int, x: torch.Tensor) -> torch.Tensor:
+    """The HAT model's eval-mode logits in float32 (the ground truth every export is checked against)."""
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    try:
+        return model(x.to(param.device, param.dtype), task=task).float().cpu()
+    finally:
+        model.train(was_training)
 
 
 def export_task(
