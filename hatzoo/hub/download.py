@@ -8,6 +8,7 @@ uncached one fails in milliseconds instead of after about 23 s of retries.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -113,19 +114,16 @@ def _fetch(
     endpoint = hub_endpoint(endpoint)
     cache = hub_cache_dir(cache_dir)
     what = f"file {filename!r} of" if filename else "repository"
-
-    def call(local_only: bool) -> Path:
-        kwargs = dict(revision=revision, cache_dir=str(cache), endpoint=endpoint, token=token)
-        if filename is not None:
-            return Path(hf_hub_download(repo_id, filename, local_files_only=local_only, **kwargs))
-        return Path(
-            snapshot_download(repo_id, allow_patterns=allow_patterns, local_files_only=local_only, **kwargs)
-        )
+    kwargs = dict(revision=revision, cache_dir=str(cache), endpoint=endpoint, token=token)
+    if filename is None:
+        download = functools.partial(snapshot_download, repo_id, allow_patterns=allow_patterns, **kwargs)
+    else:
+        download = functools.partial(hf_hub_download, repo_id, filename, **kwargs)
 
     offline = hub_offline()
     if offline or not endpoint_reachable(endpoint):  # the cache alone, at once
         try:
-            return call(local_only=True)
+            return Path(download(local_files_only=True))
         except LocalEntryNotFoundError as err:
             where = f"{what} {_where(repo_id, revision)}"
             if offline:
@@ -138,7 +136,7 @@ def _fetch(
                 "HF_ENDPOINT and your network"
             ) from err
     try:
-        return call(local_only=False)
+        return Path(download(local_files_only=False))
     except RevisionNotFoundError as err:
         raise HubError(
             f"revision {revision!r} not found in {repo_id}: use a branch, tag or commit sha that exists"
