@@ -274,8 +274,7 @@ class _Parser:
         return arch
 
     def hat(self, data: dict[str, Any]) -> HATConfig:
-        self.known(data, [f.name for f in dataclasses.fields(HATConfig)], "hat")
-        try:
+        try:  # from_dict refuses unknown options itself, listing the known ones
             return HATConfig.from_dict(data)
         except (HATError, TypeError) as err:
             raise self.error("hat", str(err)) from err
