@@ -139,12 +139,11 @@ def _check_section(s: _Schema, section: dict[str, Any]) -> None:
         s.string(task["status"], f"{path}.status", STATUSES)
     if sum(t["status"] == "open" for t in tasks) > 1:
         raise s.fail("hatzoo.tasks", "has more than one open task; a model trains one task at a time")
-    alive = [i for i, t in enumerate(tasks) if t["status"] != "forgotten"]
-    default = section.get("default_task", alive[-1] if alive else None)
-    if default != (alive[-1] if alive else None) or isinstance(default, bool):
+    latest = max((i for i, t in enumerate(tasks) if t["status"] != "forgotten"), default=None)
+    default = section.get("default_task", latest)
+    if default != latest or isinstance(default, bool):
         raise s.fail(
-            "hatzoo.default_task",
-            f"must be the latest task not forgotten ({alive[-1:] or None}), got {default!r}",
+            "hatzoo.default_task", f"must be the latest task not forgotten ({latest}), got {default!r}"
         )
     _check_data_config(s, section.get("data_config") or {}, "hatzoo.data_config")
     if not isinstance(section.get("metadata", {}), dict):
