@@ -41,6 +41,7 @@ Usage (export side)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -159,7 +160,9 @@ def _graph_facts(path: Path) -> dict[str, Any]:
     }
 
 
-def _task_entry(root: Path, tid: str, spec: Mapping[str, Any], facts_cache: dict) -> dict[str, Any]:
+def _task_entry(
+    root: Path, tid: str, spec: Mapping[str, Any], graph_facts: Callable[[Path], dict[str, Any]]
+) -> dict[str, Any]:
     """Validate one caller-given task entry, fill defaults from the graph, and add its checksum."""
     if "file" not in spec:
         raise BundleError(f"task {tid}: 'file' (graph path relative to the bundle folder) is required")
@@ -174,7 +177,7 @@ def _task_entry(root: Path, tid: str, spec: Mapping[str, Any], facts_cache: dict
     if not isinstance(labels, (list, tuple)):
         raise BundleError(f"task {tid}: 'labels' must be a list of names (one per output), got {labels!r}")
     need = [k for k in ("input_name", "output_name", "dtype") if spec.get(k) is None]
-    facts = facts_cache.setdefault(str(path), _graph_facts(path)) if need else {}
+    facts = graph_facts(path) if need else {}
     entry = {
         "file": Path(spec["file"]).as_posix(),
         "input_name": spec.get("input_name") or facts.get("input_name"),
@@ -216,11 +219,10 @@ def write_manifest(
     if not tasks:
         raise BundleError("a bundle needs at least one task")
     src = dict(source or {})
-    cache: dict[str, dict[str, Any]] = {}
-    entries = {str(t): _task_entry(root, str(t), spec, cache) for t, spec in tasks.items()}
+    graph_facts = functools.cache(_graph_facts)  # tasks may share a graph file; each is read once
+    entries = {str(t): _task_entry(root, str(t), spec, graph_facts) for t, spec in tasks.items()}
     if opset is None:
-        first = root / next(iter(entries.values()))["file"]
-        opset = cache.get(str(first), {}).get("opset") or _graph_facts(first)["opset"]
+        opset = graph_facts(confined_path(root, next(iter(entries.values()))["file"]))["opset"]
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
