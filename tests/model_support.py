@@ -115,3 +115,10 @@ def fresh_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     home.mkdir(exist_ok=True)
     env.update(HF_HOME=str(home), OMP_NUM_THREADS="1", **extra)
     return env
+
+
+def task_logits(model: hatzoo.HATModel, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every task's eval-mode logits on ``x``, in task order."""
+    model.eval()
+    with torch.no_grad():
+        return [model(x, task=t) for t in range(model.num_tasks)]

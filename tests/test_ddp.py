@@ -17,6 +17,7 @@ import torch
 
 from hatzoo import HATModel
 from hatzoo.training import load_recipe, train_sequence
+from tests.model_support import task_logits
 
 CARD = """\
 name: ddp-tiny
@@ -26,12 +27,6 @@ benchmark: {name: split-mnist, seed: 0, max_train_per_task: 64, max_test_per_tas
 recipe: {optimizer: sgd, lr: 0.01, momentum: 0.9, epochs: 2, batch_size: 16, seed: 0, joint: false}
 hub: {repo_id: test-org/ddp-tiny}
 """
-
-
-def _logits(model, x: torch.Tensor) -> list[torch.Tensor]:
-    model.eval()
-    with torch.no_grad():
-        return [model(x, task=t) for t in range(model.num_tasks)]
 
 
 def test_ddp_matches_single_process(tmp_path: Path) -> None:
@@ -56,7 +51,7 @@ def test_ddp_matches_single_process(tmp_path: Path) -> None:
     x = get_benchmark("split-mnist", max_train_per_task=16)[1].train.tensors[0]
     ddp_model = HATModel.from_pretrained(ddp_out / "checkpoints" / "task-1")
     single_model = HATModel.from_pretrained(single_out / "checkpoints" / "task-1")
-    for a, b in zip(_logits(ddp_model, x), _logits(single_model, x), strict=True):
+    for a, b in zip(task_logits(ddp_model, x), task_logits(single_model, x), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     for (name, p), (_, q) in zip(ddp_model.named_parameters(), single_model.named_parameters(), strict=True):
         if not name.startswith("embeddings."):  # gate embeddings: compared through their binary masks below
@@ -64,6 +59,6 @@ def test_ddp_matches_single_process(tmp_path: Path) -> None:
     for group in ddp_model.groups:  # HAT's compensation scales embedding gradients by up to smax**2,
         assert torch.equal(ddp_model.masks(group), single_model.masks(group))  # so only their signs agree
     # zero forgetting under DDP: task 0's logits are bitwise the same before and after training task 1
-    after_task0 = _logits(HATModel.from_pretrained(ddp_out / "checkpoints" / "task-0"), x)
-    assert torch.equal(after_task0[0], _logits(ddp_model, x)[0])
+    after_task0 = task_logits(HATModel.from_pretrained(ddp_out / "checkpoints" / "task-0"), x)
+    assert torch.equal(after_task0[0], task_logits(ddp_model, x)[0])
     assert ddp["accuracy"][1][0] == ddp["accuracy"][0][0]

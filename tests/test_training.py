@@ -14,7 +14,7 @@ import hatzoo
 from hatzoo.training import Recipe, RecipeError, load_recipe, train_sequence
 from hatzoo.training.cli import train_command
 from hatzoo.training.metrics import backward_transfer
-from tests.model_support import TINY_VIT_TRAIN_ARGS
+from tests.model_support import TINY_VIT_TRAIN_ARGS, task_logits
 
 CARDS = Path(__file__).resolve().parent.parent / "cards"
 
@@ -41,12 +41,6 @@ def tiny_recipe(**recipe) -> Recipe:
     data = yaml.safe_load(TINY)
     data["recipe"].update(recipe)
     return Recipe.from_dict(data, "<test>")
-
-
-def task_logits(model: hatzoo.HATModel, x: torch.Tensor) -> list[torch.Tensor]:
-    model.eval()
-    with torch.no_grad():
-        return [model(x, task=t) for t in range(model.num_tasks)]
 
 
 @pytest.fixture(scope="module")
