@@ -296,9 +296,8 @@ class HATModel(nn.Module):
             scales = [1.0 / (c * groups_with_free) if c else 0.0 for c in counts]
         else:
             scales = [1.0 / sum(counts) if sum(counts) else 0.0] * len(counts)
-        device, dtype = self._device_dtype()
         weights = torch.cat([f.to(torch.float64) * w for f, w in zip(free, scales, strict=True)])
-        return weights.to(device=device, dtype=dtype)
+        return weights.to(*self._device_dtype())
 
     # ----------------------------------------------------------------- capacity
     def capacity(self) -> dict[str, dict[str, Any]]:
