@@ -16,7 +16,6 @@ that would synchronize with the host on a GPU, all operators (about the kernel l
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 from functools import partial
@@ -50,9 +49,7 @@ PRESETS = {
 
 
 def autocast(device: str, amp: str):
-    if amp == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp == "bf16")
 
 
 def synchronize(device: str) -> None:
