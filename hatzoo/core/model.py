@@ -491,16 +491,17 @@ class HATModel(nn.Module):
                     f"got shape {tuple(x.shape)}"
                 )
             return
+        detail = ""
+        if x.ndim == len(expected) + 1:
+            for axis, (want, got) in enumerate(zip(expected, x.shape[1:], strict=True), start=1):
+                if want is not None and want != got:
+                    what = "channels" if axis == 1 and len(expected) == 3 else f"size of dim {axis}"
+                    detail = f": wrong {what} ({got} instead of {want})"
+                    break
+            else:
+                return  # the shape fits: the message below is built only for a bad input
         shape = ", ".join("?" if d is None else str(d) for d in expected)
-        if x.ndim != len(expected) + 1:
-            raise InputError(f"expected input of shape (batch, {shape}), got {tuple(x.shape)}")
-        for axis, (want, got) in enumerate(zip(expected, x.shape[1:], strict=True), start=1):
-            if want is not None and want != got:
-                what = "channels" if axis == 1 and len(expected) == 3 else f"size of dim {axis}"
-                raise InputError(
-                    f"expected input of shape (batch, {shape}), got {tuple(x.shape)}: wrong {what} "
-                    f"({got} instead of {want})"
-                )
+        raise InputError(f"expected input of shape (batch, {shape}), got {tuple(x.shape)}{detail}")
 
     def _apply(self, fn, recurse=True):
         module = super()._apply(fn, recurse)
