@@ -8,13 +8,13 @@ safetensors header before it allocates anything.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-import typing
 from typing import Any
 
 from hatzoo.core.arch import check_arch, check_timm_args
-from hatzoo.core.config import HATConfig
+from hatzoo.core.config import CHOICES, HATConfig
 from hatzoo.errors import CheckpointError
 
 FORMAT = "hatzoo"
@@ -154,14 +154,14 @@ def _check_section(s: _Schema, section: dict[str, Any]) -> None:
 
 
 def _check_hat(s: _Schema, hat: Any) -> None:
-    """The HAT options, read off ``HATConfig``'s fields: a Literal is a choice, a float a number > 0."""
-    fields = typing.get_type_hints(HATConfig)
-    s.mapping(hat, "hatzoo.hat", set(), set(fields))
-    for key, kind in fields.items():
+    """The HAT options, read off ``HATConfig``'s fields: one of its ``CHOICES``, else a number > 0."""
+    names = [f.name for f in dataclasses.fields(HATConfig)]
+    s.mapping(hat, "hatzoo.hat", set(), set(names))
+    for key in names:
         if key not in hat:
             continue
-        if typing.get_origin(kind) is typing.Literal:
-            s.string(hat[key], f"hatzoo.hat.{key}", typing.get_args(kind))
+        if key in CHOICES:
+            s.string(hat[key], f"hatzoo.hat.{key}", CHOICES[key])
         else:  # but reg_c may be 0: no regularizer
             s.number(hat[key], f"hatzoo.hat.{key}", 0.0, open_lo=key != "reg_c")
 

@@ -42,9 +42,8 @@ class HATConfig:
             raise InputError(f"smax must be > 0, got {self.smax}")
         if self.reg_c < 0:
             raise InputError(f"reg_c must be >= 0, got {self.reg_c}")
-        for name, kind in typing.get_type_hints(HATConfig).items():
-            allowed = typing.get_args(kind) if typing.get_origin(kind) is Literal else None
-            if allowed and getattr(self, name) not in allowed:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,3 +55,12 @@ class HATConfig:
         if unknown := sorted(set(data) - known):
             raise InputError(f"unknown HAT option(s) {unknown}; known options are {sorted(known)}")
         return cls(**data)
+
+
+# the options whose values are a fixed set (their Literal types), as read by __post_init__ and the
+# checkpoint schema
+CHOICES: dict[str, tuple[str, ...]] = {
+    name: typing.get_args(kind)
+    for name, kind in typing.get_type_hints(HATConfig).items()
+    if typing.get_origin(kind) is Literal
+}
