@@ -98,9 +98,8 @@ def train_random_tasks(
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
         for step in range(steps):
             x, y = torch.randn(batch, *shape), torch.randint(0, k, (batch,))
-            loss = F.cross_entropy(model(x, task=task, scale=50.0 * (step + 1)), y) + model.regularization(
-                task=task
-            )
+            logits = model(x, task=task, scale=50.0 * (step + 1))
+            loss = F.cross_entropy(logits, y) + model.regularization(task=task)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
