@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import math
-import multiprocessing
-import os
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import Request
 
-from .bundle import TaskSpec
+from .bundle import Bundle, BundleError, TaskSpec
 from .decode import RequestError
 from .metrics import Metrics
 from .runtime import MicroBatcher, TaskSessionPool
 from .serve_config import ServeConfig
 from .triton import triton_model_name
+from .workers import DecodeWorkers
 
 T = TypeVar("T")
 
@@ -35,26 +31,25 @@ class Serving:
     pool: TaskSessionPool
     batcher: MicroBatcher
     metrics: Metrics = field(default_factory=Metrics)
-    parser: ProcessPoolExecutor = field(init=False)
+    workers: DecodeWorkers = field(init=False)
     v2_names: dict[str, tuple[str, str]] = field(init=False)
 
     def __post_init__(self) -> None:
-        # Processes, not threads: json.loads and numpy conversions hold the GIL for a whole large body.
-        ctx = multiprocessing.get_context("spawn")
-        self.parser = ProcessPoolExecutor(
-            self.config.parse_workers, mp_context=ctx, initializer=exit_with_parent, initargs=(os.getpid(),)
-        )
-        self.v2_names = {}
-        for b in self.pool.bundles.values():
-            for tid in b.tasks:
-                name = triton_model_name(b.model, tid)
-                if name in self.v2_names:
-                    raise RequestError(500, f"two tasks share the v2 model name {name!r}; rename a model")
-                self.v2_names[name] = (b.model, tid)
+        self.v2_names = v2_task_names(self.pool.bundles.values())
+        self.workers = DecodeWorkers(self.config.parse_workers)
+
+    @property
+    def ready(self) -> bool:
+        """Whether a request can be answered now (False while a dead decode worker is being replaced)."""
+        return self.workers.ready
 
     def body_limit(self, spec: TaskSpec) -> int:
         """Largest body accepted for this task (see ServeConfig.body_limit)."""
         return self.config.body_limit(math.prod(spec.input_shape[1:]))
+
+    def pixel_limit(self, spec: TaskSpec) -> int:
+        """Most decoded image values one request may hold for this task (see ServeConfig.pixel_limit)."""
+        return self.config.pixel_limit(math.prod(spec.input_shape[1:]))
 
     async def read_body(self, request: Request, limit: int) -> bytes:
         """The body, refusing (413) more than ``limit`` bytes and (408) a client slower than the timeout."""
@@ -76,28 +71,41 @@ class Serving:
         return b"".join(chunks)
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` (a module-level function) in a parse process, keeping the event loop free."""
-        return await asyncio.get_running_loop().run_in_executor(self.parser, fn, *args)
+        """Run ``fn(*args)`` (a module-level function) in a decode worker, keeping the event loop free."""
+        return await self.workers.run(fn, *args)
 
     def close(self) -> None:
         self.batcher.close()
         self.pool.close()
-        self.parser.shutdown(wait=True, cancel_futures=True)
+        self.workers.close()
 
 
-def exit_with_parent(parent: int) -> None:
-    """In a decode worker: exit as soon as the server is gone, however it ended (even SIGKILL).
+def v2_task_names(bundles: Iterable[Bundle]) -> dict[str, tuple[str, str]]:
+    """The v2 model name of every task, ``<model>_task<t>`` (see ``triton_model_name``), mapped to
+    (model, task). The task-free v2 model of a bundle is its model name ``<model>``. Two bundles giving
+    one name (the same model name, or a task name equal to another task's or to a model name) raise a
+    BundleError naming both bundles."""
+    owners: dict[str, tuple[str, Bundle]] = {}
+    names: dict[str, tuple[str, str]] = {}
 
-    A worker holds both ends of its task queue and the server's stdout, so it would otherwise
-    outlive a killed server and keep the pipes of whoever started it open.
-    """
+    def claim(name: str, what: str, bundle: Bundle) -> None:
+        if name in owners:
+            other_what, other = owners[name]
+            raise BundleError(
+                f"the v2 model name {name!r} is both {other_what} of the bundle {other.root} and {what} of "
+                f"the bundle {bundle.root}; export one of them under another model name (--name)"
+            )
+        owners[name] = (what, bundle)
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True, name="hatzoo-exit-with-server").start()
+    bundles = list(bundles)
+    for b in bundles:
+        claim(b.model, f"the model {b.model!r}", b)
+    for b in bundles:
+        for tid in b.tasks:
+            name = triton_model_name(b.model, tid)
+            claim(name, f"task {tid} of the model {b.model!r}", b)
+            names[name] = (b.model, tid)
+    return names
 
 
 def validate_input(arr: np.ndarray, spec: TaskSpec, max_batch: int) -> np.ndarray:

@@ -1,17 +1,57 @@
-"""Protection around the app: an API key check, a concurrency limit, and a header timeout for slow clients."""
+"""Protection around the app: an API key check, a Host and Origin check for keyless servers (DNS
+rebinding), a concurrency limit, and a header timeout for slow clients."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 # Probes and docs answer without a key: they reveal no model, task or data.
 OPEN_PATHS = frozenset({"/healthz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"})
 UNCOUNTED_PATHS = OPEN_PATHS | {"/metrics"}  # answer even at the concurrency limit
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def allowed_host_names(bind: str, extra: Iterable[str]) -> frozenset[str] | None:
+    """Host names a keyless server bound to ``bind`` answers: loopback, the bind address and ``extra``
+    (None, no check, when ``extra`` holds '*'). A wildcard bind also answers any IP address (see
+    ``host_allowed``)."""
+    extra = {_bare_host(h) for h in extra}
+    if "*" in extra:
+        return None
+    return frozenset(LOOPBACK_NAMES | extra | {_bare_host(bind)})
+
+
+def _bare_host(value: str) -> str:
+    """A Host header's name without its port or IPv6 brackets, lower-cased: '[::1]:80' -> '::1'."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    if value.count(":") == 1:
+        value = value.split(":")[0]
+    return value.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def host_allowed(name: str, allowed: frozenset[str]) -> bool:
+    """Whether a bare host name is one the server was started for. An IP address is accepted when the
+    server listens on every interface: DNS rebinding needs a name the attacker controls, never an IP."""
+    return name in allowed or (bool(allowed & WILDCARD_BINDS) and _is_ip(name))
 
 
 async def _answer(send: Any, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -31,14 +71,45 @@ async def _answer(send: Any, status: int, message: str, headers: list[tuple[byte
 
 
 class Guard:
-    """ASGI middleware: requires the API key (compared in constant time) when one is set, and answers 503
-    beyond ``max_concurrency`` requests in flight (health, metrics and docs are not counted)."""
+    """ASGI middleware: requires the API key (compared in constant time) when one is set; without one,
+    answers 421 to a Host and 403 to an Origin that are not in ``allowed_hosts`` (None: no check); and
+    answers 503 beyond ``max_concurrency`` requests in flight (health, metrics and docs are not counted).
+    """
 
-    def __init__(self, app: Any, *, api_key: str | None, max_concurrency: int) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        api_key: str | None,
+        max_concurrency: int,
+        allowed_hosts: frozenset[str] | None = None,
+    ) -> None:
         self.app = app
         self.key = api_key.encode() if api_key else None
         self.max_concurrency = max_concurrency
+        self.allowed_hosts = None if self.key is not None else allowed_hosts
         self.in_flight = 0
+
+    def _foreign_host(self, scope: dict[str, Any]) -> tuple[int, str] | None:
+        """(status, message) for a Host or Origin this keyless server was not started for, else None.
+
+        Only requests that came over the network are checked: an in-process ASGI client (the test
+        client) has no peer address, and a browser cannot reach it.
+        """
+        client = scope.get("client")
+        if self.allowed_hosts is None or not client or not _is_ip(str(client[0])):
+            return None
+        headers = dict(scope.get("headers") or [])
+        hint = "start the server with --allowed-host NAME (or set an API key)"
+        host = headers.get(b"host")
+        if host is not None and not host_allowed(_bare_host(host.decode("latin-1")), self.allowed_hosts):
+            return 421, f"this server does not answer for Host {host.decode('latin-1')!r}; {hint}"
+        origin = headers.get(b"origin")
+        if origin is not None:
+            name = urlsplit(origin.decode("latin-1")).hostname or ""
+            if not host_allowed(_bare_host(name), self.allowed_hosts):
+                return 403, f"cross-origin requests from {origin.decode('latin-1')!r} are refused; {hint}"
+        return None
 
     def _authorized(self, scope: dict[str, Any]) -> bool:
         headers = dict(scope.get("headers") or [])
@@ -52,6 +123,8 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
+        if (foreign := self._foreign_host(scope)) is not None:
+            return await _answer(send, *foreign)
         if self.key is not None and path not in OPEN_PATHS and not self._authorized(scope):
             return await _answer(
                 send,

@@ -13,9 +13,9 @@ API_KEY_ENV = "HATZOO_API_KEY"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def _opt(help_text: str, default: Any, *, metavar: str | None = None) -> Any:
-    """A dataclass field carrying its command-line help."""
-    return field(default=default, metadata={"help": help_text, "metavar": metavar})
+def _opt(help_text: str, default: Any, *, metavar: str | None = None, flag: str | None = None) -> Any:
+    """A dataclass field carrying its command-line help (and its flag, when not the field's name)."""
+    return field(default=default, metadata={"help": help_text, "metavar": metavar, "flag": flag})
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,12 @@ class ServeConfig:
     max_body_bytes: int | None = _opt(
         "largest request body; none: what --max-request-batch images take as JSON (or 64 MiB, if less)", None
     )
+    max_image_values: int | None = _opt(
+        "most values (width x height x channels x frames, read from the image headers before decoding) "
+        "one request's images may hold; none: 16 times what --max-request-batch inputs of the task "
+        "hold, and at least 4096 x 4096 x 4",
+        None,
+    )
     max_concurrency: int = _opt("predict/infer requests handled at once; more answer 503", 64)
     micro_batch: int = _opt("rows merged into one session run per task (1 turns merging off)", 32)
     max_wait_ms: float = _opt("how long the micro-batcher waits for more requests", 1.0)
@@ -44,6 +50,13 @@ class ServeConfig:
     api_key: str | None = _opt(
         f"require this key (header 'Authorization: Bearer KEY' or 'X-API-Key'); default: ${API_KEY_ENV}",
         None,
+    )
+    allowed_hosts: tuple[str, ...] = _opt(
+        "without an API key, Host names accepted besides the bind address and loopback (repeatable; "
+        "'*' accepts any); other Host or Origin headers answer 421 / 403 (DNS rebinding)",
+        (),
+        metavar="HOST",
+        flag="--allowed-host",
     )
     allow_no_api_key: bool = _opt(
         "serve without a key on a non-loopback host (anyone who can reach the port can use it)", False
@@ -64,8 +77,9 @@ class ServeConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.parse_workers < 1 or self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
             raise InputError("parse_workers must be >= 1 and the timeouts positive")
-        if self.max_body_bytes is not None and self.max_body_bytes < 1:
-            raise InputError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+        for name in ("max_body_bytes", "max_image_values"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def key(self) -> str | None:
         """The API key in force: the option, else the environment variable, else none."""
@@ -78,17 +92,34 @@ class ServeConfig:
             return self.max_body_bytes
         return min(64 << 20, self.max_request_batch * image_values * 24 + (64 << 10))
 
+    def pixel_limit(self, image_values: int) -> int:
+        """Decoded image values one request may hold: the option, else 16 times ``max_request_batch``
+        inputs of ``image_values`` values (a photo may be larger than the input it is resized to), and
+        never below 4096 x 4096 x 4 (one large RGBA picture)."""
+        if self.max_image_values is not None:
+            return self.max_image_values
+        return max(4096 * 4096 * 4, 16 * self.max_request_batch * image_values)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One command-line option per ServeConfig field, with its help and default."""
     for f in fields(ServeConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         help_text = f.metadata["help"]
         if f.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif f.name == "providers":
             parser.add_argument(flag, nargs="+", default=None, metavar=f.metadata["metavar"], help=help_text)
+        elif f.name == "allowed_hosts":
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action="append",
+                default=None,
+                metavar=f.metadata["metavar"],
+                help=help_text,
+            )
         else:
             kind = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
             parse = _optional(kind) if "None" in f.type else kind
@@ -110,4 +141,5 @@ def from_namespace(ns: argparse.Namespace) -> ServeConfig:
     values = {f.name: getattr(ns, f.name) for f in fields(ServeConfig)}
     if values["providers"] is not None:
         values["providers"] = tuple(values["providers"])
+    values["allowed_hosts"] = tuple(values["allowed_hosts"] or ())
     return ServeConfig(**values)

@@ -34,8 +34,8 @@ from hatzoo.errors import HATError
 
 from . import schemas
 from .bundle import read_bundle
-from .context import Serving
-from .guard import Guard, header_timeout_protocol
+from .context import Serving, v2_task_names
+from .guard import Guard, allowed_host_names, header_timeout_protocol
 from .runtime import MicroBatcher, TaskSessionPool, check_task_graph
 from .serve_config import API_KEY_ENV, LOOPBACK, ServeConfig, add_arguments, from_namespace
 from .triton import triton_model_name
@@ -76,6 +76,7 @@ def create_app(
     if not bundle_dirs:
         raise HATError("serve needs at least one bundle folder")
     bundles = [read_bundle(d, verify=cfg.verify) for d in bundle_dirs]
+    v2_task_names(bundles)  # refuse colliding names before any session exists
     pool = TaskSessionPool.from_config(bundles, cfg)
     check_bundles(pool)
     batcher = MicroBatcher(
@@ -121,7 +122,12 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi
-    app.add_middleware(Guard, api_key=cfg.key(), max_concurrency=cfg.max_concurrency)
+    app.add_middleware(
+        Guard,
+        api_key=cfg.key(),
+        max_concurrency=cfg.max_concurrency,
+        allowed_hosts=allowed_host_names(cfg.host, cfg.allowed_hosts),
+    )
     return app
 
 

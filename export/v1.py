@@ -21,7 +21,7 @@ from .agnostic import DEFAULT_RULE, RULES, answer, answering_specs, check_rule, 
 from .bundle import TaskSpec
 from .context import Serving, validate_input
 from .decode import JSON_TYPES, NPY_TYPES, RequestError, media_type, npy_array, number_array, parse_request
-from .images import IMAGE_TYPES, decode_image, looks_like_raw_pixels, pixels_to_input, uint8_pixels
+from .images import IMAGE_TYPES, decode_images, looks_like_raw_pixels, pixels_to_input, uint8_pixels
 from .runtime import OverloadedError, UnknownModelError
 from .triton import triton_model_name
 
@@ -44,6 +44,7 @@ PREDICT_BODIES = {
     "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
     "image/png": {"schema": {"type": "string", "format": "binary"}},
     "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+    "image/webp": {"schema": {"type": "string", "format": "binary"}},
     "multipart/form-data": {
         "schema": {
             "type": "object",
@@ -64,9 +65,10 @@ def public_source(source: dict[str, str | None]) -> dict[str, str | None]:
     return {"repo_id": repo if hub_id else None, "revision": source.get("revision")}
 
 
-def error(status: int, message: str) -> JSONResponse:
-    """The JSON error answer of every route."""
-    return JSONResponse({"error": message}, status_code=status)
+def error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
+    """The JSON error answer of every route (with Retry-After when the client should come back)."""
+    headers = None if retry_after is None else {"Retry-After": str(retry_after)}
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def parse_top_k(value: Any, num_classes: int) -> int:
@@ -118,11 +120,6 @@ def decode_npy_predict(body: bytes, spec: TaskSpec, normalized: bool | None) -> 
     return float_input(arr.astype(np.float64), spec, normalized, warnings), warnings
 
 
-def decode_images(files: Sequence[bytes], spec: TaskSpec) -> np.ndarray:
-    """Normalized input [B, C, H, W] of image files."""
-    return pixels_to_input(np.concatenate([decode_image(f, spec) for f in files]), spec)
-
-
 async def read_form(headers: Mapping[str, str], body: bytes) -> tuple[list[bytes], str | None]:
     """The image files (parts named 'file') and the 'top_k' field of a multipart body."""
 
@@ -160,9 +157,14 @@ def top_k_answer(logits: np.ndarray, k: int, labels: Sequence[str]) -> list[list
 def add_v1_routes(app: FastAPI, s: Serving) -> None:
     """Register /healthz, /v1/models, /metrics and :predict on ``app``."""
 
-    @app.get("/healthz", response_model=schemas.Health, summary="liveness")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "models": len(s.pool.bundles), "sessions_loaded": len(s.pool.loaded())}
+    @app.get("/healthz", response_model=schemas.Health, summary="health: 503 while the server cannot answer")
+    async def healthz() -> Any:
+        doc = {"status": "ok", "models": len(s.pool.bundles), "sessions_loaded": len(s.pool.loaded())}
+        if not s.ready:
+            return JSONResponse(
+                {**doc, "status": "unavailable"}, status_code=503, headers={"Retry-After": "1"}
+            )
+        return doc
 
     @app.get("/v1/models", response_model=schemas.ModelList, summary="models, tasks, labels, input shapes")
     async def models() -> dict[str, Any]:
@@ -287,9 +289,9 @@ async def guarded(s: Serving, model: str, task: str, work: Awaitable[tuple[Respo
     try:
         resp, rows = await work
     except RequestError as e:
-        resp = error(e.status, str(e))
+        resp = error(e.status, str(e), e.retry_after)
     except OverloadedError as e:
-        resp = error(503, str(e))
+        resp = error(503, str(e), 1)
     except HATError as e:
         resp = error(500, f"server error: {e}")
     except Exception as e:  # noqa: BLE001 - one bad request must never take the server down
@@ -305,7 +307,7 @@ def predict_media_type(request: Request) -> str:
         raise RequestError(
             415,
             f"unsupported Content-Type {ctype or '(none)'!r}; use application/json, application/x-npy, "
-            "image/png, image/jpeg or multipart/form-data",
+            "image/png, image/jpeg, image/webp or multipart/form-data",
         )
     return ctype
 
@@ -324,6 +326,7 @@ async def decode_body(
         x, warnings = await s.offload(decode_npy_predict, body, spec, normalized)
         return x, k, warnings
     if ctype in IMAGE_TYPES:
-        return await s.offload(decode_images, [body], spec), k, []
+        return await s.offload(decode_images, [body], spec, s.pixel_limit(spec)), k, []
     files, form_k = await read_form(request.headers, body)
-    return await s.offload(decode_images, files, spec), form_k if form_k is not None else k, []
+    x = await s.offload(decode_images, files, spec, s.pixel_limit(spec))
+    return x, form_k if form_k is not None else k, []

@@ -135,9 +135,9 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready", response_model=schemas.V2Health, summary="v2 readiness")
-    async def ready() -> dict[str, bool]:
-        return {"ready": True}
+    @app.get("/v2/health/ready", response_model=schemas.V2Health, summary="v2 readiness (503 when not ready)")
+    async def ready() -> Any:
+        return {"ready": True} if s.ready else JSONResponse({"ready": False}, status_code=503)
 
     @app.get("/v2/models/{name}", response_model=schemas.V2ModelMetadata, responses=ERRORS)
     async def model_metadata(name: str) -> Any:
@@ -158,6 +158,8 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
                 resolve(name)
         except RequestError as e:
             return error(e.status, str(e))
+        if not s.ready:
+            return JSONResponse({"name": name, "ready": False}, status_code=503)
         return {"name": name, "ready": True}
 
     @app.post(
