@@ -44,8 +44,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,11 +54,15 @@ from typing import Any
 
 from hatzoo import __version__
 from hatzoo.errors import ExportError
+from hatzoo.schema import Schema, kind
 
 FORMAT = "hatzoo-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DTYPES = ("float32", "float16")
+TASK_KEYS = ("file", "input_name", "output_name", "input_shape", "dtype", "normalization", "labels", "sha256")
+MAX_LABELS = 1 << 20
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SHA_MISMATCH = (
     "task {}: sha256 of {} does not match the manifest (file changed or corrupted); re-export the bundle"
 )
@@ -194,7 +198,9 @@ def _task_entry(
     if not entry["normalization"] and len(entry["input_shape"]) == 4 and entry["input_shape"][1]:
         c = int(entry["input_shape"][1])
         entry["normalization"] = {"mean": [0.0] * c, "std": [1.0] * c}
-    _check_task(tid, entry, BundleError)
+    schema = ManifestSchema(f"{MANIFEST_NAME} of {root}")
+    check_task(schema, f"tasks.{tid}", entry)
+    schema.raise_collected()
     return entry
 
 
@@ -246,49 +252,117 @@ def write_manifest(
     return out
 
 
-def _check_task(tid: str, e: Mapping[str, Any], err: Callable[[str], Exception]) -> None:
-    """Raise ``err`` naming the field when one task entry breaks the manifest schema."""
-    where = f"task {tid}"
-    for key in ("file", "input_name", "output_name", "sha256"):
-        if not isinstance(e.get(key), str) or not e[key]:
-            raise err(f"{where}: '{key}' must be a non-empty string")
-    shape = e.get("input_shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 4
-        or shape[0] is not None
-        or not all(isinstance(d, int) and d > 0 for d in shape[1:])
-    ):
-        raise err(f"{where}: 'input_shape' must be [null, C, H, W] with positive ints, got {shape!r}")
-    if e.get("dtype") not in DTYPES:
-        raise err(f"{where}: 'dtype' must be one of {DTYPES}, got {e.get('dtype')!r}")
-    norm = e.get("normalization")
-    c = shape[1]
-    if not isinstance(norm, Mapping) or any(
-        not isinstance(norm.get(k), list) or len(norm[k]) != c for k in ("mean", "std")
-    ):
-        raise err(f"{where}: 'normalization' must be {{'mean': [{c} floats], 'std': [{c} floats]}}")
-    if any(not _real(m) for m in norm["mean"]):
-        raise err(f"{where}: normalization mean values must be finite numbers, got {norm['mean']!r}")
-    if any(not _real(s) or s <= 0 for s in norm["std"]):
-        raise err(f"{where}: normalization std values must be finite and positive, got {norm['std']!r}")
-    labels = e.get("labels")
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        raise err(f"{where}: 'labels' must be a non-empty list of strings (one per output logit)")
-    ku = e.get("kept_units", {})
-    if not isinstance(ku, Mapping) or any(
-        not isinstance(v, list) or len(v) != 2 or not 0 <= v[0] <= v[1] for v in ku.values()
-    ):
-        raise err(f"{where}: 'kept_units' must map group -> [kept, total] with 0 <= kept <= total")
+class ManifestSchema(Schema):
+    """Checks of one manifest.json (hatzoo's one schema idiom); every fault is a BundleError."""
+
+    error = BundleError
+
+
+def check_manifest(s: ManifestSchema, m: Any) -> None:
+    """Check a whole decoded manifest, collecting every bad field in ``s`` (format first: a manifest of
+    another kind or a newer version gets that message alone)."""
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise BundleError(f"{s.where}: 'format' must be {FORMAT!r}; this is not a hatzoo bundle manifest")
+    ver = m.get("format_version")
+    if type(ver) is not int or ver < 1:
+        raise s.fail("format_version", f"must be a positive integer, got {kind(ver)}")
+    if ver > FORMAT_VERSION:
+        raise BundleError(
+            f"{s.where}: format_version {ver} is newer than this hatzoo understands ({FORMAT_VERSION}); "
+            "upgrade hatzoo"
+        )
+    s.collect(_check_model_name, s, m.get("model"), "model")
+    if m.get("source") is not None:
+        s.collect(_check_source, s, m["source"])
+    if m.get("opset") is not None:
+        s.collect(s.integer, m["opset"], "opset", 1, 1000)
+    tasks = m.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        s.faults.append(f"tasks must be a non-empty mapping of task id to task, got {kind(tasks)}")
+        return
+    for tid, entry in tasks.items():
+        check_task(s, f"tasks.{tid}", entry)
+
+
+def _check_model_name(s: ManifestSchema, value: Any, path: str) -> None:
+    if not s.string(value, path) or "/" in value:
+        raise s.fail(path, f"must be a non-empty model name without '/', got {value!r}")
+
+
+def _check_source(s: ManifestSchema, source: Any) -> None:
+    s.mapping(source, "source", set(), {"repo_id", "revision"})
+    for key in ("repo_id", "revision"):
+        if source.get(key) is not None:
+            s.string(source[key], f"source.{key}")
+
+
+def check_task(s: ManifestSchema, path: str, e: Any) -> None:
+    """Check one task entry, collecting each bad field in ``s``."""
+    if not isinstance(e, dict):
+        s.faults.append(f"{path} must be a mapping, got {kind(e)}")
+        return
+    missing = [k for k in TASK_KEYS if k not in e]
+    s.faults += [f"{path}.{k} is missing" for k in missing]
+    for key in ("file", "input_name", "output_name"):
+        if key in e:
+            s.collect(_check_text, s, e[key], f"{path}.{key}")
+    if "sha256" in e:
+        s.collect(_check_sha256, s, e["sha256"], f"{path}.sha256")
+    shape = (
+        s.collect(_check_shape, s, e["input_shape"], f"{path}.input_shape") if "input_shape" in e else None
+    )
+    if "dtype" in e:
+        s.collect(s.string, e["dtype"], f"{path}.dtype", DTYPES)
+    if "normalization" in e:
+        s.collect(_check_normalization, s, e["normalization"], f"{path}.normalization", shape and shape[1])
+    if "labels" in e:
+        s.collect(_check_labels, s, e["labels"], f"{path}.labels")
+    if e.get("kept_units") is not None:
+        s.collect(_check_kept_units, s, e["kept_units"], f"{path}.kept_units")
     for key in ("flops_fraction", "max_abs_diff"):
-        v = e.get(key)
-        if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
-            raise err(f"{where}: '{key}' must be a non-negative number or null, got {v!r}")
+        if e.get(key) is not None:
+            s.collect(s.number, e[key], f"{path}.{key}", 0.0)
 
 
-def _real(v: Any) -> bool:
-    """A finite int or float (not a bool)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def _check_text(s: ManifestSchema, value: Any, path: str) -> None:
+    if not s.string(value, path):
+        raise s.fail(path, "must not be empty")
+
+
+def _check_sha256(s: ManifestSchema, value: Any, path: str) -> None:
+    if not _HEX64.match(s.string(value, path)):
+        raise s.fail(path, "must be 64 lowercase hex digits (the graph file's sha256)")
+
+
+def _check_shape(s: ManifestSchema, shape: Any, path: str) -> list:
+    s.items(shape, path, 4, 4)
+    if shape[0] is not None:
+        raise s.fail(f"{path}[0]", f"must be null (the dynamic batch), got {kind(shape[0])}")
+    for i, d in enumerate(shape[1:], 1):
+        s.integer(d, f"{path}[{i}]", 1, 1 << 16)
+    return shape
+
+
+def _check_normalization(s: ManifestSchema, norm: Any, path: str, channels: int | None) -> None:
+    s.mapping(norm, path, {"mean", "std"})
+    s.numbers(norm["mean"], f"{path}.mean", channels)
+    s.numbers(norm["std"], f"{path}.std", channels, positive=True)
+
+
+def _check_labels(s: ManifestSchema, labels: Any, path: str) -> None:
+    if not s.items(labels, path, MAX_LABELS):
+        raise s.fail(path, "must name at least one class (one label per output logit)")
+    for i, label in enumerate(labels):
+        s.string(label, f"{path}[{i}]")
+
+
+def _check_kept_units(s: ManifestSchema, kept: Any, path: str) -> None:
+    s.mapping(kept, path, set(), set(kept) if isinstance(kept, dict) else set())
+    for group, pair in kept.items():
+        where = f"{path}.{group}"
+        s.items(pair, where, 2, 2)
+        total = s.integer(pair[1], f"{where}[1]", 0, MAX_LABELS * 64)
+        s.integer(pair[0], f"{where}[0]", 0, total)
 
 
 def read_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> Bundle:
@@ -305,27 +379,12 @@ def read_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> B
         m = json.loads(mpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{mpath} is not valid JSON: {e}") from e
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise BundleError(f"{mpath}: 'format' must be {FORMAT!r}; this is not a hatzoo bundle manifest")
-    ver = m.get("format_version")
-    if not isinstance(ver, int) or ver < 1:
-        raise BundleError(f"{mpath}: 'format_version' must be a positive int, got {ver!r}")
-    if ver > FORMAT_VERSION:
-        raise BundleError(
-            f"{mpath}: format_version {ver} is newer than this hatzoo understands ({FORMAT_VERSION}); "
-            "upgrade hatzoo"
-        )
-    model = m.get("model")
-    if not isinstance(model, str) or not model or "/" in model:
-        raise BundleError(f"{mpath}: 'model' must be a non-empty name without '/', got {model!r}")
-    tasks_raw = m.get("tasks")
-    if not isinstance(tasks_raw, dict) or not tasks_raw:
-        raise BundleError(f"{mpath}: 'tasks' must be a non-empty object keyed by task id")
+    schema = ManifestSchema(str(mpath))
+    check_manifest(schema, m)
+    schema.raise_collected()
+    model, tasks_raw, ver = m["model"], m["tasks"], m["format_version"]
     tasks: dict[str, TaskSpec] = {}
     for tid, e in tasks_raw.items():
-        if not isinstance(e, dict):
-            raise BundleError(f"{mpath}: task {tid} must be an object")
-        _check_task(tid, e, lambda msg: BundleError(f"{mpath}: {msg}"))
         try:
             path = confined_path(root, e["file"])
         except BundleError as err:

@@ -102,7 +102,7 @@ def _open_image(data: bytes, index: int, count: int) -> Any:
     except Image.DecompressionBombError as e:
         raise RequestError(413, f"{which} is far over this server's size limit: {e}") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise RequestError(400, f"{which} is not a readable PNG, JPEG or WebP file: {e}") from None
+        raise RequestError(400, f"{which} is not a readable PNG or JPEG (or WebP) file: {e}") from None
     if im.mode not in READABLE_MODES:
         im.close()
         raise RequestError(

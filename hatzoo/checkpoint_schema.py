@@ -9,13 +9,14 @@ safetensors header before it allocates anything.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any
 
 from hatzoo.core.arch import check_arch, check_timm_args
 from hatzoo.core.config import CHOICES, HATConfig
 from hatzoo.errors import CheckpointError
+from hatzoo.schema import Schema
+from hatzoo.schema import kind as _kind
 
 FORMAT = "hatzoo"
 FORMAT_VERSION = 2
@@ -31,62 +32,10 @@ _PRETRAINED_CFG_KEYS = {"num_classes", "input_size", "mean", "std", "interpolati
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
 
-class _Schema:
-    """Checks of one config; ``where`` is the file named in every message."""
+class _Schema(Schema):
+    """Checks of one config.json; every fault is a CheckpointError."""
 
-    def __init__(self, where: str) -> None:
-        self.where = where
-
-    def fail(self, path: str, message: str) -> CheckpointError:
-        return CheckpointError(f"{self.where}: {path} {message}")
-
-    def mapping(self, value: Any, path: str, required: set[str], optional: set[str] = frozenset()) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(path, f"must be a mapping, got {_kind(value)}")
-        if missing := sorted(required - set(value)):
-            raise self.fail(f"{path}.{missing[0]}", "is missing")
-        if extra := sorted(set(value) - required - optional):
-            raise self.fail(
-                f"{path}.{extra[0]}", f"is not a known key (known: {', '.join(sorted(required | optional))})"
-            )
-        return value
-
-    def integer(self, value: Any, path: str, lo: int, hi: int) -> int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise self.fail(path, f"must be an integer, got {_kind(value)}")
-        if not lo <= value <= hi:
-            raise self.fail(path, f"must be in [{lo}, {hi}], got {value}")
-        return value
-
-    def number(self, value: Any, path: str, lo: float, hi: float = math.inf, open_lo: bool = False) -> float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise self.fail(path, f"must be a finite number, got {value!r}")
-        if value < lo or (open_lo and value == lo) or value > hi:
-            bound = f"> {lo}" if open_lo else f">= {lo}"
-            raise self.fail(
-                path, f"must be {bound}" + (f" and <= {hi}" if hi < math.inf else "") + f", got {value}"
-            )
-        return float(value)
-
-    def string(self, value: Any, path: str, choices: tuple[str, ...] | None = None) -> str:
-        if not isinstance(value, str):
-            raise self.fail(path, f"must be a string, got {_kind(value)}")
-        if choices is not None and value not in choices:
-            raise self.fail(path, f"must be one of {list(choices)}, got {value!r}")
-        return value
-
-    def items(self, value: Any, path: str, max_len: int, length: int | None = None) -> list:
-        if not isinstance(value, list):
-            raise self.fail(path, f"must be a list, got {_kind(value)}")
-        if length is not None and len(value) != length:
-            raise self.fail(path, f"must have {length} entries, got {len(value)}")
-        if len(value) > max_len:
-            raise self.fail(path, f"has {len(value)} entries; at most {max_len} are allowed")
-        return value
-
-    def numbers(self, value: Any, path: str, length: int | None, positive: bool = False) -> None:
-        for i, x in enumerate(self.items(value, path, 64, length)):
-            self.number(x, f"{path}[{i}]", 0.0 if positive else -math.inf, open_lo=positive)
+    error = CheckpointError
 
 
 def validate_config(config: Any, where: str) -> dict[str, Any]:
@@ -221,7 +170,3 @@ def _check_timm_fields(s: _Schema, config: dict[str, Any], arch: dict[str, Any])
         s.string(cfg["interpolation"], "pretrained_cfg.interpolation", _INTERPOLATIONS)
     if "crop_pct" in cfg:
         s.number(cfg["crop_pct"], "pretrained_cfg.crop_pct", 0.0, 1.0, open_lo=True)
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else f"{type(value).__name__} {value!r}"[:80]
