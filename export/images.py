@@ -127,7 +127,7 @@ def _pixels01(im: Any, spec: TaskSpec) -> np.ndarray:
             if gray.size and (gray.min() < 0 or gray.max() > 65535):
                 raise RequestError(400, f"a {im.mode} image must hold values in [0, 65535]")
             if gray.shape != (h, w):
-                f32 = Image.fromarray(gray.astype(np.float32), mode="F")
+                f32 = Image.fromarray(gray.astype(np.float32))
                 gray = np.asarray(f32.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float64)
             px = np.repeat((gray / 65535.0)[..., None], c, axis=-1)
         else:

@@ -141,6 +141,11 @@ def startup_lines(app: FastAPI, cfg: ServeConfig) -> list[str]:
         )
         lines.append(f"hatzoo serve: model {b.model} from {b.root}: tasks {tasks}")
     lines.append(f"hatzoo serve: API key {'required' if cfg.key() else 'not required'}")
+    hosts = allowed_host_names(cfg.host, cfg.allowed_hosts)
+    if not cfg.key() and hosts is not None:
+        lines.append(
+            f"hatzoo serve: answers the Host names {', '.join(sorted(hosts))} only (add one: --allowed-host)"
+        )
     return lines
 
 

@@ -198,7 +198,7 @@ def test_api_key_and_concurrency_limit(bundle: Path, monkeypatch: pytest.MonkeyP
         assert httpx.get(f"{url}/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
         with socket.create_connection(("127.0.0.1", port)) as s:  # one request in flight, body pending
             s.sendall(
-                b"POST /v1/models/tiny-cnn/tasks/0:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: s3cret\r\n"
+                b"POST /v1/models/tiny-cnn/tasks/0:predict HTTP/1.1\r\nHost: x\r\nX-API-Key: s3cret\r\n"
                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
             )
             time.sleep(0.3)
