@@ -2,8 +2,8 @@
 
 Routes (OpenAPI at ``/openapi.json``, browsable at ``/docs``):
 - ``POST /v1/models/{model}/tasks/{task}:predict``: a JSON body ``{"inputs": [B, C, H, W] lists, "top_k": 5,
-  "normalized": true|false}``, a ``.npy`` body (``application/x-npy``; ``?top_k=&normalized=``), a PNG or
-  JPEG body, or a multipart form with ``file`` parts. Float arrays are normalized input unless
+  "normalized": true|false}``, a ``.npy`` body (``application/x-npy``; ``?top_k=&normalized=``), a PNG,
+  JPEG or WebP body, or a multipart form with ``file`` parts. Float arrays are normalized input unless
   ``normalized`` is false (then 0-1 pixels); uint8 arrays and images are pixels the server normalizes with
   the bundle's mean and std. Answer: ``{"model", "task", "logits", "top_k", "warnings"}``.
 - ``POST /v1/models/{model}:predict?rule=energy``: the same bodies without a task id. Every task's graph runs
@@ -13,7 +13,10 @@ Routes (OpenAPI at ``/openapi.json``, browsable at ``/docs``):
 - KServe v2 (Open Inference Protocol): ``/v2/health/{live,ready}``, ``/v2/models/<model>_task<t>[/ready]``,
   ``POST /v2/models/<model>_task<t>/infer``; the v2 model ``<model>`` answers without a task id (outputs
   task, label, class_index, scores; ``parameters.rule`` picks the rule).
-Errors answer ``{"error": message}`` with a 4xx status; the server keeps serving.
+Errors answer ``{"error": message}`` with a 4xx status; the server keeps serving. A dead decode worker
+is replaced: the request it held answers 503 with ``Retry-After``, and ``/healthz`` and ``/v2/health/ready``
+answer 503 until the new workers answer. Without an API key, only the Host names the server was started
+for are answered (421 otherwise; 403 for a foreign Origin).
 """
 
 from __future__ import annotations

@@ -36,6 +36,9 @@ class WorkerLostError(RequestError):
             retry_after=RETRY_AFTER_S,
         )
 
+    def __reduce__(self) -> tuple:
+        return (type(self), ())
+
 
 class DecodeWorkers:
     """``size`` spawned worker processes, replaced as a whole when one dies; ``ready`` says whether a call
@@ -43,7 +46,6 @@ class DecodeWorkers:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.replacements = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._recovered = threading.Event()
@@ -67,15 +69,20 @@ class DecodeWorkers:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` (a module-level function) in a worker; WorkerLostError (503) when the pool breaks."""
-        loop = asyncio.get_running_loop()
-        executor = self._executor
+        for _ in range(3):  # a pool may break or be replaced between reading it and handing the call over
+            executor = self._executor
+            try:
+                future = executor.submit(fn, *args)
+                break
+            except BrokenProcessPool:
+                self._replace(executor)
+            except RuntimeError:  # shut down: another caller replaced it meanwhile, unless the server stops
+                if executor is self._executor or self._closed.is_set():
+                    raise
+        else:
+            raise WorkerLostError()
         try:
-            future = executor.submit(fn, *args)
-        except BrokenProcessPool:  # broke before this call was handed over: the next pool serves it
-            executor = self._replace(executor)
-            future = executor.submit(fn, *args)
-        try:
-            return await asyncio.wrap_future(future, loop=loop)
+            return await asyncio.wrap_future(future)
         except BrokenProcessPool:
             self._replace(executor)
             raise WorkerLostError() from None
@@ -87,7 +94,6 @@ class DecodeWorkers:
                 self._recovered.clear()
                 broken.shutdown(wait=False)  # its pending calls fail with BrokenProcessPool
                 self._executor = self._start()
-                self.replacements += 1
                 threading.Thread(
                     target=self._warm, args=(self._executor,), daemon=True, name="hatzoo-decode-warm"
                 ).start()
