@@ -14,18 +14,21 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from hatzoo.export.bundle import BundleError, read_bundle
+from hatzoo.export.client import ClientError, HatzooClient
 from hatzoo.export.server import create_app
 from PIL import Image
 
+from hatzoo.hub.local_hub import free_port, stop_process
 from tests.serving_support import Reference, edit_manifest, npy, running_server
-from tests.test_serving_load import server_process
 
 PREDICT = "/v1/models/tiny-cnn/tasks/1:predict"
 
@@ -61,6 +64,25 @@ def post_image(url: str, data: bytes, ctype: str = "image/png") -> httpx.Respons
 
 
 # ------------------------------------------------------------------------------------ killed workers
+
+
+@contextmanager
+def hatzoo_serve(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``hatzoo serve ARGS`` (the command's module run by this interpreter) on a free port; yields
+    (process, url) once it answers, and stops it afterwards."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "hatzoo.cli", "serve", *args, "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            HatzooClient(url, timeout=5).wait_until_up(proc)
+        except ClientError as e:
+            proc.kill()
+            raise RuntimeError(f"{e}: {proc.stdout.read()}") from None
+        yield proc, url
+    finally:
+        stop_process(proc)
 
 
 def decode_workers(server_pid: int) -> list[int]:
@@ -99,7 +121,7 @@ def test_killed_decode_worker_is_replaced_and_readiness_tells_the_truth(
     slow = [("file", (f"{i}.png", big, "image/png")) for i in range(8)]
     args = [*map(str, bundles), "--parse-workers", "1", "--max-image-values", "1000000000"]
     args += ["--max-body-bytes", "10000000"]
-    with server_process(*args) as (proc, url):
+    with hatzoo_serve(*args) as (proc, url):
         gray = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
         want = reference_logits(reference, gray / 255.0)
         assert post_image(url, encode(Image.fromarray(gray))).status_code == 200  # starts the worker
@@ -137,7 +159,7 @@ def test_killed_decode_worker_is_replaced_and_readiness_tells_the_truth(
 @pytest.mark.integration
 def test_readiness_is_false_until_the_new_pool_answers(bundle: Path) -> None:
     """A worker killed while idle: /healthz and /v2/health/ready answer 503 at once, 200 once replaced."""
-    with server_process(str(bundle), "--parse-workers", "2") as (proc, url):
+    with hatzoo_serve(str(bundle), "--parse-workers", "2") as (proc, url):
         x = npy(np.zeros((1, 1, 8, 8), np.float32))
         ok = lambda: httpx.post(  # noqa: E731
             url + PREDICT, content=x, headers={"Content-Type": "application/x-npy"}, timeout=30
