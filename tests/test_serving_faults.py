@@ -334,6 +334,18 @@ def test_foreign_host_and_origin_are_refused_without_a_key(
         assert httpx.get(f"{url}/v1/models", headers=headers).status_code == 200
 
 
+def test_host_rules() -> None:
+    from hatzoo.export.guard import allowed_host_names, host_allowed
+
+    loopback = allowed_host_names("127.0.0.1", ["Serving.Example."])
+    assert {"localhost", "127.0.0.1", "::1", "serving.example"} <= loopback
+    assert not host_allowed("10.0.0.7", loopback) and not host_allowed("evil.example", loopback)
+    wildcard = allowed_host_names("0.0.0.0", [])
+    assert host_allowed("10.0.0.7", wildcard) and host_allowed("fe80::1", wildcard)
+    assert not host_allowed("rebind.evil.example", wildcard)
+    assert allowed_host_names("127.0.0.1", ["*"]) is None
+
+
 def test_allowed_host_flag(bundle: Path) -> None:
     from hatzoo.export.serve_config import from_namespace
     from hatzoo.export.server import parser
