@@ -62,6 +62,7 @@ MANIFEST_NAME = "manifest.json"
 DTYPES = ("float32", "float16")
 TASK_KEYS = ("file", "input_name", "output_name", "input_shape", "dtype", "normalization", "labels", "sha256")
 MAX_LABELS = 1 << 20
+MAX_UNITS = 1 << 24  # as in checkpoints
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SHA_MISMATCH = (
     "task {}: sha256 of {} does not match the manifest (file changed or corrupted); re-export the bundle"
@@ -361,7 +362,7 @@ def _check_kept_units(s: ManifestSchema, kept: Any, path: str) -> None:
     for group, pair in kept.items():
         where = f"{path}.{group}"
         s.items(pair, where, 2, 2)
-        total = s.integer(pair[1], f"{where}[1]", 0, MAX_LABELS * 64)
+        total = s.integer(pair[1], f"{where}[1]", 0, MAX_UNITS)
         s.integer(pair[0], f"{where}[0]", 0, total)
 
 
