@@ -9,8 +9,12 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .docs import ASSET_PATHS
+
 # Probes and docs answer without a key: they reveal no model, task or data.
-OPEN_PATHS = frozenset({"/healthz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"})
+OPEN_PATHS = (
+    frozenset({"/healthz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"}) | ASSET_PATHS
+)
 UNCOUNTED_PATHS = OPEN_PATHS | {"/metrics"}  # answer even at the concurrency limit
 
 

@@ -9,10 +9,13 @@ Routes (OpenAPI at ``/openapi.json``, browsable at ``/docs``):
 - ``POST /v1/models/{model}:predict?rule=energy``: the same bodies without a task id. Every task's graph runs
   (pixels normalized per task), the task scoring highest under the rule (msp, entropy, energy) answers:
   ``{"model", "rule", "tasks", "task", "class_index", "label", "scores", "warnings"}``, per row.
-- ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus text).
-- KServe v2 (Open Inference Protocol): ``/v2/health/{live,ready}``, ``/v2/models/<model>_task<t>[/ready]``,
-  ``POST /v2/models/<model>_task<t>/infer``; the v2 model ``<model>`` answers without a task id (outputs
-  task, label, class_index, scores; ``parameters.rule`` picks the rule).
+- ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus, from prometheus_client).
+- KServe v2 (Open Inference Protocol) as Triton speaks it: ``GET /v2`` (server metadata, extensions),
+  ``/v2/health/{live,ready}``, ``/v2/models/<model>_task<t>[/versions/1][/ready|/config|/stats]``,
+  ``POST /v2/models/<model>_task<t>[/versions/1]/infer`` (JSON or binary tensors, gzip/deflate, the
+  classification extension); the v2 model ``<model>`` answers without a task id (outputs task, label,
+  class_index, scores; ``parameters.rule`` picks the rule). See export/v2.py.
+- ``/docs``: Swagger UI from the installed fastapi-offline package (no CDN).
 Errors answer ``{"error": message}`` with a 4xx status; the server keeps serving.
 """
 
@@ -35,6 +38,7 @@ from hatzoo.errors import HATError
 from . import schemas
 from .bundle import read_bundle
 from .context import Serving
+from .docs import add_docs_routes
 from .guard import Guard, header_timeout_protocol
 from .runtime import MicroBatcher, TaskSessionPool, check_task_graph
 from .serve_config import API_KEY_ENV, LOOPBACK, ServeConfig, add_arguments, from_namespace
@@ -86,6 +90,7 @@ def create_app(
         workers=cfg.run_threads,
     )
     state = Serving(cfg, pool, batcher)
+    state.metrics.watch(pool, batcher)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -97,15 +102,22 @@ def create_app(
         version="1",
         description="Task-routed inference of HAT models: one pruned ONNX graph per task.",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served from the installed Swagger UI files, not a CDN
+        redoc_url=None,
     )
     app.state.pool = pool
     app.state.serving = state
     add_v1_routes(app, state)
     add_v2_routes(app, state)
+    add_docs_routes(app)
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return error(404, f"no route {request.method} {request.url.path}; see GET /v1/models or /docs")
+
+    @app.exception_handler(405)
+    async def wrong_method(request: Request, exc: Exception) -> JSONResponse:
+        return error(405, f"{request.url.path} does not take {request.method}; see /docs")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
