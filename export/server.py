@@ -129,12 +129,35 @@ def create_app(
                 js = m.model_json_schema(ref_template="#/components/schemas/{model}")
                 comps.update(js.pop("$defs", {}))
                 comps[m.__name__] = js
+            describe_actions(doc)
             app.openapi_schema = doc
         return app.openapi_schema
 
     app.openapi = openapi
     app.add_middleware(Guard, api_key=cfg.key(), max_concurrency=cfg.max_concurrency)
     return app
+
+
+ACTIONS = {  # path parameters that carry the ':predict' action after their value
+    ("/v1/models/{model}/tasks/{task_action}", "task_action"): (
+        "<task>:predict, e.g. 0:predict",
+        "0:predict",
+    ),
+    ("/v1/models/{model_action}", "model_action"): (
+        "<model>:predict, e.g. my-model:predict",
+        "my-model:predict",
+    ),
+}
+
+
+def describe_actions(doc: dict[str, Any]) -> None:
+    """Say in the OpenAPI document that the action routes' last segment is ``<name>:predict`` (the
+    routes themselves accept any value and answer a clear 404 for another action)."""
+    for (path, name), (description, example) in ACTIONS.items():
+        for param in doc["paths"][path]["post"]["parameters"]:
+            if param["name"] == name:
+                param.update(description=description, example=example)
+                param["schema"]["pattern"] = "^[^/]+:predict$"
 
 
 def startup_lines(app: FastAPI, cfg: ServeConfig) -> list[str]:

@@ -37,6 +37,22 @@ RULE_PARAMETER = {
     "description": "task-inference rule",
     "schema": {"type": "string", "enum": list(RULES), "default": DEFAULT_RULE},
 }
+QUERY_PARAMETERS = [
+    {
+        "name": "top_k",
+        "in": "query",
+        "required": False,
+        "description": "labels to return per image (default 5; a JSON body may set it too)",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    {
+        "name": "normalized",
+        "in": "query",
+        "required": False,
+        "description": "for a float .npy body: true if already (x - mean) / std, false for 0-1 pixels",
+        "schema": {"type": "boolean"},
+    },
+]
 RAW_PIXELS_WARNING = (
     "every input value lies in [0, 1], like raw pixels, but the task normalizes with mean {mean} and std "
     "{std}; if these are pixels, send normalized: false (or uint8 pixels, or an image file)"
@@ -208,7 +224,10 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
         response_model=schemas.PredictResponse,
         responses=ERRORS,
         summary="predict with one task: arrays (JSON, .npy) or images (PNG/JPEG body or multipart)",
-        openapi_extra={"requestBody": {"required": True, "content": PREDICT_BODIES}},
+        openapi_extra={
+            "requestBody": {"required": True, "content": PREDICT_BODIES},
+            "parameters": QUERY_PARAMETERS,
+        },
     )
     async def predict(model: str, task_action: str, request: Request) -> JSONResponse:
         """``task_action`` is ``<task>:predict``. JSON floats are normalized input unless
