@@ -18,7 +18,9 @@ goes through one plain HTTP client (``http.client``, one kept-alive connection p
 
 The three alternate within each of ``--rounds`` rounds (the order rotates); the best round of each counts,
 so a noisy neighbour on a shared machine shows as spread, not as a false ratio. Printed: requests/s and
-images/s of each, the ratios, and the session runs per request of hatzoo serve (below 1: merged requests).
+images/s of each, the ratios, the session runs per request of hatzoo serve (below 1: merged requests), and
+each server's CPU time per request (its process and children, all threads), which a busy neighbour
+disturbs far less than requests/s.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -85,11 +87,12 @@ def _serve_minimal(bundle_dir: str, port: int) -> None:
     uvicorn.run(minimal_app(bundle_dir), host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def start(kind: str, bundle: Path) -> tuple[subprocess.Popen, int]:
-    """Start hatzoo serve or the minimal server on a free port; returns the process and port once up."""
+def start(kind: str, bundle: Path, options: Sequence[str] = ()) -> tuple[subprocess.Popen, int]:
+    """Start hatzoo serve (with ``options``) or the minimal server on a free port; returns the process and
+    port once it answers."""
     port = free_port()
     if kind == "hatzoo serve":
-        cmd = [sys.executable, "-m", "hatzoo.export.server", str(bundle), "--port", str(port)]
+        cmd = [sys.executable, "-m", "hatzoo.export.server", str(bundle), "--port", str(port), *options]
     else:
         cmd = [sys.executable, __file__, "--serve-minimal", str(port), str(bundle)]
     proc = subprocess.Popen(cmd)
@@ -162,7 +165,9 @@ def session_runs(port: int) -> float:
     return runs / max(reqs, 1)
 
 
-def bench(bundle: Path, batch: int, clients: int, requests: int, rounds: int) -> dict[str, list[float]]:
+def bench(
+    bundle: Path, batch: int, clients: int, requests: int, rounds: int, options: Sequence[str] = ()
+) -> dict[str, list[float]]:
     """req/s per mode and round, with the modes alternating (rotated order) inside each round."""
     b = read_bundle(bundle)
     tids = list(b.tasks)
@@ -171,8 +176,9 @@ def bench(bundle: Path, batch: int, clients: int, requests: int, rounds: int) ->
     xs = [rng.standard_normal((batch, *shape)).astype(np.float32) for _ in range(requests)]
     bodies = [npy(x) for x in xs]
     route = [tids[i % len(tids)] for i in range(requests)]
-    servers = {kind: start(kind, bundle) for kind in MODES[:2]}
+    servers = {kind: start(kind, bundle, options) for kind in MODES[:2]}
     rates: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu = dict.fromkeys(servers, 0.0)
     errors = 0
     try:
         for _proc, port in servers.values():  # load every session, warm the paths
@@ -184,7 +190,10 @@ def bench(bundle: Path, batch: int, clients: int, requests: int, rounds: int) ->
                 if mode == "direct loop":
                     rates[mode].append(direct())
                 else:
-                    rate, errs = http_rate(servers[mode][1], b.model, route, bodies, clients)
+                    proc, port = servers[mode]
+                    used = cpu_seconds(proc.pid)
+                    rate, errs = http_rate(port, b.model, route, bodies, clients)
+                    cpu[mode] += cpu_seconds(proc.pid) - used
                     rates[mode].append(rate)
                     errors += errs
         runs = session_runs(servers["hatzoo serve"][1])
@@ -192,8 +201,25 @@ def bench(bundle: Path, batch: int, clients: int, requests: int, rounds: int) ->
         for proc, _port in servers.values():
             stop_process(proc)
     rates["errors"] = [errors]
+    rates["cpu ms per request"] = [cpu[m] * 1000 / (rounds * requests) for m in MODES[:2]]
     rates["runs per request"] = [runs]
     return rates
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by a process and its live children, from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids, total = [pid], 0.0
+    while pids:
+        p = pids.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pids += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 def _rss_mb(pid: int) -> float:
@@ -236,6 +262,7 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=400, help="requests per mode and round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--rss", action="store_true", help="also measure server RSS as sessions load")
+    p.add_argument("--serve-options", default="", help="extra 'hatzoo serve' options, e.g. '--micro-batch 8'")
     p.add_argument("--serve-minimal", type=int, metavar="PORT", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.serve_minimal is not None:
@@ -248,7 +275,8 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.2f}"
     )
     for batch in a.batches:
-        r = bench(bundle, batch, a.clients, a.requests // (4 if batch > 8 else 1), a.rounds)
+        requests = a.requests // (4 if batch > 8 else 1)
+        r = bench(bundle, batch, a.clients, requests, a.rounds, a.serve_options.split())
         best = {m: max(r[m]) for m in MODES}
         print(f"\nbatch {batch}, {a.clients} clients, best of {a.rounds} alternated rounds:")
         print(f"{'mode':<18}{'req/s':>9}{'img/s':>10}   rounds (req/s)")
@@ -260,6 +288,11 @@ def main() -> None:
             f"hatzoo serve / direct loop = {best['hatzoo serve'] / best['direct loop']:.2f}x, "
             f"minimal / direct = {best['minimal server'] / best['direct loop']:.2f}x; "
             f"errors {r['errors'][0]:.0f}, session runs per request {r['runs per request'][0]:.2f}"
+        )
+        hz, mini = r["cpu ms per request"]
+        print(
+            f"server CPU time per request (all threads and child processes; steadier than req/s on a shared "
+            f"machine): hatzoo serve {hz:.2f} ms, minimal server {mini:.2f} ms ({hz / mini:.2f}x)"
         )
     if a.rss:
         rss = bench_rss(bundle)
