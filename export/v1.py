@@ -134,7 +134,7 @@ def decode_npy_predict(body: bytes, spec: TaskSpec, normalized: bool | None) -> 
     if arr.dtype == np.uint8:
         return pixels_to_input(arr, spec), []
     warnings: list[str] = []
-    return float_input(arr.astype(np.float64), spec, normalized, warnings), warnings
+    return float_input(arr, spec, normalized, warnings), warnings
 
 
 def decode_images(files: Sequence[bytes], spec: TaskSpec) -> np.ndarray:
