@@ -228,3 +228,39 @@ def test_aio_client(server: str, reference: Reference, model_config_pb2) -> None
             await client.close()
 
     asyncio.run(session())
+
+
+def test_content_encoding_faults_answer_clearly(server: str, bundles: list[Path]) -> None:
+    import gzip
+    import json
+
+    import httpx
+
+    body = json.dumps(
+        {"inputs": [{"name": "x", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]}
+    ).encode()
+    url = f"http://{server}/v2/models/tiny-cnn_task0/infer"
+    cases = [
+        (body, "br", 501, "unsupported Content-Encoding"),  # Triton's status for an unknown encoding
+        (b"not gzip at all", "gzip", 400, "not valid gzip"),
+        (gzip.compress(body)[:-12], "gzip", 400, "ends before"),
+    ]
+    for data, encoding, status, message in cases:
+        r = httpx.post(url, content=data, headers={"Content-Encoding": encoding})
+        assert r.status_code == status and message in r.json()["error"], (encoding, r.text)
+    r = httpx.post(
+        url, content=gzip.compress(body), headers={"Content-Encoding": "gzip", "Accept-Encoding": "gzip"}
+    )
+    assert (
+        r.status_code == 200
+        and r.headers["content-encoding"] == "gzip"
+        and r.json()["outputs"][0]["shape"] == [1, 3]
+    )
+    r = httpx.get(url)  # infer takes POST only
+    assert r.status_code == 405 and "POST" not in r.json()["error"] and "GET" in r.json()["error"]
+    with running_server(bundles, max_body_bytes=4096) as (small, _app):
+        bomb = gzip.compress(b" " * 100_000 + body)  # 100 kB of JSON in a body of about 200 bytes
+        r = httpx.post(
+            f"{small}/v2/models/tiny-cnn_task0/infer", content=bomb, headers={"Content-Encoding": "gzip"}
+        )
+        assert r.status_code == 413 and "decompressed body" in r.json()["error"], r.text
