@@ -117,7 +117,10 @@ def create_app(
 
     @app.exception_handler(405)
     async def wrong_method(request: Request, exc: Exception) -> JSONResponse:
-        return error(405, f"{request.url.path} does not take {request.method}; see /docs")
+        allowed = (getattr(exc, "headers", None) or {}).get("Allow", "another method")
+        resp = error(405, f"{request.url.path} takes {allowed}, not {request.method}; see /docs")
+        resp.headers["Allow"] = allowed
+        return resp
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -269,7 +269,11 @@ async def _read_request(
     limit = s.body_limit(specs[0])
     body = await s.read_body(request, limit)
     encoding = media_type(request.headers.get("content-encoding"))
-    req, arrays = await decode(s, decode_infer, body, header_length, encoding, limit, list(specs))
+    args = (body, header_length, encoding, limit, list(specs))
+    if encoding in ("", "identity"):
+        req, arrays = await decode(s, decode_infer, *args)
+    else:  # a small compressed body may inflate to the body limit: never on the event loop
+        req, arrays = await s.offload(decode_infer, *args)
     return req, [
         validate_input(a, spec, s.config.max_request_batch) for a, spec in zip(arrays, specs, strict=True)
     ]
