@@ -112,6 +112,7 @@ def model_routes(app: FastAPI, method: str, suffix: str, handler: Callable[..., 
     async def versioned(name: str, version: str, request: Request) -> Any:
         return await handler(name, version, request)
 
+    options.setdefault("description", handler.__doc__)
     for path, endpoint in (("", latest), ("/versions/{version}", versioned)):
         app.add_api_route(f"/v2/models/{{name}}{path}{suffix}", endpoint, methods=[method], **options)
 
@@ -178,6 +179,8 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
             return error(e.status, str(e))
 
     async def infer(name: str, version: str | None, request: Request) -> Response:
+        """Run the task ``<model>_task<t>`` on the input, or every task of ``<model>`` (the best-scoring task
+        answers). JSON body, or the binary tensor extension; gzip or deflate Content-Encoding."""
         try:
             model, task, spec = resolve(name, version)
         except RequestError as e:
