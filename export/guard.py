@@ -13,8 +13,12 @@ from urllib.parse import urlsplit
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .docs import ASSET_PATHS
+
 # Probes and docs answer without a key: they reveal no model, task or data.
-OPEN_PATHS = frozenset({"/healthz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"})
+OPEN_PATHS = (
+    frozenset({"/healthz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json"}) | ASSET_PATHS
+)
 UNCOUNTED_PATHS = OPEN_PATHS | {"/metrics"}  # answer even at the concurrency limit
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
@@ -148,11 +152,21 @@ class Guard:
             self.in_flight -= 1
 
 
-def header_timeout_protocol(seconds: float) -> type[H11Protocol]:
-    """uvicorn's h11 protocol that closes a connection whose next request line and headers do not
-    arrive within ``seconds`` (from connecting, or from the end of the previous response)."""
+def http_protocol() -> type[H11Protocol]:
+    """uvicorn's fastest HTTP/1.1 protocol here: httptools' C parser when installed, else h11."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # httptools is optional (uvicorn[standard])
+        return H11Protocol
+    return HttpToolsProtocol
 
-    class HeaderTimeoutH11(H11Protocol):
+
+def header_timeout_protocol(seconds: float) -> type[H11Protocol]:
+    """uvicorn's HTTP protocol (see :func:`http_protocol`) that closes a connection whose next request
+    line and headers do not arrive within ``seconds`` (from connecting, or from the end of the previous
+    response)."""
+
+    class HeaderTimeoutH11(http_protocol()):
         _timer: asyncio.TimerHandle | None = None
         _waiting_after: Any = None
 

@@ -1,107 +1,122 @@
-"""Prometheus counters: requests, errors and latency per (model, task), batching and pool state."""
+"""Prometheus metrics of one server (prometheus_client, a registry per server): requests by status, latency
+and rows per (model, task), micro-batching and session-pool state read at scrape time; plus the running
+tallies the v2 statistics extension answers."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
-from typing import Any
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .runtime import MicroBatcher, TaskSessionPool
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+TASK = ("model", "task")
 
 
 class Metrics:
-    """Request, error and latency counters per (model, task), rendered as Prometheus text."""
+    """Request counters and latency histograms per (model, task) in a registry of their own."""
 
     def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "hatzoo_requests",
+            "Predict requests by model, task and HTTP status.",
+            [*TASK, "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "hatzoo_errors", "Predict requests answered with a 4xx/5xx status.", TASK, registry=r
+        )
+        self.unrouted = Counter(
+            "hatzoo_unrouted_requests",
+            "Requests for an unknown model or task, by status.",
+            ["status"],
+            registry=r,
+        )
+        self.rows = Counter("hatzoo_rows", "Input rows (images) answered.", TASK, registry=r)
+        self.latency = Histogram(
+            "hatzoo_request_latency_seconds",
+            "Server-side predict latency.",
+            TASK,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.rows: dict[tuple[str, str], int] = defaultdict(int)
-        self.lat_sum: dict[tuple[str, str], float] = defaultdict(float)
-        self.lat_count: dict[tuple[str, str], int] = defaultdict(int)
-        self.lat_buckets: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(LATENCY_BUCKETS))
-        self.unrouted: dict[int, int] = defaultdict(int)
+        # (model, task) -> [success count, success ns, fail count, fail ns, rows, last inference ms]
+        self._tally: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * 6)
+
+    def watch(self, pool: TaskSessionPool, batcher: MicroBatcher) -> None:
+        """Report the pool's sessions and the batcher's runs at every scrape."""
+        self.registry.register(_StateCollector(pool, batcher))
 
     def observe(self, model: str, task: str, status: int, seconds: float, rows: int) -> None:
         """Record one routed request (model and task are known names)."""
-        key = (model, task)
+        self.requests.labels(model, task, str(status)).inc()
+        self.latency.labels(model, task).observe(seconds)
+        failed = status >= 400
+        if failed:
+            self.errors.labels(model, task).inc()
+        else:
+            self.rows.labels(model, task).inc(rows)
         with self._lock:
-            self.requests[(model, task, status)] += 1
-            self.rows[key] += rows
-            self.lat_sum[key] += seconds
-            self.lat_count[key] += 1
-            b = self.lat_buckets[key]
-            for i, le in enumerate(LATENCY_BUCKETS):
-                if seconds <= le:
-                    b[i] += 1
+            t = self._tally[(model, task)]
+            t[2 if failed else 0] += 1
+            t[3 if failed else 1] += int(seconds * 1e9)
+            if not failed:
+                t[4] += rows
+                t[5] = int(time.time() * 1000)
 
     def observe_unrouted(self, status: int) -> None:
         """Record a request for an unknown model or task (not labelled by name: unbounded cardinality)."""
+        self.unrouted.labels(str(status)).inc()
+
+    def tally(self, model: str, task: str) -> tuple[tuple[int, int], tuple[int, int], int, int]:
+        """((success count, ns), (fail count, ns), rows, last inference in ms since the epoch) of a task."""
         with self._lock:
-            self.unrouted[status] += 1
+            s_n, s_ns, f_n, f_ns, rows, last = self._tally.get((model, task), [0] * 6)
+        return (s_n, s_ns), (f_n, f_ns), rows, last
 
-    def render(self, pool: TaskSessionPool, batcher: MicroBatcher) -> str:
-        """Prometheus exposition text of every counter, plus pool and batching state."""
-        out: list[str] = []
-
-        def lab(**kw: Any) -> str:
-            return "{" + ",".join(f'{k}="{_esc(str(v))}"' for k, v in kw.items()) + "}"
-
-        with self._lock:
-            out += [
-                "# HELP hatzoo_requests_total Predict requests by model, task and HTTP status.",
-                "# TYPE hatzoo_requests_total counter",
-            ]
-            out += [
-                f"hatzoo_requests_total{lab(model=m, task=t, status=s)} {n}"
-                for (m, t, s), n in sorted(self.requests.items())
-            ]
-            out += [
-                "# HELP hatzoo_errors_total Predict requests answered with a 4xx/5xx status.",
-                "# TYPE hatzoo_errors_total counter",
-            ]
-            errs: dict[tuple[str, str], int] = defaultdict(int)
-            for (m, t, s), n in self.requests.items():
-                if s >= 400:
-                    errs[(m, t)] += n
-            out += [f"hatzoo_errors_total{lab(model=m, task=t)} {n}" for (m, t), n in sorted(errs.items())]
-            out += [
-                f"hatzoo_unrouted_requests_total{lab(status=s)} {n}" for s, n in sorted(self.unrouted.items())
-            ]
-            out += ["# TYPE hatzoo_rows_total counter"]
-            out += [f"hatzoo_rows_total{lab(model=m, task=t)} {n}" for (m, t), n in sorted(self.rows.items())]
-            out += [
-                "# HELP hatzoo_request_latency_seconds Server-side predict latency.",
-                "# TYPE hatzoo_request_latency_seconds histogram",
-            ]
-            for (m, t), b in sorted(self.lat_buckets.items()):
-                name, count = "hatzoo_request_latency_seconds", self.lat_count[(m, t)]
-                for le, n in zip((*LATENCY_BUCKETS, "+Inf"), (*b, count), strict=True):
-                    out.append(f"{name}_bucket{lab(model=m, task=t, le=le)} {n}")
-                out.append(f"{name}_sum{lab(model=m, task=t)} {self.lat_sum[(m, t)]:.6f}")
-                out.append(f"{name}_count{lab(model=m, task=t)} {count}")
-        out += [
-            "# HELP hatzoo_batches_total session.run calls made by the micro-batcher.",
-            "# TYPE hatzoo_batches_total counter",
-        ]
-        for (m, t), st in sorted(batcher.stats.items()):
-            out.append(f"hatzoo_batches_total{lab(model=m, task=t)} {st.batches}")
-            out.append(f"hatzoo_batched_requests_total{lab(model=m, task=t)} {st.requests}")
-            out.append(f"hatzoo_batch_rows_total{lab(model=m, task=t)} {st.rows}")
-            out.append(f"hatzoo_batch_rows_max{lab(model=m, task=t)} {st.max_rows}")
-        out += [
-            "# TYPE hatzoo_sessions_loaded gauge",
-            f"hatzoo_sessions_loaded {len(pool.loaded())}",
-            f"hatzoo_sessions_loaded_bytes {pool.loaded_bytes()}",
-            "# TYPE hatzoo_session_loads_total counter",
-            f"hatzoo_session_loads_total {pool.loads}",
-            "# TYPE hatzoo_session_evictions_total counter",
-            f"hatzoo_session_evictions_total {pool.evictions}",
-        ]
-        return "\n".join(out) + "\n"
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this server's registry."""
+        return generate_latest(self.registry)
 
 
-def _esc(s: str) -> str:
-    """Escape a Prometheus label value."""
-    return s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _StateCollector(Collector):
+    """Micro-batching counters and session-pool state, read when Prometheus scrapes."""
+
+    def __init__(self, pool: TaskSessionPool, batcher: MicroBatcher) -> None:
+        self.pool = pool
+        self.batcher = batcher
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            "batches": CounterMetricFamily(
+                "hatzoo_batches", "session.run calls made by the micro-batcher.", labels=TASK
+            ),
+            "requests": CounterMetricFamily(
+                "hatzoo_batched_requests", "Requests answered by those runs.", labels=TASK
+            ),
+            "rows": CounterMetricFamily("hatzoo_batch_rows", "Rows run by the micro-batcher.", labels=TASK),
+            "max_rows": GaugeMetricFamily("hatzoo_batch_rows_max", "Largest batch run so far.", labels=TASK),
+        }
+        for (m, t), st in sorted(self.batcher.stats.items()):
+            for key, family in families.items():
+                family.add_metric([m, t], getattr(st, key))
+        yield from families.values()
+        yield GaugeMetricFamily(
+            "hatzoo_sessions_loaded", "ONNX Runtime sessions open.", len(self.pool.loaded())
+        )
+        yield GaugeMetricFamily(
+            "hatzoo_sessions_loaded_bytes", "Estimated bytes of the open sessions.", self.pool.loaded_bytes()
+        )
+        yield CounterMetricFamily("hatzoo_session_loads", "Sessions created.", self.pool.loads)
+        yield CounterMetricFamily(
+            "hatzoo_session_evictions", "Sessions closed by the budget.", self.pool.evictions
+        )

@@ -16,6 +16,7 @@ import asyncio
 import ctypes
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -305,29 +306,34 @@ class TaskSessionPool:
 
 @dataclass
 class _Pending:
-    """One queued request: its rows and the future its caller awaits."""
+    """One queued request: its rows, the future its caller awaits, and when it was queued."""
 
     x: np.ndarray
     future: asyncio.Future
+    queued: float
 
 
 @dataclass
 class BatchStats:
-    """Per-task micro-batching counters (read by /metrics)."""
+    """Per-task micro-batching counters (read by /metrics and the v2 statistics)."""
 
     batches: int = 0
     rows: int = 0
     requests: int = 0
     max_rows: int = 0
+    queue_ns: int = 0
+    run_ns: int = 0
 
 
 class MicroBatcher:
     """Merge concurrent requests for the same task into one ``session.run`` (asyncio, bounded).
 
-    Each (model, task) has a queue and a worker coroutine. The worker takes the first waiting request,
-    then every request already queued, then waits up to ``max_wait_ms`` for more, until ``max_batch`` rows;
-    it runs the batch in a worker thread and hands each caller its slice. A request larger than
-    ``max_batch`` runs alone. A full queue (``max_queue`` requests) raises OverloadedError.
+    Each (model, task) has a queue and a worker coroutine. The worker takes the first waiting request and
+    every request already queued, up to ``max_batch`` rows, and runs them at once in a worker thread; the
+    requests that arrive while a run is in progress form the next batch. So a lone request runs at once,
+    and under load batches grow by themselves. ``max_wait_ms`` > 0 also waits that long for more requests
+    before a run that is not full. A request larger than ``max_batch`` runs alone. A full queue
+    (``max_queue`` requests) raises OverloadedError.
     """
 
     def __init__(
@@ -335,7 +341,7 @@ class MicroBatcher:
         pool: TaskSessionPool,
         *,
         max_batch: int = 32,
-        max_wait_ms: float = 1.0,
+        max_wait_ms: float = 0.0,
         max_queue: int = 1024,
         workers: int = 4,
     ) -> None:
@@ -367,9 +373,10 @@ class MicroBatcher:
         key = (model, str(task))
         self.pool.spec(model, str(task))
         q = self._queue(key)
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
         try:
-            q.put_nowait(_Pending(x, fut))
+            q.put_nowait(_Pending(x, fut, time.perf_counter()))
         except asyncio.QueueFull:
             raise OverloadedError(
                 f"{model}/{task}: {self.max_queue} requests already queued; retry later"
@@ -377,43 +384,42 @@ class MicroBatcher:
         return await fut
 
     async def _work(self, key: tuple[str, str], q: asyncio.Queue[_Pending]) -> None:
-        """Worker loop for one task: collect a batch, run it in a thread, distribute the slices."""
+        """Worker loop for one task: take what is queued (up to max_batch rows), run it, repeat."""
         loop = asyncio.get_running_loop()
+        held: _Pending | None = None  # a request that did not fit the previous batch
         while True:
-            first = await q.get()
-            batch, rows = [first], len(first.x)
+            first = held if held is not None else await q.get()
+            batch, rows, held = [first], len(first.x), None
             deadline = loop.time() + self.max_wait
             while rows < self.max_batch:
-                if q.empty():
-                    remaining = deadline - loop.time()  # never > 0 when max_wait is 0
-                    if remaining <= 0:
-                        break
+                if not q.empty():
+                    nxt = q.get_nowait()
+                elif (remaining := deadline - loop.time()) > 0:
                     try:
                         nxt = await asyncio.wait_for(q.get(), remaining)
                     except TimeoutError:
                         break
                 else:
-                    nxt = q.get_nowait()
+                    break
                 if rows + len(nxt.x) > self.max_batch:
-                    await self._run(loop, key, batch)  # keep the newcomer for the next batch
-                    batch, rows = [nxt], len(nxt.x)
-                    deadline = loop.time() + self.max_wait
-                    continue
+                    held = nxt  # it opens the next batch
+                    break
                 batch.append(nxt)
                 rows += len(nxt.x)
-            await self._run(loop, key, batch)
+            await self._run(key, batch)
 
-    async def _run(
-        self, loop: asyncio.AbstractEventLoop, key: tuple[str, str], batch: list[_Pending]
-    ) -> None:
+    async def _run(self, key: tuple[str, str], batch: list[_Pending]) -> None:
         """Run one merged batch and resolve each caller's future with its rows (or the error)."""
         batch = [p for p in batch if not p.future.done()]  # callers that gave up
         if not batch:
             return
         xs = [p.x for p in batch]
         x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
+        start = time.perf_counter()
         try:
-            y = await loop.run_in_executor(self.executor, self.pool.run, key[0], key[1], x)
+            y = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.pool.run, key[0], key[1], x
+            )
         except Exception as e:  # noqa: BLE001 - every caller gets the error
             for p in batch:
                 if not p.future.done():
@@ -424,6 +430,12 @@ class MicroBatcher:
         st.rows += len(x)
         st.requests += len(batch)
         st.max_rows = max(st.max_rows, len(x))
+        st.queue_ns += int(sum(start - p.queued for p in batch) * 1e9)
+        st.run_ns += int((time.perf_counter() - start) * 1e9)
+        if len(batch) == 1:
+            if not batch[0].future.done():
+                batch[0].future.set_result(y)
+            return
         ends = np.cumsum([len(p.x) for p in batch])
         for p, rows in zip(batch, np.split(y, ends[:-1]), strict=True):  # each caller's rows, in order
             if not p.future.done():

@@ -126,12 +126,20 @@ class V2InferInput(BaseModel):
 
 class V2RequestedOutput(BaseModel):
     name: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="binary_data (bool): answer this output as binary data; classification (int k): answer "
+        "the k best classes as 'score:index:label' strings (BYTES)",
+    )
 
 
 class V2InferRequest(BaseModel):
-    id: str | None = None
-    parameters: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(None, description="echoed in the answer when sent")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="binary_data_output (bool): every output as binary data; rule: the task-inference rule "
+        "of a model answering without a task id",
+    )
     inputs: list[V2InferInput]
     outputs: list[V2RequestedOutput] | None = None
 
@@ -140,8 +148,10 @@ class V2InferOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    parameters: dict[str, Any] | None = None
-    data: list[float] | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="binary_data_size when the output's bytes follow the JSON header"
+    )
+    data: list[float | int | str] | None = Field(None, description="row-major values (absent when binary)")
 
 
 class V2InferResponse(BaseModel):
@@ -149,3 +159,36 @@ class V2InferResponse(BaseModel):
     model_version: str | None = None
     id: str | None = None
     outputs: list[V2InferOutput]
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str] = Field(description="the protocol extensions this server implements")
+
+
+class V2Stat(BaseModel):
+    count: int
+    ns: int = Field(description="total nanoseconds")
+
+
+class V2ModelStatistics(BaseModel):
+    name: str
+    version: str
+    last_inference: int = Field(description="milliseconds since the epoch (0: none yet)")
+    inference_count: int = Field(description="rows (images) answered")
+    execution_count: int = Field(description="session runs (a run may answer several requests)")
+    inference_stats: dict[str, V2Stat] = Field(
+        description="success and fail (whole requests), queue (waiting for a run) and compute_infer (runs)"
+    )
+    batch_stats: list[dict[str, Any]]
+
+
+class V2Statistics(BaseModel):
+    model_stats: list[V2ModelStatistics]
+
+
+class V2RepositoryModel(BaseModel):
+    name: str
+    version: str
+    state: Literal["READY"]

@@ -41,7 +41,11 @@ class ServeConfig:
     )
     max_concurrency: int = _opt("predict/infer requests handled at once; more answer 503", 64)
     micro_batch: int = _opt("rows merged into one session run per task (1 turns merging off)", 32)
-    max_wait_ms: float = _opt("how long the micro-batcher waits for more requests", 1.0)
+    max_wait_ms: float = _opt(
+        "how long the micro-batcher waits for more requests before a run that is not full (0: run at once; "
+        "requests that arrive during a run form the next batch)",
+        0.0,
+    )
     max_queue: int = _opt("requests queued per task before answering 503", 1024)
     run_threads: int = _opt("threads running sessions", 4)
     parse_workers: int = _opt("processes decoding request bodies (off the event loop and its GIL)", 2)
@@ -63,7 +67,11 @@ class ServeConfig:
     )
     global_thread_pool: bool = _opt("one ONNX Runtime thread pool for every session", True)
     shared_allocator: bool = _opt("one CPU memory arena for every session", True)
-    intra_op_threads: int = _opt("ONNX Runtime intra-op threads (0: one per core)", 0)
+    intra_op_threads: int = _opt(
+        "ONNX Runtime intra-op threads per session run (0: one per core); the default shares the cores "
+        "among the --run-threads runs that go on at once",
+        max(1, (os.cpu_count() or 1) // 4),  # 4: run_threads' default
+    )
     providers: tuple[str, ...] | None = _opt(
         "ONNX Runtime execution providers in order (default: CUDA when usable, then CPU)",
         None,

@@ -9,10 +9,13 @@ Routes (OpenAPI at ``/openapi.json``, browsable at ``/docs``):
 - ``POST /v1/models/{model}:predict?rule=energy``: the same bodies without a task id. Every task's graph runs
   (pixels normalized per task), the task scoring highest under the rule (msp, entropy, energy) answers:
   ``{"model", "rule", "tasks", "task", "class_index", "label", "scores", "warnings"}``, per row.
-- ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus text).
-- KServe v2 (Open Inference Protocol): ``/v2/health/{live,ready}``, ``/v2/models/<model>_task<t>[/ready]``,
-  ``POST /v2/models/<model>_task<t>/infer``; the v2 model ``<model>`` answers without a task id (outputs
-  task, label, class_index, scores; ``parameters.rule`` picks the rule).
+- ``GET /v1/models``, ``GET /healthz``, ``GET /metrics`` (Prometheus, from prometheus_client).
+- KServe v2 (Open Inference Protocol) as Triton speaks it: ``GET /v2`` (server metadata, extensions),
+  ``/v2/health/{live,ready}``, ``/v2/models/<model>_task<t>[/versions/1][/ready|/config|/stats]``,
+  ``POST /v2/models/<model>_task<t>[/versions/1]/infer`` (JSON or binary tensors, gzip/deflate, the
+  classification extension); the v2 model ``<model>`` answers without a task id (outputs task, label,
+  class_index, scores; ``parameters.rule`` picks the rule). See export/v2.py.
+- ``/docs``: Swagger UI from the installed fastapi-offline package (no CDN).
 Errors answer ``{"error": message}`` with a 4xx status; the server keeps serving. A dead decode worker
 is replaced: the request it held answers 503 with ``Retry-After``, and ``/healthz`` and ``/v2/health/ready``
 answer 503 until the new workers answer. Without an API key, only the Host names the server was started
@@ -38,6 +41,7 @@ from hatzoo.errors import HATError
 from . import schemas
 from .bundle import read_bundle
 from .context import Serving, v2_task_names
+from .docs import add_docs_routes
 from .guard import Guard, allowed_host_names, header_timeout_protocol
 from .runtime import MicroBatcher, TaskSessionPool, check_task_graph
 from .serve_config import API_KEY_ENV, LOOPBACK, ServeConfig, add_arguments, from_namespace
@@ -90,6 +94,7 @@ def create_app(
         workers=cfg.run_threads,
     )
     state = Serving(cfg, pool, batcher)
+    state.metrics.watch(pool, batcher)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -101,15 +106,25 @@ def create_app(
         version="1",
         description="Task-routed inference of HAT models: one pruned ONNX graph per task.",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served from the installed Swagger UI files, not a CDN
+        redoc_url=None,
     )
     app.state.pool = pool
     app.state.serving = state
     add_v1_routes(app, state)
     add_v2_routes(app, state)
+    add_docs_routes(app)
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
         return error(404, f"no route {request.method} {request.url.path}; see GET /v1/models or /docs")
+
+    @app.exception_handler(405)
+    async def wrong_method(request: Request, exc: Exception) -> JSONResponse:
+        allowed = (getattr(exc, "headers", None) or {}).get("Allow", "another method")
+        resp = error(405, f"{request.url.path} takes {allowed}, not {request.method}; see /docs")
+        resp.headers["Allow"] = allowed
+        return resp
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -121,6 +136,7 @@ def create_app(
                 js = m.model_json_schema(ref_template="#/components/schemas/{model}")
                 comps.update(js.pop("$defs", {}))
                 comps[m.__name__] = js
+            describe_actions(doc)
             app.openapi_schema = doc
         return app.openapi_schema
 
@@ -132,6 +148,28 @@ def create_app(
         allowed_hosts=allowed_host_names(cfg.host, cfg.allowed_hosts),
     )
     return app
+
+
+ACTIONS = {  # path parameters that carry the ':predict' action after their value
+    ("/v1/models/{model}/tasks/{task_action}", "task_action"): (
+        "<task>:predict, e.g. 0:predict",
+        "0:predict",
+    ),
+    ("/v1/models/{model_action}", "model_action"): (
+        "<model>:predict, e.g. my-model:predict",
+        "my-model:predict",
+    ),
+}
+
+
+def describe_actions(doc: dict[str, Any]) -> None:
+    """Say in the OpenAPI document that the action routes' last segment is ``<name>:predict`` (the
+    routes themselves accept any value and answer a clear 404 for another action)."""
+    for (path, name), (description, example) in ACTIONS.items():
+        for param in doc["paths"][path]["post"]["parameters"]:
+            if param["name"] == name:
+                param.update(description=description, example=example)
+                param["schema"]["pattern"] = "^[^/]+:predict$"
 
 
 def startup_lines(app: FastAPI, cfg: ServeConfig) -> list[str]:

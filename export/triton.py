@@ -6,8 +6,9 @@ Layout written::
     out_dir/<model>_task<t>/labels.txt        # one label per line (Triton's classification extension)
     out_dir/<model>_task<t>/1/model.onnx
 
-Torch-free and protobuf-free: the config is written as protobuf text format by hand and checked in the
-tests against Triton's own ``ModelConfig`` message.
+Torch-free and protobuf-free: the config is a dict (the JSON form ``hatzoo serve`` answers on
+``GET /v2/models/<name>/config``) written as protobuf text format by hand; the tests parse both with
+Triton's own ``ModelConfig`` message.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hatzoo.errors import ExportError
 
@@ -25,6 +27,7 @@ from .bundle import TaskSpec, read_bundle
 
 KINDS = ("KIND_AUTO", "KIND_CPU", "KIND_GPU")
 _TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+LABELS_FILE = "labels.txt"
 
 
 def triton_model_name(model: str, task: str) -> str:
@@ -32,12 +35,10 @@ def triton_model_name(model: str, task: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{model}_task{task}")
 
 
-def _q(s: str) -> str:
-    """A protobuf text-format string literal."""
-    return json.dumps(s)
+ENUM_FIELDS = ("data_type", "kind")  # written bare in text format, not as strings
 
 
-def config_pbtxt(
+def model_config(
     name: str,
     spec: TaskSpec,
     *,
@@ -46,42 +47,58 @@ def config_pbtxt(
     kind: str,
     preferred_batch_sizes: Sequence[int],
     max_queue_delay_us: int,
-) -> str:
-    """The config.pbtxt text for one task's graph (dims exclude the batch dimension)."""
+) -> dict[str, Any]:
+    """Triton's ``ModelConfig`` of one task's graph as a dict (its JSON form; dims exclude the batch)."""
     dtype = _TRITON_TYPES[spec.dtype]
-    in_dims = ", ".join(str(d) for d in spec.input_shape[1:])
-    pref = ", ".join(str(b) for b in preferred_batch_sizes)
-    lines = [
-        f"name: {_q(name)}",
-        'platform: "onnxruntime_onnx"',
-        f"max_batch_size: {max_batch_size}",
-        "input [",
-        "  {",
-        f"    name: {_q(spec.input_name)}",
-        f"    data_type: {dtype}",
-        f"    dims: [ {in_dims} ]",
-        "  }",
-        "]",
-        "output [",
-        "  {",
-        f"    name: {_q(spec.output_name)}",
-        f"    data_type: {dtype}",
-        f"    dims: [ {spec.num_classes} ]",
-        '    label_filename: "labels.txt"',
-        "  }",
-        "]",
-        "dynamic_batching {",
-        *([f"  preferred_batch_size: [ {pref} ]"] if pref else []),
-        f"  max_queue_delay_microseconds: {max_queue_delay_us}",
-        "}",
-        "instance_group [",
-        "  {",
-        f"    count: {instance_count}",
-        f"    kind: {kind}",
-        "  }",
-        "]",
-    ]
-    return "\n".join(lines) + "\n"
+    batching: dict[str, Any] = {"max_queue_delay_microseconds": max_queue_delay_us}
+    if preferred_batch_sizes:
+        batching = {"preferred_batch_size": list(preferred_batch_sizes), **batching}
+    return {
+        "name": name,
+        "platform": "onnxruntime_onnx",
+        "max_batch_size": max_batch_size,
+        "input": [{"name": spec.input_name, "data_type": dtype, "dims": list(spec.input_shape[1:])}],
+        "output": [
+            {
+                "name": spec.output_name,
+                "data_type": dtype,
+                "dims": [spec.num_classes],
+                "label_filename": LABELS_FILE,
+            }
+        ],
+        "dynamic_batching": batching,
+        "instance_group": [{"count": instance_count, "kind": kind}],
+    }
+
+
+def config_pbtxt(config: dict[str, Any]) -> str:
+    """A model config dict (see :func:`model_config`) in protobuf text format, as config.pbtxt holds it."""
+    return "\n".join(_text_fields(config, "")) + "\n"
+
+
+def _text_fields(message: dict[str, Any], indent: str) -> list[str]:
+    lines = []
+    for key, value in message.items():
+        if isinstance(value, dict):
+            lines += [f"{indent}{key} {{", *_text_fields(value, indent + "  "), f"{indent}}}"]
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            lines.append(f"{indent}{key} [")
+            for i, item in enumerate(value):
+                close = "}," if i < len(value) - 1 else "}"
+                lines += [f"{indent}  {{", *_text_fields(item, indent + "    "), f"{indent}  {close}"]
+            lines.append(f"{indent}]")
+        elif isinstance(value, list):
+            lines.append(f"{indent}{key}: [ {', '.join(map(str, value))} ]")
+        elif isinstance(value, str) and key not in ENUM_FIELDS:
+            lines.append(f"{indent}{key}: {json.dumps(value)}")
+        else:
+            lines.append(f"{indent}{key}: {value}")
+    return lines
+
+
+def default_preferred_batch_sizes(max_batch_size: int) -> list[int]:
+    """The powers of two from 4 below ``max_batch_size``, then ``max_batch_size`` itself."""
+    return [b for b in (4, 8, 16, 32, 64, 128, 256) if b < max_batch_size] + [max_batch_size]
 
 
 def export_triton_repository(
@@ -107,7 +124,7 @@ def export_triton_repository(
     if kind not in KINDS:
         raise ExportError(f"kind must be one of {KINDS}, got {kind!r}")
     if preferred_batch_sizes is None:
-        pref = [b for b in (4, 8, 16, 32, 64, 128, 256) if b < max_batch_size] + [max_batch_size]
+        pref = default_preferred_batch_sizes(max_batch_size)
     else:
         pref = sorted({int(b) for b in preferred_batch_sizes})
         if any(b < 1 or b > max_batch_size for b in pref):
@@ -125,8 +142,8 @@ def export_triton_repository(
         mdir = out / name
         (mdir / "1").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(spec.path, mdir / "1" / "model.onnx")
-        (mdir / "labels.txt").write_text("".join(f"{lab}\n" for lab in spec.labels), encoding="utf-8")
-        text = config_pbtxt(
+        (mdir / LABELS_FILE).write_text("".join(f"{lab}\n" for lab in spec.labels), encoding="utf-8")
+        config = model_config(
             name,
             spec,
             max_batch_size=max_batch_size,
@@ -135,6 +152,6 @@ def export_triton_repository(
             preferred_batch_sizes=pref,
             max_queue_delay_us=max_queue_delay_us,
         )
-        (mdir / "config.pbtxt").write_text(text, encoding="utf-8")
+        (mdir / "config.pbtxt").write_text(config_pbtxt(config), encoding="utf-8")
         written.append(mdir)
     return written

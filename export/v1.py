@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -25,7 +26,9 @@ from .images import IMAGE_TYPES, decode_images, looks_like_raw_pixels, pixels_to
 from .runtime import OverloadedError, UnknownModelError
 from .triton import triton_model_name
 
+T = TypeVar("T")
 PREDICT_SUFFIX = ":predict"
+INLINE_BODY_BYTES = 64 << 10  # bodies up to this size decode faster here than through a parse process
 AGNOSTIC_TASK = "*"  # the metrics' task label of requests answered without a task id
 RULE_PARAMETER = {
     "name": "rule",
@@ -34,6 +37,22 @@ RULE_PARAMETER = {
     "description": "task-inference rule",
     "schema": {"type": "string", "enum": list(RULES), "default": DEFAULT_RULE},
 }
+QUERY_PARAMETERS = [
+    {
+        "name": "top_k",
+        "in": "query",
+        "required": False,
+        "description": "labels to return per image (default 5; a JSON body may set it too)",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    {
+        "name": "normalized",
+        "in": "query",
+        "required": False,
+        "description": "for a float .npy body: true if already (x - mean) / std, false for 0-1 pixels",
+        "schema": {"type": "boolean"},
+    },
+]
 RAW_PIXELS_WARNING = (
     "every input value lies in [0, 1], like raw pixels, but the task normalizes with mean {mean} and std "
     "{std}; if these are pixels, send normalized: false (or uint8 pixels, or an image file)"
@@ -117,7 +136,7 @@ def decode_npy_predict(body: bytes, spec: TaskSpec, normalized: bool | None) -> 
     if arr.dtype == np.uint8:
         return pixels_to_input(arr, spec), []
     warnings: list[str] = []
-    return float_input(arr.astype(np.float64), spec, normalized, warnings), warnings
+    return float_input(arr, spec, normalized, warnings), warnings
 
 
 async def read_form(headers: Mapping[str, str], body: bytes) -> tuple[list[bytes], str | None]:
@@ -193,16 +212,24 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
             ]
         }
 
-    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text")
-    async def metrics_text() -> PlainTextResponse:
-        return PlainTextResponse(s.metrics.render(s.pool, s.batcher), media_type="text/plain; version=0.0.4")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        summary="Prometheus metrics (text exposition format)",
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    async def metrics_text() -> Response:
+        return Response(s.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
         "/v1/models/{model}/tasks/{task_action}",
         response_model=schemas.PredictResponse,
         responses=ERRORS,
         summary="predict with one task: arrays (JSON, .npy) or images (PNG/JPEG body or multipart)",
-        openapi_extra={"requestBody": {"required": True, "content": PREDICT_BODIES}},
+        openapi_extra={
+            "requestBody": {"required": True, "content": PREDICT_BODIES},
+            "parameters": QUERY_PARAMETERS,
+        },
     )
     async def predict(model: str, task_action: str, request: Request) -> JSONResponse:
         """``task_action`` is ``<task>:predict``. JSON floats are normalized input unless
@@ -312,18 +339,27 @@ def predict_media_type(request: Request) -> str:
     return ctype
 
 
+async def decode(s: Serving, fn: Callable[..., T], body: bytes, *args: Any) -> T:
+    """``fn(body, *args)``: here for a small JSON or array body, in a parse process for a large one (which
+    would hold the event loop and its GIL). Images always go to a parse process: a small file can hold
+    many pixels."""
+    if len(body) <= INLINE_BODY_BYTES:
+        return fn(body, *args)
+    return await s.offload(fn, body, *args)
+
+
 async def decode_body(
     s: Serving, request: Request, ctype: str, body: bytes, spec: TaskSpec
 ) -> tuple[np.ndarray, Any, list[str]]:
     """(input normalized for ``spec``, top_k, warnings) of a :predict body already read."""
     query_k = request.query_params.get("top_k")
     if ctype in JSON_TYPES:
-        x, k, warnings = await s.offload(decode_json_predict, body, spec)
+        x, k, warnings = await decode(s, decode_json_predict, body, spec)
         return x, query_k if query_k is not None else k, warnings
     k = query_k if query_k is not None else 5
     if ctype in NPY_TYPES:
         normalized = parse_flag(request.query_params.get("normalized"), "normalized")
-        x, warnings = await s.offload(decode_npy_predict, body, spec, normalized)
+        x, warnings = await decode(s, decode_npy_predict, body, spec, normalized)
         return x, k, warnings
     if ctype in IMAGE_TYPES:
         return await s.offload(decode_images, [body], spec, s.pixel_limit(spec)), k, []

@@ -1,104 +1,85 @@
-"""Open Inference Protocol (KServe v2) routes. A task is the v2 model ``<model>_task<t>``, the name it has
-in a Triton repository exported from the same bundle, so one client works against both servers.
+"""Open Inference Protocol (KServe v2) routes, as Triton's clients speak it. A task is the v2 model
+``<model>_task<t>``, the name it has in a Triton repository exported from the same bundle, so one client works
+against both servers; the v2 model ``<model>`` answers without a task id.
 
 Inputs: FP32 or FP16 tensors are the model's input as is (already normalized, like Triton); UINT8 tensors
-are 0-255 pixels the server normalizes. Data come as JSON ``data`` or with Triton's binary tensor
-extension (``Inference-Header-Content-Length``); outputs are binary when the request asks for it.
+are 0-255 pixels the server normalizes. A body is JSON unless ``Inference-Header-Content-Length`` says where
+its JSON header ends (Triton's binary tensor extension), whatever its Content-Type; it may be gzip or
+deflate compressed (Content-Encoding), and answers are when Accept-Encoding asks. Outputs come as JSON
+``data`` or as binary data, per output (``binary_data``) or for all (``binary_data_output``); an output's
+``classification`` parameter answers Triton's "score:index:label" strings instead of its values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+
+from hatzoo import __version__
 
 from . import schemas
 from .agnostic import DEFAULT_RULE, answer, answering_specs, check_rule, normalization_groups
 from .bundle import TaskSpec
 from .context import Serving, validate_input
-from .decode import RequestError, media_type, number_array, parse_request
-from .images import pixels_to_input, uint8_pixels
-from .v1 import AGNOSTIC_TASK, ERRORS, error, guarded
+from .decode import RequestError, media_type
+from .triton import model_config
+from .v1 import AGNOSTIC_TASK, ERRORS, decode, error, guarded
+from .v2_codec import (
+    HEADER_LENGTH,
+    V2_TYPES,
+    Wanted,
+    accepted_encoding,
+    binary_tensor,
+    classification,
+    compress,
+    decode_infer,
+    json_values,
+    wanted_outputs,
+)
+from .v2_extensions import add_extension_routes
 
-HEADER_LENGTH = "inference-header-content-length"
-V2_TYPES = {"float32": "FP32", "float16": "FP16"}
-IN_DTYPES = {"FP32": np.float32, "FP16": np.float16, "UINT8": np.uint8}
-OUT_DTYPES = {"FP16": "<f2", "FP32": "<f4", "FP64": "<f8", "INT64": "<i8"}  # binary outputs: little-endian
+VERSION = "1"  # every model has one version
+EXTENSIONS = [
+    "classification",
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "model_repository",
+    "parameters",
+]
 # the outputs of a whole model answering without a task id, and their datatypes
 AGNOSTIC_OUTPUTS = {"task": "BYTES", "label": "BYTES", "class_index": "INT64", "scores": "FP64"}
 INFER_BODIES = {
     "application/json": {"schema": {"$ref": "#/components/schemas/V2InferRequest"}},
     "application/octet-stream": {
-        "schema": {"type": "string", "format": "binary", "description": "binary tensor extension"}
+        "schema": {
+            "type": "string",
+            "format": "binary",
+            "description": "binary tensor extension: the JSON request (V2InferRequest, its length in the "
+            "Inference-Header-Content-Length header), then each input's little-endian bytes in order, "
+            "as announced by its binary_data_size parameter",
+        }
     },
 }
-
-
-def decode_infer(
-    body: bytes, header_length: int | None, spec: TaskSpec
-) -> tuple[schemas.V2InferRequest, np.ndarray]:
-    """The request and its input tensor (as model input) from a JSON or binary-extension body."""
-    head, tail = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
-    if header_length is not None and header_length > len(body):
-        raise RequestError(
-            400, f"{HEADER_LENGTH} {header_length} is longer than the body ({len(body)} bytes)"
-        )
-    req = parse_request(head, schemas.V2InferRequest)
-    if len(req.inputs) != 1 or req.inputs[0].name != spec.input_name:
-        got = [i.name for i in req.inputs]
-        raise RequestError(400, f"this model takes one input named {spec.input_name!r}, got {got}")
-    t = req.inputs[0]
-    if t.datatype not in IN_DTYPES:
-        raise RequestError(400, f"input datatype must be one of {sorted(IN_DTYPES)}, got {t.datatype!r}")
-    if any(d < 0 for d in t.shape) or len(t.shape) > 8:
-        raise RequestError(400, f"input shape must be non-negative sizes, got {t.shape}")
-    dtype = np.dtype(IN_DTYPES[t.datatype])
-    n = math.prod(t.shape)
-    size = t.parameters.get("binary_data_size")
-    if size is not None:
-        if type(size) is not int or size != n * dtype.itemsize or size > len(tail):  # a bool is no size
-            raise RequestError(
-                400, f"binary_data_size {size!r} does not match shape {t.shape} of {t.datatype}"
-            )
-        arr = np.frombuffer(tail[:size], dtype=dtype.newbyteorder("<")).astype(dtype)
-    elif t.data is not None:
-        values = number_array(t.data, "data").ravel()
-        if values.size != n:
-            raise RequestError(400, f"data has {values.size} values for shape {t.shape} ({n} values)")
-        arr = uint8_pixels(values, "UINT8 data") if dtype == np.uint8 else values.astype(dtype)
-    else:
-        raise RequestError(400, "the input has neither 'data' nor a binary_data_size parameter")
-    arr = arr.reshape(t.shape)
-    if dtype == np.uint8:
-        if arr.ndim != 4:
-            raise RequestError(400, f"UINT8 pixels must have shape [B, C, H, W], got {t.shape}")
-        return req, pixels_to_input(arr, spec)
-    return req, arr
-
-
-def _header_length(request: Request) -> int | None:
-    """The binary extension's JSON header length (None without the extension); checks the Content-Type."""
-    ctype = media_type(request.headers.get("content-type"))
-    raw_length = request.headers.get(HEADER_LENGTH)
-    if raw_length is not None and not raw_length.isdigit():
-        raise RequestError(400, f"{HEADER_LENGTH} must be a byte count, got {raw_length!r}")
-    # No Content-Type is accepted only with the binary extension header, which a browser cannot send
-    # cross-site without a preflight.
-    if not (ctype == "application/json" or ctype == "application/octet-stream" or (not ctype and raw_length)):
-        raise RequestError(415, f"unsupported Content-Type {ctype or '(none)'!r}; send application/json")
-    return None if raw_length is None else int(raw_length)
-
-
-def _binary_output(req: schemas.V2InferRequest) -> bool:
-    """Whether the client asked for the output with the binary tensor extension."""
-    if req.outputs:
-        return bool(req.outputs[0].parameters.get("binary_data", False))
-    return bool(req.parameters.get("binary_data_output", False))
+HEADER_LENGTH_PARAMETER = {
+    "name": "Inference-Header-Content-Length",
+    "in": "header",
+    "required": False,
+    "description": "binary tensor extension: byte length of the JSON header at the start of the body",
+    "schema": {"type": "integer", "minimum": 0},
+}
+INFER_RESPONSES = {
+    200: {
+        "description": "JSON, or with binary outputs the JSON header (its length in the "
+        "Inference-Header-Content-Length response header) followed by each binary output's bytes",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 def metadata(name: str, spec: TaskSpec, tasks: int = 0) -> dict[str, Any]:
@@ -114,22 +95,50 @@ def metadata(name: str, spec: TaskSpec, tasks: int = 0) -> dict[str, Any]:
         ]
     return {
         "name": name,
-        "versions": ["1"],
+        "versions": [VERSION],
         "platform": "hatzoo_task_agnostic" if tasks else "onnxruntime_onnx",
         "inputs": [{"name": spec.input_name, "datatype": dt, "shape": [-1, *spec.input_shape[1:]]}],
         "outputs": outputs,
     }
 
 
+def model_routes(app: FastAPI, method: str, suffix: str, handler: Callable[..., Any], **options: Any) -> None:
+    """Register ``handler(name, version, request)`` on ``/v2/models/{name}<suffix>`` (version None) and on
+    ``/v2/models/{name}/versions/{version}<suffix>``."""
+
+    async def latest(name: str, request: Request) -> Any:
+        return await handler(name, None, request)
+
+    async def versioned(name: str, version: str, request: Request) -> Any:
+        return await handler(name, version, request)
+
+    options.setdefault("description", handler.__doc__)
+    for path, endpoint in (("", latest), ("/versions/{version}", versioned)):
+        app.add_api_route(f"/v2/models/{{name}}{path}{suffix}", endpoint, methods=[method], **options)
+
+
 def add_v2_routes(app: FastAPI, s: Serving) -> None:
     """Register the /v2 routes on ``app``."""
 
-    def resolve(name: str) -> tuple[str, str, TaskSpec]:
-        if name not in s.v2_names:
+    def resolve(name: str, version: str | None) -> tuple[str, str, TaskSpec | None]:
+        """(model, task, spec) of a v2 model name; the task-free model ``<model>`` has task '*', no spec."""
+        if name in s.pool.bundles:
+            model, task, spec = name, AGNOSTIC_TASK, None
+        elif name in s.v2_names:
+            model, task = s.v2_names[name]
+            spec = s.pool.spec(model, task)
+        else:
             known = sorted([*s.v2_names, *s.pool.bundles])
             raise RequestError(404, f"unknown v2 model {name!r}; known: {known}")
-        model, task = s.v2_names[name]
-        return model, task, s.pool.spec(model, task)
+        if version not in (None, "", VERSION):
+            raise RequestError(
+                404, f"model {name!r} has no version {version!r}; its one version is {VERSION!r}"
+            )
+        return model, task, spec
+
+    @app.get("/v2", response_model=schemas.V2ServerMetadata, summary="v2 server metadata and extensions")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "hatzoo", "version": __version__, "extensions": EXTENSIONS}
 
     @app.get("/v2/health/live", response_model=schemas.V2Health, summary="v2 liveness")
     async def live() -> dict[str, bool]:
@@ -139,119 +148,208 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
     async def ready() -> Any:
         return {"ready": True} if s.ready else JSONResponse({"ready": False}, status_code=503)
 
-    @app.get("/v2/models/{name}", response_model=schemas.V2ModelMetadata, responses=ERRORS)
-    async def model_metadata(name: str) -> Any:
+    add_extension_routes(app, s, resolve, model_routes)  # before /v2/models/{name}: /v2/models/stats
+
+    async def model_metadata(name: str, version: str | None, _request: Request) -> Any:
         """Inputs and outputs (name, datatype, shape; -1 is the batch) of the task ``<model>_task<t>``, or of
         the model ``<model>`` answering without a task id."""
         try:
-            if name in s.pool.bundles:
-                specs = answering_specs(s.pool.bundles[name])
+            model, _task, spec = resolve(name, version)
+            if spec is None:
+                specs = answering_specs(s.pool.bundles[model])
                 return metadata(name, specs[0], len(specs))
-            return metadata(name, resolve(name)[2])
+            return metadata(name, spec)
         except RequestError as e:
             return error(e.status, str(e))
 
-    @app.get("/v2/models/{name}/ready", response_model=schemas.V2ModelReady, responses=ERRORS)
-    async def model_ready(name: str) -> Any:
+    async def model_ready(name: str, version: str | None, _request: Request) -> Any:
+        """200 when the model (and version) can answer; 404 for an unknown one."""
         try:
-            if name not in s.pool.bundles:
-                resolve(name)
+            resolve(name, version)
         except RequestError as e:
             return error(e.status, str(e))
         if not s.ready:
             return JSONResponse({"name": name, "ready": False}, status_code=503)
         return {"name": name, "ready": True}
 
-    @app.post(
-        "/v2/models/{name}/infer",
-        response_model=schemas.V2InferResponse,
-        responses=ERRORS,
-        summary="run one task <model>_task<t>, or every task of <model> without a task id (KServe v2)",
-        openapi_extra={"requestBody": {"required": True, "content": INFER_BODIES}},
-    )
-    async def infer(name: str, request: Request) -> Response:
-        if name in s.pool.bundles:
-            return await guarded(s, name, AGNOSTIC_TASK, _infer_agnostic(s, request, name))
+    async def config(name: str, version: str | None, _request: Request) -> Any:
+        """The model's Triton configuration (JSON), as this server runs it: its batching and instances."""
         try:
-            model, task, spec = resolve(name)
+            model, _task, spec = resolve(name, version)
+            return server_model_config(s, name, model, spec)
+        except RequestError as e:
+            return error(e.status, str(e))
+
+    async def infer(name: str, version: str | None, request: Request) -> Response:
+        """Run the task ``<model>_task<t>`` on the input, or every task of ``<model>`` (the best-scoring task
+        answers). JSON body, or the binary tensor extension; gzip or deflate Content-Encoding."""
+        try:
+            model, task, spec = resolve(name, version)
         except RequestError as e:
             s.metrics.observe_unrouted(e.status)
             return error(e.status, str(e))
+        if spec is None:
+            return await guarded(s, model, task, _infer_agnostic(s, request, model))
         return await guarded(s, model, task, _infer(s, request, model, task, name, spec))
+
+    model_routes(
+        app,
+        "GET",
+        "",
+        model_metadata,
+        response_model=schemas.V2ModelMetadata,
+        responses=ERRORS,
+        summary="v2 model metadata",
+    )
+    model_routes(
+        app,
+        "GET",
+        "/ready",
+        model_ready,
+        response_model=schemas.V2ModelReady,
+        responses=ERRORS,
+        summary="v2 model readiness",
+    )
+    model_routes(
+        app,
+        "GET",
+        "/config",
+        config,
+        response_model=dict[str, Any],
+        responses=ERRORS,
+        summary="the model's Triton configuration (model_configuration extension)",
+    )
+    model_routes(
+        app,
+        "POST",
+        "/infer",
+        infer,
+        response_model=schemas.V2InferResponse,
+        responses={**ERRORS, **INFER_RESPONSES},
+        summary="run one task <model>_task<t>, or every task of <model> without a task id (KServe v2)",
+        openapi_extra={
+            "requestBody": {"required": True, "content": INFER_BODIES},
+            "parameters": [HEADER_LENGTH_PARAMETER],
+        },
+    )
+
+
+def server_model_config(s: Serving, name: str, model: str, spec: TaskSpec | None) -> dict[str, Any]:
+    """The Triton model config of a task as this server batches it; for the task-free model ``<model>``
+    the same form with its four outputs (platform hatzoo_task_agnostic)."""
+    kind = "KIND_GPU" if "CUDAExecutionProvider" in s.pool.providers else "KIND_CPU"
+    options = {
+        "max_batch_size": s.config.micro_batch,
+        "instance_count": s.config.run_threads,
+        "kind": kind,
+        "preferred_batch_sizes": [],
+        "max_queue_delay_us": round(s.config.max_wait_ms * 1000),
+    }
+    if spec is not None:
+        return model_config(name, spec, **options)
+    specs = answering_specs(s.pool.bundles[model])
+    cfg = model_config(name, specs[0], **options)
+    types = {"BYTES": "TYPE_STRING", "INT64": "TYPE_INT64", "FP64": "TYPE_FP64"}
+    cfg["platform"] = "hatzoo_task_agnostic"
+    cfg["output"] = [
+        {"name": n, "data_type": types[t], "dims": [len(specs)] if n == "scores" else [1]}
+        for n, t in AGNOSTIC_OUTPUTS.items()
+    ]
+    return cfg
+
+
+def _header_length(request: Request) -> int | None:
+    """The binary extension's JSON header length; None without it (the whole body is JSON)."""
+    raw = request.headers.get(HEADER_LENGTH)
+    if raw is not None and not raw.isdigit():
+        raise RequestError(400, f"{HEADER_LENGTH} must be a byte count, got {raw!r}")
+    return None if raw is None else int(raw)
+
+
+async def _read_request(
+    s: Serving, request: Request, specs: Sequence[TaskSpec]
+) -> tuple[schemas.V2InferRequest, list[np.ndarray]]:
+    """The request and its input, validated, for each of ``specs`` (tasks sharing one input)."""
+    header_length = _header_length(request)
+    limit = s.body_limit(specs[0])
+    body = await s.read_body(request, limit)
+    encoding = media_type(request.headers.get("content-encoding"))
+    args = (body, header_length, encoding, limit, list(specs))
+    if encoding in ("", "identity"):
+        req, arrays = await decode(s, decode_infer, *args)
+    else:  # a small compressed body may inflate to the body limit: never on the event loop
+        req, arrays = await s.offload(decode_infer, *args)
+    return req, [
+        validate_input(a, spec, s.config.max_request_batch) for a, spec in zip(arrays, specs, strict=True)
+    ]
 
 
 async def _infer(
     s: Serving, request: Request, model: str, task: str, name: str, spec: TaskSpec
 ) -> tuple[Response, int]:
     """Decode, run and encode one v2 inference request; returns the answer and its row count."""
-    header_length = _header_length(request)
-    body = await s.read_body(request, s.body_limit(spec))
-    req, arr = await s.offload(decode_infer, body, header_length, spec)
-    if req.outputs and (len(req.outputs) != 1 or req.outputs[0].name != spec.output_name):
-        raise RequestError(400, f"this model has one output, {spec.output_name!r}")
-    x = validate_input(arr, spec, s.config.max_request_batch)
+    req, (x,) = await _read_request(s, request, [spec])
+    wanted = wanted_outputs(req, [spec.output_name], classifies=True)
     logits = await s.batcher.predict(model, task, x)
-    head = {"model_name": name, "model_version": "1", "id": req.id}
-    output = (spec.output_name, V2_TYPES[spec.dtype], list(logits.shape), logits.ravel())
-    return _answer(head, [output], _binary_output(req)), len(x)
+    outputs = []
+    for w in wanted:
+        if w.class_count:
+            values = classification(logits, w.class_count, spec.labels)
+            outputs.append((w, "BYTES", list(values.shape), values))
+        else:
+            outputs.append((w, V2_TYPES[spec.dtype], list(logits.shape), logits))
+    return _answer(request, _head(req, name), outputs), len(x)
 
 
 async def _infer_agnostic(s: Serving, request: Request, model: str) -> tuple[Response, int]:
     """Every task of ``model`` on one v2 input; the request's ``parameters.rule`` picks the rule."""
     specs = answering_specs(s.pool.bundles[model])
-    header_length = _header_length(request)
-    body = await s.read_body(request, s.body_limit(specs[0]))
-    inputs: dict[str, np.ndarray] = {}
-    req = None
-    for group in normalization_groups(specs):
-        req, arr = await s.offload(decode_infer, body, header_length, group[0])
-        x = validate_input(arr, group[0], s.config.max_request_batch)
-        inputs.update({spec.task_id: x for spec in group})
+    groups = normalization_groups(specs)
+    req, arrays = await _read_request(s, request, [g[0] for g in groups])
+    inputs = {spec.task_id: x for group, x in zip(groups, arrays, strict=True) for spec in group}
     rule = check_rule(str(req.parameters.get("rule", DEFAULT_RULE)))
-    wanted = [o.name for o in req.outputs] if req.outputs else list(AGNOSTIC_OUTPUTS)
-    unknown = [n for n in wanted if n not in AGNOSTIC_OUTPUTS]
-    if unknown:
-        raise RequestError(400, f"unknown outputs {unknown}; this model has {list(AGNOSTIC_OUTPUTS)}")
+    wanted = wanted_outputs(req, list(AGNOSTIC_OUTPUTS), classifies=False)
     ids = [spec.task_id for spec in specs]
     logits = await asyncio.gather(*(s.batcher.predict(model, t, inputs[t]) for t in ids))
     found = answer(ids, {spec.task_id: spec.labels for spec in specs}, logits, rule)
     rows = len(logits[0])
-    values = {**found, "scores": [v for row in found["scores"] for v in row]}
     outputs = [
-        (n, AGNOSTIC_OUTPUTS[n], [rows, len(ids)] if n == "scores" else [rows], values[n]) for n in wanted
+        (w, AGNOSTIC_OUTPUTS[w.name], [rows, len(ids)] if w.name == "scores" else [rows], found[w.name])
+        for w in wanted
     ]
-    head = {"model_name": model, "model_version": "1", "id": req.id, "parameters": {"rule": rule}}
-    return _answer(head, outputs, _binary_output(req)), rows
+    head = {**_head(req, model), "parameters": {"rule": rule}}
+    return _answer(request, head, outputs), rows
 
 
-def _answer(head: dict[str, Any], outputs: list[tuple[str, str, list[int], Any]], binary: bool) -> Response:
-    """A v2 answer: each output (name, datatype, shape, flat values) as JSON ``data``, or, when the client
-    asked for it, with the binary tensor extension (the JSON header, then the outputs' bytes in order)."""
-    if not binary:
-        head["outputs"] = [
-            {
-                "name": n,
-                "datatype": dt,
-                "shape": shape,
-                "data": v if dt == "BYTES" else np.asarray(v).tolist(),
-            }
-            for n, dt, shape, v in outputs
-        ]
-        return JSONResponse(head)
-    raws = [_binary_tensor(dt, v) for _, dt, _, v in outputs]
-    head["outputs"] = [
-        {"name": n, "datatype": dt, "shape": shape, "parameters": {"binary_data_size": len(raw)}}
-        for (n, dt, shape, _), raw in zip(outputs, raws, strict=True)
-    ]
-    text = json.dumps(head).encode()
-    return Response(
-        text + b"".join(raws), media_type="application/octet-stream", headers={HEADER_LENGTH: str(len(text))}
-    )
+def _head(req: schemas.V2InferRequest, name: str) -> dict[str, Any]:
+    """The answer's envelope: the model, its version, and the request's id only when it sent one."""
+    head: dict[str, Any] = {"model_name": name, "model_version": VERSION}
+    if req.id is not None:
+        head["id"] = req.id
+    return head
 
 
-def _binary_tensor(datatype: str, data: Any) -> bytes:
-    """Triton's binary tensor encoding: little-endian numbers, or length-prefixed UTF-8 strings (BYTES)."""
-    if datatype == "BYTES":
-        parts = [str(v).encode() for v in data]
-        return b"".join(len(p).to_bytes(4, "little") + p for p in parts)
-    return np.asarray(data, dtype=OUT_DTYPES[datatype]).tobytes()
+def _answer(
+    request: Request, head: dict[str, Any], outputs: list[tuple[Wanted, str, list[int], Any]]
+) -> Response:
+    """A v2 answer: each output (wanted, datatype, shape, values) as JSON ``data`` or, when asked, as binary
+    data after the JSON header; compressed when the client's Accept-Encoding asks for it."""
+    raws, docs = [], []
+    for w, dt, shape, values in outputs:
+        doc: dict[str, Any] = {"name": w.name, "datatype": dt, "shape": shape}
+        if w.binary:
+            raw = binary_tensor(dt, values)
+            doc["parameters"] = {"binary_data_size": len(raw)}
+            raws.append(raw)
+        else:
+            doc["data"] = json_values(dt, values)
+        docs.append(doc)
+    text = json.dumps({**head, "outputs": docs}, separators=(",", ":")).encode()
+    headers = {HEADER_LENGTH: str(len(text))} if raws else {}
+    body = text + b"".join(raws)
+    encoding = accepted_encoding(request.headers.get("accept-encoding"))
+    if encoding is not None:
+        body = compress(body, encoding)
+        headers["Content-Encoding"] = encoding
+    ctype = "application/octet-stream" if raws else "application/json"
+    return Response(body, media_type=ctype, headers=headers)

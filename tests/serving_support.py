@@ -131,10 +131,12 @@ def npy(a: np.ndarray) -> bytes:
 
 
 def metric(text: str, name: str, **labels: str) -> float:
-    """Value of one Prometheus sample (0 if absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    prefix = f"{name}{{{want}}} " if labels else f"{name} "
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
+    """Value of one Prometheus sample with exactly these labels (0 if absent), read by prometheus_client's
+    own parser (which also refuses text that breaks the exposition format)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
     return 0.0
