@@ -276,6 +276,15 @@ def read_config(directory: Path) -> dict[str, Any]:
     return validate_config(config, str(path))
 
 
+def required_files(directory: Path) -> list[str]:
+    """The files ``load_pretrained`` reads: config.json, model.safetensors and the tasks file it names."""
+    files = [CONFIG_NAME, WEIGHTS_NAME]
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file() or _TASKS_SHA256 in _read_header(weights)[0]:
+        files.append(TASKS_NAME)
+    return files
+
+
 def load_pretrained(
     directory: str | Path,
     *,
