@@ -321,7 +321,12 @@ def load_pretrained(
         ) from error
     _check_groups(model, section["groups"], directory)
     for info in section["tasks"]:
-        model.restore_task(TaskInfo(info["num_classes"], list(info["labels"]), info["status"]))
+        task = TaskInfo(info["num_classes"], list(info["labels"]), info["status"])
+        if task.status == "forgotten":  # no tensors in the file to check its class count against: a stub head
+            model.restore_task(TaskInfo(1, [""], "forgotten"))
+            model.tasks[-1] = task
+        else:
+            model.restore_task(task)
     bf16 = release_keys(model) if section.get("release_precision", "fp32") == "bf16" else set()
     _load_tensors(model, tensors, directory, bf16)
     model.data_config = dict(section.get("data_config") or {})
@@ -476,6 +481,26 @@ def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], directory: 
                     model.set_mask(group, t, unpack_mask(value, model.groups[group].size, prefix + name))
                 else:
                     target.copy_(value)
+            _fill_unstored(model, t)
+
+
+def _fill_unstored(model: HATModel, t: int) -> None:
+    """Give what the file does not store a value that follows from what it does, so a load is a function
+    of the files: an ended task's gate embeddings become +1 / -1 where its binary mask is on / off (they
+    binarize back to the mask, as ``mask_init`` dense / sparse would start), and a forgotten task's
+    head, norms and tokens are zero, its embeddings -1 (closed)."""
+    status = model.tasks[t].status
+    if status == "open":
+        return
+    for g in model.groups:
+        on = model.masks(g)[t] if status == "ended" else torch.zeros_like(model.masks(g)[t])
+        model.embedding(g, t).copy_(on.to(model.embedding(g, t).dtype) * 2 - 1)
+    if status == "forgotten":
+        tensors = [*model.heads[t].state_dict().values()]
+        tensors += [v for m in model.task_modules().values() for v in m.tasks[t].state_dict().values()]
+        tensors += [p.tasks[t] for p in model.task_params.values()]
+        for tensor in tensors:
+            tensor.zero_()
 
 
 def _first(keys: list[str], count: int = 5) -> str:
