@@ -1,5 +1,7 @@
 """``hatzoo.load``: a zoo name, Hub repo id or local folder -> a task's model or the full HAT model.
 
+``hatzoo.create_model(name, pretrained=True)`` (timm's idiom) is the same load of the full HAT model.
+
 A zoo name at its card's pinned revision is looked for, in this order:
 
 1. the Hugging Face cache (no network);
@@ -17,16 +19,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from hatzoo import architectures
 from hatzoo.card import Card
 from hatzoo.checkpoint import load_pretrained, required_files
+from hatzoo.core.config import HATConfig
 from hatzoo.core.model import HATModel
 from hatzoo.core.specialize import specialize
-from hatzoo.errors import CheckpointError, HubError
+from hatzoo.errors import CheckpointError, HubError, InputError
 from hatzoo.hub._env import hub_cache_dir, hub_endpoint, hub_offline
 from hatzoo.hub.download import add_to_snapshot, cached_snapshot, snapshot
 from hatzoo.hub.release import GET_RELEASES, check_release, release_folder, zoo_dir
@@ -68,6 +72,37 @@ def load(
 
         return TaskAgnosticModel.from_hat_model(model)
     return specialize(model, task, consume=True)
+
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    *,
+    revision: str | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> HATModel:
+    """timm's idiom: a fresh zoo architecture, or with ``pretrained=True`` the zoo release's weights.
+
+    ``create_model(name, pretrained=True)`` is ``hatzoo.load(name)``: the full HAT model as released (a
+    zoo name, Hub repo id or folder). The release fixes the architecture, so other keyword arguments
+    may only repeat its values; without ``pretrained`` they go to ``hatzoo.architectures.create_model``.
+    """
+    if not pretrained:
+        return architectures.create_model(name, **kwargs)
+    model: HATModel = load(name, revision=revision, device=device, dtype=dtype)
+    released = {**model.spec.arch.get("kwargs", {}), **model.config.to_dict()}
+    if isinstance(kwargs.get("config"), HATConfig):
+        kwargs.update(kwargs.pop("config").to_dict())
+    differ = {k: v for k, v in kwargs.items() if k not in released or released[k] != v}
+    if differ:
+        had = ", ".join(f"{k}={released[k]!r}" if k in released else f"no {k}" for k in differ)
+        raise InputError(
+            f"{name} was released with {had}; pretrained weights cannot take {differ}: leave them out, "
+            f"or call create_model({name!r}, ...) without pretrained=True for a fresh model"
+        )
+    return model
 
 
 def _zoo_folder(card: Card, revision: str | None) -> Path:
