@@ -87,10 +87,16 @@ def create_model(
 
     ``create_model(name, pretrained=True)`` is ``hatzoo.load(name)``: the full HAT model as released (a
     zoo name, Hub repo id or folder). The release fixes the architecture, so other keyword arguments
-    may only repeat its values; without ``pretrained`` they go to ``hatzoo.architectures.create_model``.
+    may only repeat its values; without ``pretrained`` they go to ``hatzoo.architectures.create_model``
+    (a fresh model, moved to ``device`` / ``dtype``).
     """
+    if isinstance(pretrained, HATConfig):  # the second positional argument used to be the config
+        kwargs["config"], pretrained = pretrained, False
     if not pretrained:
-        return architectures.create_model(name, **kwargs)
+        if revision is not None:
+            raise InputError(f"revision={revision!r} names a release: pass pretrained=True with it")
+        model = architectures.create_model(name, **kwargs)
+        return model if device == "cpu" and dtype is None else model.to(device=device, dtype=dtype)
     model: HATModel = load(name, revision=revision, device=device, dtype=dtype)
     released = {**model.spec.arch.get("kwargs", {}), **model.config.to_dict()}
     if isinstance(kwargs.get("config"), HATConfig):
@@ -142,7 +148,7 @@ def _zoo_folder(card: Card, revision: str | None) -> Path:
                 f"the zoo card of {card.name} pins no sha256 and lists no files, so the bundled release "
                 f"{bundled} cannot be verified: pin them in the card (scripts/release_zoo.py writes both)"
             )
-        lacking = _check(bundled, card, pinned, _BAD_BUNDLE.format(bundled))
+        lacking = check_release(bundled, card, _BAD_BUNDLE.format(bundled), bundled=True)
         if cached is None and not lacking:
             return bundled
         if cached is not None and not set(missing or ()) & set(lacking):

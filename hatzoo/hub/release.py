@@ -3,8 +3,9 @@
 A release folder is found in ``HATZOO_ZOO`` (a folder of release folders) or else in the checkout's
 ``zoo/``. Wherever a release comes from (the Hugging Face cache, a Hub, a bundled folder), every file is
 checked against its card before use (:func:`check_release`): against the sha256 of each file the card
-lists (``files``: a changed file is named, a missing one can be fetched from another source), else, for
-cards without that list, against the pinned revision recomputed from the files.
+lists (``files``: a changed file is named, a missing one can be fetched from another source); for cards
+without that list, against the pinned sha256 of model.safetensors and, for a bundled folder, the pinned
+revision recomputed from the files.
 
 Each release folder also maps to one git commit whose sha depends on its files alone (no parent, fixed
 author, committer, dates and message, every file mode 100644), so every machine computes the same
@@ -99,12 +100,13 @@ def _verify_file(folder: Path, file: str, expected: str, name: str, remedy: str)
         )
 
 
-def check_release(folder: Path, card: Card, remedy: str) -> list[str]:
+def check_release(folder: Path, card: Card, remedy: str, *, bundled: bool = False) -> list[str]:
     """Check the files of zoo model ``card.name`` in ``folder`` against its card; returns the missing ones.
 
     Each file the card lists must have its sha256 (a mismatch is a CheckpointError naming the file);
     files it does not list are not read by the loader and are ignored. A card without a file list is
-    checked by its pinned sha256 of model.safetensors and, when the folder is whole, its pinned commit.
+    checked by its pinned sha256 of model.safetensors and, for a ``bundled`` release folder, by its
+    pinned commit recomputed from the files (a commit pushed to a Hub by other means has another sha).
     """
     if card.files:
         missing = [f for f in card.files if not (folder / f).is_file()]
@@ -118,7 +120,7 @@ def check_release(folder: Path, card: Card, remedy: str) -> list[str]:
         return missing
     verify_sha256(folder, card.hub.sha256, card.name, remedy)
     revision = card.hub.revision or ""
-    if _COMMIT.match(revision) and release_revision(folder) != revision:
+    if bundled and _COMMIT.match(revision) and release_revision(folder) != revision:
         raise CheckpointError(
             f"the files of {folder} do not make the commit {revision} the zoo card of {card.name} pins "
             f"(its {WEIGHTS} does have the pinned sha256, so another file was changed, added or removed): "
