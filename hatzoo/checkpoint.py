@@ -320,6 +320,7 @@ def load_pretrained(
             f"{directory / CONFIG_NAME}: cannot build the model it describes: {error}"
         ) from error
     _check_groups(model, section["groups"], directory)
+    _check_input_size(model, section.get("data_config") or {}, directory)
     for info in section["tasks"]:
         task = TaskInfo(info["num_classes"], list(info["labels"]), info["status"])
         if task.status == "forgotten":  # no tensors in the file to check its class count against: a stub head
@@ -447,6 +448,22 @@ def _check_groups(model: HATModel, groups: list[dict[str, Any]], directory: Path
             f"{directory / CONFIG_NAME}: its mask groups do not match the architecture it names "
             f"(first difference: stored {diff[0]}, built {diff[1]}); "
             "config and weights come from different models"
+        )
+
+
+def _check_input_size(model: HATModel, data_config: dict[str, Any], directory: Path) -> None:
+    """The data config's input size (what ``predict`` resizes images to) must be one the model takes."""
+    size = data_config.get("input_size", data_config.get("input_shape"))
+    expected = model.spec.input_shape
+    if size is None or expected is None:
+        return
+    if len(size) != len(expected) or any(
+        e is not None and e != s for s, e in zip(size, expected, strict=False)
+    ):
+        shape = tuple("any" if e is None else e for e in expected)
+        raise CheckpointError(
+            f"{directory / CONFIG_NAME}: hatzoo.data_config gives the input size {list(size)}, but the "
+            f"architecture takes inputs of shape {shape}; config and weights come from different models"
         )
 
 

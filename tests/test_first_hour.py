@@ -221,6 +221,18 @@ def test_a_forgotten_task_loads_the_same_each_time_and_allocates_nothing_for_its
     assert json.loads((resaved / "config.json").read_text()) == config
 
 
+def test_a_data_config_size_the_architecture_cannot_take_is_refused_before_predict_allocates(tmp_path):
+    folder = train_tasks(vit(), 1, torch.randn(4, 1, 16, 16)).save_pretrained(tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    config["hatzoo"]["data_config"] = {"input_size": [1, 16, 16], "mean": [0.5], "std": [0.25]}
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_pretrained(folder).data_config["input_size"] == [1, 16, 16]
+    config["hatzoo"]["data_config"]["input_size"] = [1, 60000, 60000]  # 14 GB per image once resized
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hatzoo.CheckpointError, match=r"input size \[1, 60000, 60000\].*\(1, 16, 16\)"):
+        load_pretrained(folder)
+
+
 # ---------------------------------------------------------------------------------------- timm and HF idioms
 def test_create_model_pretrained_is_the_release():
     released = hatzoo.create_model(NAME, pretrained=True)
