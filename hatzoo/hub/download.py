@@ -231,8 +231,10 @@ def add_to_snapshot(snapshot_folder: Path, filename: str, source: Path) -> None:
         os.replace(partial, blob)
     pointer = snapshot_folder / filename
     pointer.parent.mkdir(parents=True, exist_ok=True)
-    pointer.unlink(missing_ok=True)
+    staged = pointer.with_name(f".{pointer.name}.{os.getpid()}.incomplete")
+    staged.unlink(missing_ok=True)
     try:
-        pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+        staged.symlink_to(os.path.relpath(blob, pointer.parent))
     except OSError:
-        shutil.copyfile(blob, pointer)
+        shutil.copyfile(blob, staged)
+    os.replace(staged, pointer)  # a concurrent reader sees no file or the whole one
