@@ -124,8 +124,10 @@ def _predict(argv: list[str]) -> int:
     p = model_parser(
         "predict",
         "Classify image files with one task of a model: each file's label and score, preprocessing included.",
-        "  hatzoo predict hat-vit-small --task 3 shirt.png sneaker.png\n"
-        "  hatzoo predict hat-vit-small --task 3 --top-k 2 shirt.png",
+        "  python -c 'from PIL import Image; from hatzoo.data import load_fashion_mnist; "
+        'Image.fromarray(load_fashion_mnist().x_test[0, 0]).save("boot.png")\'\n'
+        "  hatzoo predict hat-vit-small --task 4 boot.png\n"
+        "  hatzoo predict hat-vit-small --task 4 --top-k 2 boot.png",
     )
     p.add_argument("--task", type=int, required=True, help="the task whose labels to answer with")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")

@@ -379,3 +379,24 @@ def test_each_cards_how_to_load_code_runs_as_written(name, tmp_path):
     assert done.returncode == 0, done.stderr
     tasks = len(default_zoo().get_card(name).results.final)
     assert done.stdout.split() == ["TaskModel", "HATModel", str(tasks)]
+
+
+@pytest.mark.integration
+def test_hatzoo_predicts_help_examples_run_as_written(tmp_path):
+    bin_dir = Path(sys.executable).parent
+    env = fresh_env(tmp_path, HF_HUB_OFFLINE="1", PATH=f"{bin_dir}:/usr/bin:/bin")
+    help_text = subprocess.run(
+        [bin_dir / "hatzoo", "predict", "--help"], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    examples = [line.strip() for line in help_text.split("examples:\n", 1)[1].splitlines() if line.strip()]
+    assert len(examples) == 3
+    outputs = []
+    for example in examples:
+        done = subprocess.run(example, shell=True, env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, (example, done.stderr)
+        outputs.append(done.stdout)
+    raw = load_fashion_mnist()
+    answer = hatzoo.load("hat-vit-small", task=4).predict(tmp_path / "boot.png", top_k=2)[0]
+    assert answer.label == raw.labels[raw.y_test[0]]  # the file the first example wrote: test image 0
+    printed = [f"{label} {score:.4f}" for label, score in answer.top_k]
+    assert outputs[1:] == [f"boot.png\t{printed[0]}\n", f"boot.png\t{printed[0]}\t{printed[1]}\n"]
