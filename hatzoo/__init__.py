@@ -26,7 +26,7 @@ _LAZY = {
     "HATConfig": "hatzoo.core.config",
     "TaskModel": "hatzoo.core.specialize",
     "hatify": "hatzoo.core.hatify",
-    "create_model": "hatzoo.architectures",
+    "create_model": "hatzoo.loader",
     "load": "hatzoo.loader",
     "list_models": "hatzoo.zoo",
     "schedules": "hatzoo.core.schedules",
@@ -52,13 +52,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from hatzoo.architectures import create_model
     from hatzoo.core import schedules
     from hatzoo.core.config import HATConfig
     from hatzoo.core.hatify import hatify
     from hatzoo.core.model import HATModel
     from hatzoo.core.specialize import TaskModel
-    from hatzoo.loader import load
+    from hatzoo.loader import create_model, load
     from hatzoo.zoo import list_models
 
 

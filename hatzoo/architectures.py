@@ -2,7 +2,7 @@
 
 Each one is a timm backbone turned into a HAT model, registered with ``@register_architecture`` under
 its zoo name and, by its function name, in timm's registry (``timm.create_model("hat_resnet18")``).
-Trained weights come from ``hatzoo.load``.
+Trained weights come from ``hatzoo.load`` or ``hatzoo.create_model(name, pretrained=True)``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,10 @@ def _timm_entry(zoo_name: str, timm_name: str) -> Callable[..., HATModel]:
 
     def entry(pretrained: bool = False, **kwargs: Any) -> HATModel:
         if pretrained:
-            raise InputError(f"pretrained HAT weights come from the Hub: use hatzoo.load({zoo_name!r})")
+            raise InputError(
+                f"pretrained HAT weights come from the zoo: use hatzoo.create_model({zoo_name!r}, "
+                f"pretrained=True) or hatzoo.load({zoo_name!r})"
+            )
         for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
             kwargs.pop(key, None)
         return create_model(zoo_name, **kwargs)

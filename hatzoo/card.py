@@ -2,7 +2,8 @@
 
 A card decides a zoo model: the architecture (a ``hatzoo.create_model`` name and ``model_args``), the
 ``hat`` options (HATConfig), the ``benchmark`` (a ``hatzoo.data`` name, its seed, limits and options),
-the ``recipe`` (TrainSpec), the ``hub`` pin (repo id, commit, sha256 of model.safetensors), a
+the ``recipe`` (TrainSpec), the ``hub`` pin (repo id, commit, sha256 of model.safetensors), the sha256 of
+every ``files`` of the release (so a changed or missing file is named, and a partial download completed), a
 ``description``, the measured ``results`` and, for quick demo recipes, ``demo: true`` (resolvable by
 name but not listed). :func:`parse_card` is the one parser and :func:`update_card` the one writer.
 See ``cards/hat-vit-small.yaml`` for a complete card.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pkgutil
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from hatzoo.core.config import HATConfig
 from hatzoo.errors import HATError, InputError
 
 LR_SCHEDULES = ("constant", "cosine")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SCALE_RAMPS = ("epoch", "task")
 
 
@@ -126,6 +129,8 @@ class Card:
     benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
     recipe: TrainSpec = field(default_factory=TrainSpec)
     hub: HubPin = field(default_factory=HubPin)
+    # the release's files at the pinned revision: {relative path: sha256}
+    files: dict[str, str] | None = None
     description: str = ""
     demo: bool = False  # a quick demo recipe, not a zoo model
     results: CardResults | None = None
@@ -182,10 +187,13 @@ def update_card(
     *,
     hub: HubPin | None = None,
     results: dict[str, Any] | None = None,
+    files: dict[str, str] | None = None,
     to: str | os.PathLike[str] | None = None,
     check: Callable[[Card], None] | None = None,
 ) -> Card:
-    """Write a Hub pin and/or a results block into the card at ``path`` (or a copy at ``to``).
+    """Write a Hub pin, a results block and/or the release's file digests into the card at ``path``.
+
+    ``to`` writes a copy instead.
 
     The one writer of cards: every other line stays as written, the new blocks are short flow-style
     mappings in the card's key order, and writing the same values twice gives the same bytes. The
@@ -197,7 +205,8 @@ def update_card(
     text = path.read_text(encoding="utf-8")
     if results is not None:  # optional blocks a run did not measure are left out, not written as null
         results = {k: v for k, v in results.items() if v is not None or k not in _OPTIONAL_RESULTS}
-    for key, value in (("hub", hub and dataclasses.asdict(hub)), ("results", results)):
+    blocks = (("hub", hub and dataclasses.asdict(hub)), ("files", files and dict(sorted(files.items()))))
+    for key, value in (*blocks, ("results", results)):
         if value is not None:
             text = _set_block(text, key, value)
     target = Path(to) if to is not None else path
@@ -260,6 +269,7 @@ class _Parser:
             benchmark=self.benchmark(self.mapping(data.get("benchmark"), "benchmark")),
             recipe=self.spec(TrainSpec, self.mapping(data.get("recipe"), "recipe"), "recipe"),
             hub=self.hub(self.mapping(data.get("hub"), "hub"), name),
+            files=self.files(data.get("files")),
             description=description.strip(),
             demo=self.typed(data.get("demo", False), bool, "demo"),
             results=self.results(data.get("results")),
@@ -298,6 +308,19 @@ class _Parser:
         if not is_repo_id(pin.repo_id):
             raise self.error("hub.repo_id", f"must look like 'org/name', got {pin.repo_id!r}")
         return pin
+
+    def files(self, data: Any) -> dict[str, str] | None:
+        if data is None:
+            return None
+        files = self.mapping(data, "files")
+        for name, digest in files.items():
+            if not isinstance(name, str) or not name or name.startswith("/") or ".." in name.split("/"):
+                raise self.error("files", f"{name!r} is not a relative file path inside the release")
+            if not isinstance(digest, str) or not _SHA256.match(digest):
+                raise self.error(
+                    f"files.{name}", f"must be a sha256 (64 lowercase hex digits), got {digest!r}"
+                )
+        return files
 
     def results(self, data: Any) -> CardResults | None:
         if data is None:

@@ -276,6 +276,15 @@ def read_config(directory: Path) -> dict[str, Any]:
     return validate_config(config, str(path))
 
 
+def required_files(directory: Path) -> list[str]:
+    """The files ``load_pretrained`` reads: config.json, model.safetensors and the tasks file it names."""
+    files = [CONFIG_NAME, WEIGHTS_NAME]
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file() or _TASKS_SHA256 in _read_header(weights)[0]:
+        files.append(TASKS_NAME)
+    return files
+
+
 def load_pretrained(
     directory: str | Path,
     *,
@@ -311,8 +320,14 @@ def load_pretrained(
             f"{directory / CONFIG_NAME}: cannot build the model it describes: {error}"
         ) from error
     _check_groups(model, section["groups"], directory)
+    _check_input_size(model, section.get("data_config") or {}, directory)
     for info in section["tasks"]:
-        model.restore_task(TaskInfo(info["num_classes"], list(info["labels"]), info["status"]))
+        task = TaskInfo(info["num_classes"], list(info["labels"]), info["status"])
+        if task.status == "forgotten":  # no tensors in the file to check its class count against: a stub head
+            model.restore_task(TaskInfo(1, [""], "forgotten"))
+            model.tasks[-1] = task
+        else:
+            model.restore_task(task)
     bf16 = release_keys(model) if section.get("release_precision", "fp32") == "bf16" else set()
     _load_tensors(model, tensors, directory, bf16)
     model.data_config = dict(section.get("data_config") or {})
@@ -436,6 +451,22 @@ def _check_groups(model: HATModel, groups: list[dict[str, Any]], directory: Path
         )
 
 
+def _check_input_size(model: HATModel, data_config: dict[str, Any], directory: Path) -> None:
+    """The data config's input size (what ``predict`` resizes images to) must be one the model takes."""
+    size = data_config.get("input_size", data_config.get("input_shape"))
+    expected = model.spec.input_shape
+    if size is None or expected is None:
+        return
+    if len(size) != len(expected) or any(
+        e is not None and e != s for s, e in zip(size, expected, strict=False)
+    ):
+        shape = tuple("any" if e is None else e for e in expected)
+        raise CheckpointError(
+            f"{directory / CONFIG_NAME}: hatzoo.data_config gives the input size {list(size)}, but the "
+            f"architecture takes inputs of shape {shape}; config and weights come from different models"
+        )
+
+
 def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], directory: Path, bf16: set[str]) -> None:
     expected = checkpoint_tensors(model)
     missing = sorted(set(expected) - set(tensors))
@@ -467,6 +498,26 @@ def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], directory: 
                     model.set_mask(group, t, unpack_mask(value, model.groups[group].size, prefix + name))
                 else:
                     target.copy_(value)
+            _fill_unstored(model, t)
+
+
+def _fill_unstored(model: HATModel, t: int) -> None:
+    """Give what the file does not store a value that follows from what it does, so a load is a function
+    of the files: an ended task's gate embeddings become +1 / -1 where its binary mask is on / off (they
+    binarize back to the mask, as ``mask_init`` dense / sparse would start), and a forgotten task's
+    head, norms and tokens are zero, its embeddings -1 (closed)."""
+    status = model.tasks[t].status
+    if status == "open":
+        return
+    for g in model.groups:
+        on = model.masks(g)[t] if status == "ended" else torch.zeros_like(model.masks(g)[t])
+        model.embedding(g, t).copy_(on.to(model.embedding(g, t).dtype) * 2 - 1)
+    if status == "forgotten":
+        tensors = [*model.heads[t].state_dict().values()]
+        tensors += [v for m in model.task_modules().values() for v in m.tasks[t].state_dict().values()]
+        tensors += [p.tasks[t] for p in model.task_params.values()]
+        for tensor in tensors:
+            tensor.zero_()
 
 
 def _first(keys: list[str], count: int = 5) -> str:

@@ -120,6 +120,27 @@ def _load(argv: list[str]) -> int:
     return 0
 
 
+def _predict(argv: list[str]) -> int:
+    p = model_parser(
+        "predict",
+        "Classify image files with one task of a model: each file's label and score, preprocessing included.",
+        "  python -c 'from PIL import Image; from hatzoo.data import load_fashion_mnist; "
+        'Image.fromarray(load_fashion_mnist().x_test[0, 0]).save("boot.png")\'\n'
+        "  hatzoo predict hat-vit-small --task 4 boot.png\n"
+        "  hatzoo predict hat-vit-small --task 4 --top-k 2 boot.png",
+    )
+    p.add_argument("--task", type=int, required=True, help="the task whose labels to answer with")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--top-k", type=int, default=1, help="how many labels to print per image")
+    args = p.parse_args(argv)
+    import hatzoo
+
+    model = hatzoo.load(args.model, task=args.task, revision=args.revision)
+    for image, answer in zip(args.images, model.predict(args.images, top_k=args.top_k), strict=True):
+        print(f"{image}\t" + "\t".join(f"{label} {score:.4f}" for label, score in answer.top_k))
+    return 0
+
+
 def _export(argv: list[str]) -> int:
     p = model_parser(
         "export",
@@ -224,6 +245,7 @@ COMMANDS: dict[str, tuple[str | Callable[[list[str]], int], str]] = {
     "train": ("hatzoo.training.cli:train_command", "train a recipe task after task (with resume)"),
     "push": (_push, "publish a checkpoint folder (git mirror / remote, or HTTP)"),
     "load": (_load, "load a model from the Hub or a folder, optionally predict"),
+    "predict": (_predict, "label image files with one task of a model"),
     "export": (_export, "export tasks to pruned ONNX graphs (a bundle)"),
     "serve": ("hatzoo.export.server:main", "serve bundles over HTTP, routing requests by model and task"),
     "info": (_info, "tasks, labels, accuracy and capacity of a model"),

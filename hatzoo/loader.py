@@ -1,35 +1,46 @@
 """``hatzoo.load``: a zoo name, Hub repo id or local folder -> a task's model or the full HAT model.
 
+``hatzoo.create_model(name, pretrained=True)`` (timm's idiom) is the same load of the full HAT model.
+
 A zoo name at its card's pinned revision is looked for, in this order:
 
 1. the Hugging Face cache (no network);
 2. the Hub that ``HF_ENDPOINT`` names, when it is set (and ``HF_HUB_OFFLINE`` is not);
-3. the bundled release ``zoo/<name>/`` (``HATZOO_ZOO``, else the checkout), if its sha256 is the pinned one;
+3. the bundled release ``zoo/<name>/`` (``HATZOO_ZOO``, else the checkout);
 4. the public Hub, when ``HF_ENDPOINT`` is not set (and ``HF_HUB_OFFLINE`` is not).
 
-So a fresh clone loads offline at once, and a cache or a named Hub wins over the bundled files.
+So a fresh clone loads offline at once, and a cache or a named Hub wins over the bundled files. A cache
+that holds only some files of the release (after timm's ``hf-hub:`` download) is completed from the
+first of the other sources that has the rest. Every file is checked against the card
+(``hatzoo.hub.release.check_release``): a file that differs is refused by name, wherever it came from.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from hatzoo import architectures
 from hatzoo.card import Card
-from hatzoo.checkpoint import load_pretrained
+from hatzoo.checkpoint import load_pretrained, required_files
+from hatzoo.core.config import HATConfig
 from hatzoo.core.model import HATModel
 from hatzoo.core.specialize import specialize
-from hatzoo.errors import CheckpointError, HubError
+from hatzoo.errors import CheckpointError, HubError, InputError
 from hatzoo.hub._env import hub_cache_dir, hub_endpoint, hub_offline
-from hatzoo.hub.download import cached_snapshot, snapshot
-from hatzoo.hub.release import GET_RELEASES, release_folder, verify_sha256, zoo_dir
+from hatzoo.hub.download import add_to_snapshot, cached_snapshot, snapshot
+from hatzoo.hub.release import GET_RELEASES, check_release, release_folder, zoo_dir
 from hatzoo.zoo import default_zoo
 
 _STALE_CACHE = "the cached file is corrupted or the repository changed; delete it from the cache, load again"
+_BAD_BUNDLE = (
+    "the bundled release is not the one the card pins; restore it (git checkout -- {}) or update the card's "
+    "hub pin and files"
+)
 
 
 def load(
@@ -63,15 +74,55 @@ def load(
     return specialize(model, task, consume=True)
 
 
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    *,
+    revision: str | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> HATModel:
+    """timm's idiom: a fresh zoo architecture, or with ``pretrained=True`` the zoo release's weights.
+
+    ``create_model(name, pretrained=True)`` is ``hatzoo.load(name)``: the full HAT model as released (a
+    zoo name, Hub repo id or folder). The release fixes the architecture, so other keyword arguments
+    may only repeat its values; without ``pretrained`` they go to ``hatzoo.architectures.create_model``
+    (a fresh model, moved to ``device`` / ``dtype``).
+    """
+    if isinstance(pretrained, HATConfig):  # the second positional argument used to be the config
+        kwargs["config"], pretrained = pretrained, False
+    if not pretrained:
+        if revision is not None:
+            raise InputError(f"revision={revision!r} names a release: pass pretrained=True with it")
+        model = architectures.create_model(name, **kwargs)
+        return model if device == "cpu" and dtype is None else model.to(device=device, dtype=dtype)
+    model: HATModel = load(name, revision=revision, device=device, dtype=dtype)
+    released = {**model.spec.arch.get("kwargs", {}), **model.config.to_dict()}
+    if isinstance(kwargs.get("config"), HATConfig):
+        kwargs.update(kwargs.pop("config").to_dict())
+    differ = {k: v for k, v in kwargs.items() if k not in released or released[k] != v}
+    if differ:
+        had = ", ".join(f"{k}={released[k]!r}" if k in released else f"no {k}" for k in differ)
+        raise InputError(
+            f"{name} was released with {had}; pretrained weights cannot take {differ}: leave them out, "
+            f"or call create_model({name!r}, ...) without pretrained=True for a fresh model"
+        )
+    return model
+
+
 def _zoo_folder(card: Card, revision: str | None) -> Path:
-    """The folder holding zoo model ``card.name`` at ``revision``, found in the order of this module's doc."""
+    """The folder holding zoo model ``card.name`` whole at ``revision``, in the order of this module's doc.
+
+    A partial snapshot in the cache (timm's ``hf-hub:`` download fetches two files) is completed from
+    the first source, in the same order, that holds the missing files; every file is checked on the way.
+    """
     pin = card.hub
     pinned = revision == pin.revision
-    expected = pin.sha256 if pinned else None
-    folder = cached_snapshot(pin.repo_id, revision)
-    if folder is not None:
-        verify_sha256(folder, expected, card.name, _STALE_CACHE)
-        return folder
+    cached = cached_snapshot(pin.repo_id, revision)
+    missing = _check(cached, card, pinned, _STALE_CACHE) if cached is not None else None
+    if cached is not None and not missing:
+        return cached
     online = not hub_offline()
     named_hub = bool(os.environ.get("HF_ENDPOINT"))
     hub_error: HubError | None = None
@@ -83,34 +134,47 @@ def _zoo_folder(card: Card, revision: str | None) -> Path:
         except HubError as err:
             hub_error = err
             return None
-        verify_sha256(found, expected, card.name, _STALE_CACHE)
+        if still := _check(found, card, pinned, _STALE_CACHE):
+            hub_error = HubError(f"{pin.repo_id}@{revision} on the Hub lacks {still}")
+            return None
         return found
 
     if online and named_hub and (folder := from_hub()) is not None:
         return folder
     bundled = release_folder(card.name) if pinned else None
     if bundled is not None:
-        if not pin.sha256:
+        if not card.files and not pin.sha256:
             raise CheckpointError(
-                f"the zoo card of {card.name} pins no sha256, so the bundled release {bundled} cannot be "
-                "verified: pin hub.sha256 (the sha256 of its model.safetensors) in the card"
+                f"the zoo card of {card.name} pins no sha256 and lists no files, so the bundled release "
+                f"{bundled} cannot be verified: pin them in the card (scripts/release_zoo.py writes both)"
             )
-        verify_sha256(
-            bundled,
-            pin.sha256,
-            card.name,
-            f"the bundled release is not the one the card pins; restore it (git checkout -- {bundled}) or "
-            "update the card's hub pin",
-        )
-        return bundled
+        lacking = check_release(bundled, card, _BAD_BUNDLE.format(bundled), bundled=True)
+        if cached is None and not lacking:
+            return bundled
+        if cached is not None and not set(missing or ()) & set(lacking):
+            for file in missing or ():
+                add_to_snapshot(cached, file, bundled / file)
+            return cached
     if online and not named_hub and (folder := from_hub()) is not None:
         return folder
-    raise _not_found(card, revision, hub_error)
+    raise _not_found(card, revision, hub_error, missing)
 
 
-def _not_found(card: Card, revision: str | None, hub_error: HubError | None) -> HubError:
+def _check(folder: Path, card: Card, pinned: bool, remedy: str) -> list[str]:
+    """The files of the release missing from ``folder``; a file that differs from the pin is refused."""
+    if pinned:
+        return check_release(folder, card, remedy)
+    return [f for f in required_files(folder) if not (folder / f).is_file()]  # nothing pins them
+
+
+def _not_found(
+    card: Card, revision: str | None, hub_error: HubError | None, missing: list[str] | None
+) -> HubError:
     """Where zoo model ``card.name`` was looked for, and how to get the releases."""
     where = f"{card.hub.repo_id}@{revision}" if revision else card.hub.repo_id
+    cache = f"not in the Hugging Face cache {hub_cache_dir()}"
+    if missing:
+        cache = f"only partly in the Hugging Face cache {hub_cache_dir()} (it lacks {', '.join(missing)})"
     zoo = zoo_dir()
     if revision != card.hub.revision:
         bundle = f"the bundled release holds only the pinned revision {card.hub.revision}"
@@ -122,6 +186,6 @@ def _not_found(card: Card, revision: str | None, hub_error: HubError | None) -> 
     if hub_error is not None:
         hub = f"the Hub failed: {hub_error}"
     return HubError(
-        f"cannot load zoo model {card.name} ({where}): it is not in the Hugging Face cache "
-        f"{hub_cache_dir()}, {bundle}, and {hub}. To get it: {GET_RELEASES}"
+        f"cannot load zoo model {card.name} ({where}): it is {cache}, {bundle}, and {hub}. "
+        f"To get it: {GET_RELEASES}"
     )

@@ -42,6 +42,7 @@ from hatzoo.core.specialize import TaskModel
 from hatzoo.errors import InputError, TaskError
 from hatzoo.export.agnostic import DEFAULT_RULE, RULES, choose, task_scores
 from hatzoo.export.flops import count_macs
+from hatzoo.images import to_batch
 
 # log T searched for the NLL-optimal temperature: T from 0.05 to 20
 _LOG_T_GRID = torch.linspace(float(np.log(0.05)), float(np.log(20.0)), 601, dtype=torch.float64)
@@ -103,8 +104,8 @@ class TaskAgnosticModel(nn.Module):
         """Every task's logits for ``x``, in the order of ``tasks``."""
         return [m(x) for m in self.task_models]
 
-    def predict(self, x: torch.Tensor, **options: Any) -> TaskPrediction:
-        """See :func:`predict`."""
+    def predict(self, x: Any, **options: Any) -> TaskPrediction:
+        """See :func:`predict`; ``x`` may be images (paths, PIL images, uint8 arrays) or a float batch."""
         return predict(self, x, **options)
 
 
@@ -251,7 +252,7 @@ def _scores(
 
 def predict(
     model: Predictor,
-    x: torch.Tensor,
+    x: Any,
     rule: str = DEFAULT_RULE,
     temperatures: Mapping[int, float] | None = None,
     gaussians: Gaussians | None = None,
@@ -259,8 +260,14 @@ def predict(
     """Answer ``x`` without a task id: run every task, infer each row's task with ``rule``, give its label.
 
     ``temperatures`` maps task ids to fitted temperatures (:func:`fit_temperatures`); missing ones are 1.
-    ``gaussians`` (:func:`fit_feature_gaussians`) is what the ``mahalanobis`` rule reads.
+    ``gaussians`` (:func:`fit_feature_gaussians`) is what the ``mahalanobis`` rule reads. ``x`` is a
+    normalized float batch, or images (paths, PIL images, uint8 arrays) that the model's data config
+    prepares (:func:`hatzoo.images.to_batch`).
     """
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+        data_config = model.data_config if isinstance(model, HATModel) else model.task_models[0].data_config
+        weight = next(model.parameters())
+        x = to_batch(x, data_config).to(weight.device, weight.dtype)
     tasks, features, logits = task_outputs(model, x, layers=rule == FEATURE_RULE)
     scores = _scores(tasks, features, _float64(logits), rule, temperatures, gaussians)
     best = choose(scores)

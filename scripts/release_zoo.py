@@ -18,7 +18,7 @@ from pathlib import Path
 from hatzoo.card import read_card, update_card
 from hatzoo.checkpoint import load_pretrained
 from hatzoo.data_config import DataConfig
-from hatzoo.hub.release import release_pin
+from hatzoo.hub.release import release_files, release_pin
 from hatzoo.training.common import Runtime, load_benchmark
 from hatzoo.training.loop import evaluate
 from hatzoo.training.metrics import Results
@@ -57,7 +57,7 @@ def release(name: str, runs: Path, zoo: Path, precision: str) -> str:
     plot_accuracy(results, folder / "accuracy.png")
     plot_capacity(results, folder / "capacity.png")
     pin = release_pin(folder, card.hub.repo_id)
-    update_card(card_path, hub=pin, results=block)
+    update_card(card_path, hub=pin, files=release_files(folder), results=block)
     size = sum(f.stat().st_size for f in folder.iterdir())
     return (
         f"{name}: {size / 1e6:.1f} MB, release accuracy {block['release']['accuracy']} "

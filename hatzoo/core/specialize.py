@@ -17,6 +17,7 @@ from torch import nn
 from hatzoo.core.gates import apply_gate
 from hatzoo.core.groups import GateSite, MaskGroup
 from hatzoo.core.task_modules import TaskModule
+from hatzoo.images import Prediction, predictions, to_batch, warn_if_pixels
 
 if TYPE_CHECKING:
     from hatzoo.core.model import HATModel
@@ -34,7 +35,8 @@ class ConstantBranch(nn.Module):
 
 
 class TaskModel(nn.Module):
-    """One task of a HAT model as an ordinary module: ``logits = net(x)``."""
+    """One task of a HAT model as an ordinary module: ``logits = net(x)`` on normalized inputs, or
+    ``net.predict(images)`` on files, PIL images or uint8 arrays (its data config prepares them)."""
 
     def __init__(
         self,
@@ -59,7 +61,19 @@ class TaskModel(nn.Module):
         return timm_data_config(self.data_config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        warn_if_pixels(x, self)
         return self.head(self.backbone(x))
+
+    @torch.no_grad()
+    def predict(self, images, top_k: int = 1) -> list[Prediction]:
+        """Labels with softmax scores, one :class:`~hatzoo.images.Prediction` per image.
+
+        ``images``: a file path, PIL image or uint8 array (HW, HWC or CHW), a list of them, a uint8
+        batch, or a float tensor already normalized; see :func:`hatzoo.images.to_batch`.
+        """
+        weight = self.head.weight
+        x = to_batch(images, self.data_config).to(weight.device, weight.dtype)
+        return predictions(self(x), self.labels, top_k)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The pruned backbone's features (what the head reads)."""

@@ -9,14 +9,16 @@ uncached one fails in milliseconds instead of after about 23 s of retries.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
+import shutil
 from pathlib import Path
 
 from hatzoo.errors import HubError
 from hatzoo.hub._env import endpoint_reachable, hub_cache_dir, hub_endpoint, hub_offline
 
-__all__ = ["cached_snapshot", "hub_file", "is_repo_id", "snapshot", "snapshot_commit"]
+__all__ = ["add_to_snapshot", "cached_snapshot", "hub_file", "is_repo_id", "snapshot", "snapshot_commit"]
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -210,3 +212,29 @@ def hub_file(
 ) -> Path:
     """The local path of one file of a repo (or of a local folder), downloading it if needed."""
     return _fetch(repo_id_or_path, revision, filename, None, endpoint, cache_dir, token)
+
+
+def add_to_snapshot(snapshot_folder: Path, filename: str, source: Path) -> None:
+    """Put a local file into a cache snapshot the way huggingface_hub does: a blob and a relative link.
+
+    For a file already verified against the revision's pin, so the cache then holds what a download
+    of that revision would have put there. The blob is named by its sha256 (the Hub's name for LFS
+    files) and written under a temporary name first; where links are not allowed the file is copied.
+    """
+    blobs = snapshot_folder.parent.parent / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as handle:
+        blob = blobs / hashlib.file_digest(handle, "sha256").hexdigest()
+    if not blob.is_file():
+        partial = blob.with_name(f"{blob.name}.{os.getpid()}.incomplete")
+        shutil.copyfile(source, partial)
+        os.replace(partial, blob)
+    pointer = snapshot_folder / filename
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    staged = pointer.with_name(f".{pointer.name}.{os.getpid()}.incomplete")
+    staged.unlink(missing_ok=True)
+    try:
+        staged.symlink_to(os.path.relpath(blob, pointer.parent))
+    except OSError:
+        shutil.copyfile(blob, staged)
+    os.replace(staged, pointer)  # a concurrent reader sees no file or the whole one

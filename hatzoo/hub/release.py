@@ -1,7 +1,11 @@
 """The zoo's bundled releases: ``zoo/<name>/`` folders in Hub layout that travel with the repository.
 
 A release folder is found in ``HATZOO_ZOO`` (a folder of release folders) or else in the checkout's
-``zoo/``, and is trusted only when its ``model.safetensors`` has the sha256 its card pins.
+``zoo/``. Wherever a release comes from (the Hugging Face cache, a Hub, a bundled folder), every file is
+checked against its card before use (:func:`check_release`): against the sha256 of each file the card
+lists (``files``: a changed file is named, a missing one can be fetched from another source); for cards
+without that list, against the pinned sha256 of model.safetensors and, for a bundled folder, the pinned
+revision recomputed from the files.
 
 Each release folder also maps to one git commit whose sha depends on its files alone (no parent, fixed
 author, committer, dates and message, every file mode 100644), so every machine computes the same
@@ -14,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
-from hatzoo.card import HubPin
+from hatzoo.card import Card, HubPin
 from hatzoo.errors import CheckpointError, HubError
 from hatzoo.hub.local_hub import repo_folder
 from hatzoo.hub.publish import folder_files, git_identity, run_git, write_tree
@@ -24,9 +29,11 @@ from hatzoo.hub.publish import folder_files, git_identity, run_git, write_tree
 __all__ = [
     "ZOO_ENV",
     "build_mirror",
+    "check_release",
     "file_sha256",
     "release_folder",
     "release_names",
+    "release_files",
     "release_pin",
     "release_revision",
     "verify_sha256",
@@ -35,6 +42,7 @@ __all__ = [
 
 ZOO_ENV = "HATZOO_ZOO"
 WEIGHTS = "model.safetensors"
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 RELEASE_IDENTITY = ("hatzoo", "hatzoo@localhost")
 RELEASE_DATE = "946684800 +0000"  # 2000-01-01T00:00:00Z
 RELEASE_MESSAGE = "hatzoo zoo release\n"
@@ -79,14 +87,46 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 def verify_sha256(folder: Path, expected: str | None, name: str, remedy: str) -> None:
     """Refuse a folder whose model.safetensors does not have the sha256 the zoo card of ``name`` pins."""
-    if not expected:
-        return
-    actual = file_sha256(folder / WEIGHTS)
+    if expected:
+        _verify_file(folder, WEIGHTS, expected, name, remedy)
+
+
+def _verify_file(folder: Path, file: str, expected: str, name: str, remedy: str) -> None:
+    actual = file_sha256(folder / file)
     if actual != expected:
         raise CheckpointError(
-            f"{folder / WEIGHTS} has sha256 {actual[:16]}..., but the zoo card of {name} pins "
-            f"{expected[:16]}...: {remedy}"
+            f"{folder / file} has sha256 {actual[:16]}..., but the zoo card of {name} pins "
+            f"{expected[:16]}... for {file}: {remedy}"
         )
+
+
+def check_release(folder: Path, card: Card, remedy: str, *, bundled: bool = False) -> list[str]:
+    """Check the files of zoo model ``card.name`` in ``folder`` against its card; returns the missing ones.
+
+    Each file the card lists must have its sha256 (a mismatch is a CheckpointError naming the file);
+    files it does not list are not read by the loader and are ignored. A card without a file list is
+    checked by its pinned sha256 of model.safetensors and, for a ``bundled`` release folder, by its
+    pinned commit recomputed from the files (a commit pushed to a Hub by other means has another sha).
+    """
+    if card.files:
+        missing = [f for f in card.files if not (folder / f).is_file()]
+        for file, digest in card.files.items():
+            if file not in missing:
+                _verify_file(folder, file, digest, card.name, remedy)
+        return missing
+    from hatzoo.checkpoint import required_files  # torch: only when a release is loaded
+
+    if missing := [f for f in required_files(folder) if not (folder / f).is_file()]:
+        return missing
+    verify_sha256(folder, card.hub.sha256, card.name, remedy)
+    revision = card.hub.revision or ""
+    if bundled and _COMMIT.match(revision) and release_revision(folder) != revision:
+        raise CheckpointError(
+            f"the files of {folder} do not make the commit {revision} the zoo card of {card.name} pins "
+            f"(its {WEIGHTS} does have the pinned sha256, so another file was changed, added or removed): "
+            f"{remedy}"
+        )
+    return []
 
 
 # ------------------------------------------------------------------------------------ deterministic revision
@@ -133,6 +173,12 @@ def release_revision(folder: str | os.PathLike[str]) -> str:
     who = "{} <{}> {}".format(*RELEASE_IDENTITY, RELEASE_DATE)
     text = f"tree {_tree_sha(root, files).hex()}\nauthor {who}\ncommitter {who}\n\n{RELEASE_MESSAGE}"
     return _git_object("commit", text.encode()).hex()
+
+
+def release_files(folder: str | os.PathLike[str]) -> dict[str, str]:
+    """The card's ``files`` for a release folder: the sha256 of each file, by relative path."""
+    root, files = _release_files(folder)
+    return {f: file_sha256(root / f) for f in files}
 
 
 def release_pin(folder: str | os.PathLike[str], repo_id: str) -> HubPin:
