@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from hatzoo import __version__
 
@@ -140,11 +141,21 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
     async def server_metadata() -> dict[str, Any]:
         return {"name": "hatzoo", "version": __version__, "extensions": EXTENSIONS}
 
-    @app.get("/v2/health/live", response_model=schemas.V2Health, summary="v2 liveness")
+    @app.get(
+        "/v2/health/live",
+        response_model=schemas.V2Health,
+        response_model_exclude_none=True,
+        summary="v2 liveness",
+    )
     async def live() -> dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready", response_model=schemas.V2Health, summary="v2 readiness (503 when not ready)")
+    @app.get(
+        "/v2/health/ready",
+        response_model=schemas.V2Health,
+        response_model_exclude_none=True,
+        summary="v2 readiness (503 when not ready)",
+    )
     async def ready() -> Any:
         return {"ready": True} if s.ready else JSONResponse({"ready": False}, status_code=503)
 

@@ -28,7 +28,7 @@ from hatzoo.export.server import create_app
 from PIL import Image
 
 from hatzoo.hub.local_hub import free_port, stop_process
-from tests.serving_support import Reference, edit_manifest, npy, running_server
+from tests.serving_support import Reference, edit_manifest, running_server
 
 PREDICT = "/v1/models/tiny-cnn/tasks/1:predict"
 
@@ -160,10 +160,8 @@ def test_killed_decode_worker_is_replaced_and_readiness_tells_the_truth(
 def test_readiness_is_false_until_the_new_pool_answers(bundle: Path) -> None:
     """A worker killed while idle: /healthz and /v2/health/ready answer 503 at once, 200 once replaced."""
     with hatzoo_serve(str(bundle), "--parse-workers", "2") as (proc, url):
-        x = npy(np.zeros((1, 1, 8, 8), np.float32))
-        ok = lambda: httpx.post(  # noqa: E731
-            url + PREDICT, content=x, headers={"Content-Type": "application/x-npy"}, timeout=30
-        )
+        image = encode(Image.fromarray(np.zeros((8, 8), np.uint8)))
+        ok = lambda: post_image(url, image)  # noqa: E731 - images are decoded by the workers
         assert ok().status_code == 200
         workers = decode_workers(proc.pid)
         t_kill = time.monotonic()
