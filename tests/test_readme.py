@@ -14,10 +14,18 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 @pytest.mark.integration
 def test_quick_start_runs_as_written(tmp_path):
-    code = re.search(r"## Quick start\n\n```python\n(.*?)```", README.read_text(), re.S).group(1)
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "'size': 768" in done.stdout
+    section = re.search(r"## Quick start\n(.*?)\n## ", README.read_text(), re.S).group(1)
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2, "the Quick start has a training block and a zoo block"
+    out = []
+    for code in blocks:
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        out.append(done.stdout)
+    assert "'size': 768" in out[0]
     assert (tmp_path / "my-hat-model" / "model.safetensors").is_file()
+    answers = out[1].splitlines()
+    assert [a.split()[0] for a in answers[:3]] == ["Ankle", "Ankle", "Bag"], out[1]
+    assert answers[3] == "5 ['Bag', 'Ankle boot']"
