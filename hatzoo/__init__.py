@@ -1,13 +1,15 @@
 """hatzoo: HAT (Hard Attention to the Task) continual-learning model zoo.
 
 Attributes are imported lazily so that torch-free parts (the ONNX serving runtime under
-``hatzoo.export``) can be imported on a box that has only onnxruntime and numpy.
+``hatzoo.export``) can be imported on a box that has only onnxruntime and numpy. timm learns the zoo
+architectures (``timm.create_model("hat_resnet18")``) when ``hatzoo.model`` registers them: on first
+use of a model builder here, at once if timm is already imported.
 """
 
+import sys
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from hatzoo import _timm_hook
 from hatzoo.errors import (
     CheckpointError,
     DataError,
@@ -22,11 +24,11 @@ from hatzoo.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "HATModel": "hatzoo.core.model",
+    "HATModel": "hatzoo.model",
     "HATConfig": "hatzoo.core.config",
     "TaskModel": "hatzoo.core.specialize",
-    "hatify": "hatzoo.core.hatify",
-    "create_model": "hatzoo.architectures",
+    "hatify": "hatzoo.model",
+    "create_model": "hatzoo.model",
     "load": "hatzoo.loader",
     "list_models": "hatzoo.zoo",
     "schedules": "hatzoo.core.schedules",
@@ -52,13 +54,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from hatzoo.architectures import create_model
     from hatzoo.core import schedules
     from hatzoo.core.config import HATConfig
-    from hatzoo.core.hatify import hatify
-    from hatzoo.core.model import HATModel
     from hatzoo.core.specialize import TaskModel
     from hatzoo.loader import load
+    from hatzoo.model import HATModel, create_model, hatify
     from hatzoo.zoo import list_models
 
 
@@ -71,4 +71,5 @@ def __getattr__(name: str):
     return value
 
 
-_timm_hook.install()
+if "timm" in sys.modules:
+    import_module("hatzoo.model")

@@ -292,7 +292,7 @@ class _Parser:
         return self.spec(BenchmarkSpec, b, "benchmark", name=name, options=options)
 
     def hub(self, h: dict[str, Any], name: str) -> HubPin:
-        from hatzoo.hub.download import is_repo_id
+        from hatzoo.repo_ids import is_repo_id
 
         pin = self.spec(HubPin, {"repo_id": f"hatzoo/{name}", **h}, "hub")
         if not is_repo_id(pin.repo_id):

@@ -72,6 +72,7 @@ from hatzoo.core.config import HATConfig
 from hatzoo.core.groups import group_key
 from hatzoo.core.model import HATModel, TaskInfo
 from hatzoo.errors import CheckpointError, HATError, InputError
+from hatzoo.policies.hatify import hatify
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load_pretrained", "save_pretrained"]
 
@@ -282,12 +283,14 @@ def load_pretrained(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     locks: bool = True,
+    model_class: type[HATModel] = HATModel,
 ) -> HATModel:
     """Rebuild a HAT model from a checkpoint folder; every tensor is checked before use.
 
     The model is built in float32 (bf16-stored weights are widened) and then moved to ``device``
     and ``dtype``. ``locks=False`` skips setting up the gradient locks: for a model that is only run
     or specialized, never trained (they are built on the next add_task / end_task otherwise).
+    ``model_class`` is the class built (``hatzoo.HATModel`` for the public loaders).
     """
     directory = Path(directory)
     section = read_config(directory)
@@ -298,11 +301,12 @@ def load_pretrained(
     for path in files:
         with _safetensors_errors(path):
             tensors |= load_file(path)
-    from hatzoo.core.hatify import hatify
-
     try:
         model = hatify(
-            build_backbone(section["arch"]), HATConfig.from_dict(section["hat"]), arch=section["arch"]
+            build_backbone(section["arch"]),
+            HATConfig.from_dict(section["hat"]),
+            arch=section["arch"],
+            model_class=model_class,
         )
     except CheckpointError:
         raise
@@ -471,3 +475,11 @@ def _load_tensors(model: HATModel, tensors: dict[str, torch.Tensor], directory: 
 
 def _first(keys: list[str], count: int = 5) -> str:
     return str(keys[:count]) + ("..." if len(keys) > count else "")
+
+
+class CheckpointMixin:
+    """``model.save_pretrained(folder)`` for ``hatzoo.HATModel``: the checkpoint layer's own method."""
+
+    def save_pretrained(self: HATModel, directory: str | Path, **options: Any) -> Path:
+        """Write model.safetensors, config.json and README.md (options: :func:`save_pretrained`)."""
+        return save_pretrained(self, directory, **options)

@@ -21,12 +21,12 @@ from torch import nn
 
 from hatzoo.card import Card
 from hatzoo.checkpoint import load_pretrained
-from hatzoo.core.model import HATModel
 from hatzoo.core.specialize import specialize
 from hatzoo.errors import CheckpointError, HubError
 from hatzoo.hub._env import hub_cache_dir, hub_endpoint, hub_offline
 from hatzoo.hub.download import cached_snapshot, snapshot
 from hatzoo.hub.release import GET_RELEASES, release_folder, verify_sha256, zoo_dir
+from hatzoo.model import HATModel
 from hatzoo.zoo import default_zoo
 
 _STALE_CACHE = "the cached file is corrupted or the repository changed; delete it from the cache, load again"
@@ -54,8 +54,8 @@ def load(
     else:
         folder = snapshot(target, resolved_revision)
     if task is None:
-        return load_pretrained(folder, device=device, dtype=dtype)
-    model: HATModel = load_pretrained(folder, device=device, dtype=dtype, locks=False)
+        return load_pretrained(folder, device=device, dtype=dtype, model_class=HATModel)
+    model = load_pretrained(folder, device=device, dtype=dtype, locks=False, model_class=HATModel)
     if task == "auto":
         from hatzoo.task_inference import TaskAgnosticModel
 

@@ -39,7 +39,7 @@ def build_model(recipe: Recipe, factory: ModelFactory | None = None) -> HATModel
     torch.manual_seed(derive_seed(recipe.recipe.seed, 0))
     if factory is not None:
         return factory()
-    from hatzoo.architectures import create_model  # here: importing timm takes seconds
+    from hatzoo.model import create_model  # here: importing timm takes seconds
 
     return create_model(recipe.arch, config=dataclasses.replace(recipe.hat), **recipe.model_args)
 
