@@ -54,6 +54,7 @@ from typing import Any
 
 from hatzoo import __version__
 from hatzoo.errors import ExportError
+from hatzoo.files import sha256_file
 from hatzoo.schema import Schema, kind
 
 FORMAT = "hatzoo-bundle"
@@ -114,12 +115,6 @@ class Bundle:
     opset: int | None
     tasks: dict[str, TaskSpec]
     format_version: int = FORMAT_VERSION
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in chunks so large graphs do not need to fit in memory twice."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def confined_path(root: Path, file: str) -> Path:

@@ -72,6 +72,7 @@ from hatzoo.core.config import HATConfig
 from hatzoo.core.groups import group_key
 from hatzoo.core.model import HATModel, TaskInfo
 from hatzoo.errors import CheckpointError, HATError, InputError
+from hatzoo.files import sha256_file
 from hatzoo.policies.hatify import hatify
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load_pretrained", "save_pretrained"]
@@ -350,8 +351,7 @@ def _read_headers(directory: Path, section: dict[str, Any]) -> tuple[dict[str, t
             f"{directory} has no {TASKS_NAME}, which its {WEIGHTS_NAME} was saved with; the folder is "
             "incomplete: save or download it again"
         )
-    with open(tasks_path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    digest = sha256_file(tasks_path)
     if digest != metadata[_TASKS_SHA256]:
         raise CheckpointError(
             f"{directory}: the sha256 of {TASKS_NAME} is {digest}, but its {WEIGHTS_NAME} was saved with "

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
         "hatzoo.data",
         "hatzoo.schema",
         "hatzoo.repo_ids",
+        "hatzoo.files",
     ),
     ("hatzoo.core",),
     ("hatzoo.policies", "hatzoo.architectures"),
