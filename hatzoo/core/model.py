@@ -89,13 +89,21 @@ class HATModel(nn.Module):
             self.task_params[key] = TaskParameter(self.backbone.get_submodule(host_name), attr, self._context)
 
     def _install_gates(self, groups: list[MaskGroup]) -> None:
+        self._gate_hooks = []  # the handles of the gate hooks: the user's own hooks are never touched
         for g in groups:
             module = self.backbone.get_submodule(g.gate.module)
             hook = GateHook(self._context, g.name, g.gate.dim)
             if g.gate.where == "output":
-                module.register_forward_hook(hook.on_output)
+                self._gate_hooks.append(module.register_forward_hook(hook.on_output))
             else:
-                module.register_forward_pre_hook(hook.on_input)
+                self._gate_hooks.append(module.register_forward_pre_hook(hook.on_input))
+
+    def hook_ids(self) -> set[int]:
+        """The ids of the forward hooks this model put on its backbone (gates, per-task tensors).
+
+        A copy of the backbone keeps them as its hooks' keys, so they can be removed there too.
+        """
+        return {h.id for h in self._gate_hooks} | {p.hook.id for p in self.task_params.values()}
 
     def _register_gate_layout(self, groups: list[MaskGroup]) -> None:
         """All groups' gates live in one flat vector: units in group order, then expanded to activations.
