@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hatzoo.errors import InputError
 from hatzoo.task_rules import DEFAULT_RULE, RULES, answer, choose, task_scores
 
 from .bundle import Bundle, TaskSpec
-from .decode import RequestError
 
 __all__ = [
     "DEFAULT_RULE",
@@ -29,8 +29,7 @@ def answering_specs(bundle: Bundle) -> list[TaskSpec]:
     specs = list(bundle.tasks.values())
     shapes = {(s.input_shape[1:], s.dtype) for s in specs}
     if len(shapes) != 1:
-        raise RequestError(
-            400,
+        raise InputError(
             f"the tasks of model {bundle.model!r} take different inputs {sorted(map(str, shapes))}; "
             "name the task: /v1/models/{model}/tasks/{task}:predict",
         )
@@ -46,7 +45,7 @@ def normalization_groups(specs: Sequence[TaskSpec]) -> list[list[TaskSpec]]:
 
 
 def check_rule(rule: str) -> str:
-    """``rule`` when it is a known rule; 400 listing the known ones otherwise."""
+    """``rule`` when it is a known rule; an InputError listing the known ones otherwise."""
     if rule not in RULES:
-        raise RequestError(400, f"unknown task-inference rule {rule!r}; choose one of {', '.join(RULES)}")
+        raise InputError(f"unknown task-inference rule {rule!r}; choose one of {', '.join(RULES)}")
     return rule

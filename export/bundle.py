@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from hatzoo import __version__
-from hatzoo.errors import ExportError
+from hatzoo.errors import BundleError
 from hatzoo.files import sha256_file
 from hatzoo.schema import Schema, kind
 
@@ -68,10 +68,6 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SHA_MISMATCH = (
     "task {}: sha256 of {} does not match the manifest (file changed or corrupted); re-export the bundle"
 )
-
-
-class BundleError(ExportError):
-    """A bundle folder or manifest that is missing, malformed, or does not match its files."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from hatzoo.errors import InputError
+
 from . import schemas
 from .agnostic import DEFAULT_RULE, answer, answering_specs, check_rule, normalization_groups
 from .bundle import TaskSpec
@@ -150,6 +152,8 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
             return metadata(name, resolve(name)[2])
         except RequestError as e:
             return error(e.status, str(e))
+        except InputError as e:  # the tasks of the model take different inputs
+            return error(400, str(e))
 
     @app.get("/v2/models/{name}/ready", response_model=schemas.V2ModelReady, responses=ERRORS)
     async def model_ready(name: str) -> Any:

@@ -22,14 +22,10 @@ from typing import Any
 import yaml
 
 from hatzoo.core.config import HATConfig
-from hatzoo.errors import HATError, InputError
+from hatzoo.errors import CardError, HATError
 
 LR_SCHEDULES = ("constant", "cosine")
 SCALE_RAMPS = ("epoch", "task")
-
-
-class CardError(InputError):
-    """A card value that is missing, unknown or out of range; the message names the file and the key."""
 
 
 def _checked(default: Any, **checks: Any) -> Any:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hatzoo.cli import command_parser
-from hatzoo.errors import HATError
+from hatzoo.errors import StepFailed
 from hatzoo.files import sha256_file
 
 ZOO_NAME = "hat-vit-demo"
@@ -38,10 +38,6 @@ with torch.no_grad():
 print(json.dumps({"accuracy": float((pred == data["y"]).mean()), "n": len(pred), "load_s": seconds,
                   "predicted": [net.labels[i] for i in pred[:8].tolist()]}))
 """
-
-
-class StepFailed(HATError):
-    """A demo step that failed, with its number and name."""
 
 
 @contextmanager
