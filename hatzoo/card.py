@@ -32,8 +32,8 @@ def _checked(default: Any, **checks: Any) -> Any:
     """A spec field whose value the parser checks beyond its type hint.
 
     ``zero``: 0 is allowed (numbers must otherwise be > 0); ``below``: an exclusive upper bound;
-    ``choices``: the allowed values, or a ``module:NAME`` registry imported when a card is parsed (so
-    this module need not import training code); ``lower``: lower-cased before the choice.
+    ``choices``: the allowed values, or a ``module:NAME`` registry imported when a card is parsed (a
+    module of this layer or below); ``lower``: lower-cased before the choice.
     """
     return field(default=default, metadata=checks)
 
@@ -53,7 +53,7 @@ class BenchmarkSpec:
 class TrainSpec:
     """How to optimise each task: optimizer, learning rate, epochs, global batch, scale schedule."""
 
-    optimizer: str = _checked("sgd", choices="hatzoo.training.optimizers:OPTIMIZERS", lower=True)
+    optimizer: str = _checked("sgd", choices="hatzoo.optimizers:OPTIMIZERS", lower=True)
     lr: float = 0.05
     momentum: float = _checked(0.9, zero=True, below=1)
     weight_decay: float = _checked(0.0, zero=True)

@@ -1,13 +1,15 @@
 """The layers of the design hold: each module imports only its own layer and those below, lazily or not.
 
 Read from the source (AST), so imports inside functions, ``importlib.import_module("...")`` with a
-literal name and ``from hatzoo import NAME`` (through the package's lazy table) all count. The package
+literal name, ``"hatzoo.module:NAME"`` strings (resolved with ``pkgutil.resolve_name``) and
+``from hatzoo import NAME`` (through the package's lazy table) all count. The package
 ``hatzoo/__init__.py`` is the public facade over every layer and is not itself in one.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +31,19 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("hatzoo.core",),
     ("hatzoo.policies", "hatzoo.architectures"),
-    ("hatzoo.checkpoint", "hatzoo.checkpoint_files", "hatzoo.checkpoint_schema", "hatzoo.card"),
+    (
+        "hatzoo.checkpoint",
+        "hatzoo.checkpoint_files",
+        "hatzoo.checkpoint_schema",
+        "hatzoo.card",
+        "hatzoo.optimizers",
+    ),
     ("hatzoo.hub", "hatzoo.zoo"),
     ("hatzoo.task_inference", "hatzoo.task_rules", "hatzoo.loader", "hatzoo.training", "hatzoo.model"),
     ("hatzoo.export",),
     ("hatzoo.cli", "hatzoo.demo"),
 ]
+RESOLVED_NAME = re.compile(r"^hatzoo(\.\w+)*:\w+$")  # "module:NAME", as pkgutil.resolve_name reads it
 PACKAGE_DIRS = {"hatzoo": ROOT / "hatzoo", "hatzoo.export": ROOT / "export"}
 
 
@@ -95,6 +104,10 @@ def imported_modules(
             and isinstance(node.args[0].value, str)
         ):
             found.append((node.args[0].value, node.lineno))
+        elif (
+            isinstance(node, ast.Constant) and isinstance(node.value, str) and RESOLVED_NAME.match(node.value)
+        ):
+            found.append((node.value.partition(":")[0], node.lineno))
     return [(t, line) for t, line in found if t == "hatzoo" or t.startswith("hatzoo.")]
 
 
@@ -159,6 +172,7 @@ def _package(tmp_path: Path, files: dict[str, str]) -> dict[str, Path]:
         ("from hatzoo.export.bundle import read_bundle", "hatzoo.export.bundle"),
         ("from ..policies import find_policy", "hatzoo.policies"),
         ("import hatzoo", "hatzoo"),
+        ("CHOICES = 'hatzoo.model:HATModel'", "hatzoo.model"),
     ],
 )
 def test_an_upward_import_fails_the_check(tmp_path: Path, statement: str, target: str) -> None:

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from hatzoo.core.model import HATModel
 from hatzoo.data import TaskSequence, get_benchmark
 from hatzoo.errors import InputError
+from hatzoo.optimizers import OPTIMIZERS
 from hatzoo.training import ddp
-from hatzoo.training.optimizers import OPTIMIZERS
 from hatzoo.training.recipe import Recipe
 
 ModelFactory = Callable[[], HATModel]
