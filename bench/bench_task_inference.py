@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hatzoo.export.agnostic import RULES
 from torch import nn
 
 import hatzoo
@@ -40,6 +39,7 @@ from hatzoo.task_inference import (
     fit_feature_gaussians,
     fit_temperatures,
 )
+from hatzoo.task_rules import RULES
 from hatzoo.training import ddp
 from hatzoo.training.common import Runtime, accuracy, derive_seed, load_benchmark, make_optimizer, train_epoch
 from hatzoo.training.joint import plain_backbone

@@ -53,7 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from hatzoo import __version__
-from hatzoo.errors import ExportError
+from hatzoo.errors import BundleError
+from hatzoo.files import sha256_file
 from hatzoo.schema import Schema, kind
 
 FORMAT = "hatzoo-bundle"
@@ -67,10 +68,6 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SHA_MISMATCH = (
     "task {}: sha256 of {} does not match the manifest (file changed or corrupted); re-export the bundle"
 )
-
-
-class BundleError(ExportError):
-    """A bundle folder or manifest that is missing, malformed, or does not match its files."""
 
 
 @dataclass(frozen=True)
@@ -114,12 +111,6 @@ class Bundle:
     opset: int | None
     tasks: dict[str, TaskSpec]
     format_version: int = FORMAT_VERSION
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in chunks so large graphs do not need to fit in memory twice."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def confined_path(root: Path, file: str) -> Path:

@@ -13,15 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hatzoo.errors import HATError
-
-
-class ClientError(HATError):
-    """An HTTP error from the server (status and the server's message) or an unreachable server."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+from hatzoo.errors import ClientError
 
 
 class HatzooClient:

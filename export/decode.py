@@ -12,23 +12,11 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from hatzoo.errors import HATError
+from hatzoo.errors import RequestError
 
 JSON_TYPES = ("application/json",)
 NPY_TYPES = ("application/x-npy", "application/octet-stream", "application/npy")
 M = TypeVar("M", bound=BaseModel)
-
-
-class RequestError(HATError):
-    """A bad request: carries the HTTP status to answer with (and, for a 503, when to retry)."""
-
-    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
-
-    def __reduce__(self) -> tuple:  # crosses from the parse processes
-        return (type(self), (self.status, str(self), self.retry_after))
 
 
 def media_type(content_type: str | None) -> str:

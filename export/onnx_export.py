@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from hatzoo.core.flops import task_macs
 from hatzoo.core.model import HATModel
 from hatzoo.errors import ExportError, InputError
 
 from .baking import sample_shape
-from .flops import task_macs
 
 DEFAULT_OPSET = 18
 DTYPES = {"float32": torch.float32, "float16": torch.float16}

@@ -13,7 +13,10 @@ process unless they also set ``use_per_session_threads = False``: use :func:`ses
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ctypes
+import functools
+import shutil
 import tempfile
 import threading
 import time
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from hatzoo.errors import HATError, InputError
+from hatzoo.errors import InputError, OverloadedError, ServingError, UnknownModelError
 
 from .bundle import Bundle, BundleError, TaskSpec, read_graph
 from .serve_config import ServeConfig
@@ -33,25 +36,7 @@ from .serve_config import ServeConfig
 _ENV_LOCK = threading.Lock()
 _ENV = {"global_threads": False, "allocator": False}
 _CUDA_USABLE: bool | None = None
-# Graphs are loaded from their verified bytes; ONNX Runtime would then look for external data files in the
-# current folder. Pointing it at an empty folder makes a graph with external data fail to load instead.
-_NO_EXTERNAL_DATA = tempfile.mkdtemp(prefix="hatzoo-no-external-data-")
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
-
-
-class ServingError(HATError):
-    """A request the runtime cannot serve: unknown model or task, or an overloaded queue."""
-
-
-class UnknownModelError(ServingError, KeyError):
-    """A model or task name that is not in any loaded bundle."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0]) if self.args else ""
-
-
-class OverloadedError(ServingError):
-    """The per-task request queue is full; the client should retry later."""
 
 
 def configure_environment(
@@ -83,8 +68,20 @@ def session_options() -> ort.SessionOptions:
         so.use_per_session_threads = False
     if _ENV["allocator"]:
         so.add_session_config_entry("session.use_env_allocators", "1")
-    so.add_session_config_entry("session.model_external_initializers_file_folder_path", _NO_EXTERNAL_DATA)
+    so.add_session_config_entry("session.model_external_initializers_file_folder_path", _no_external_data())
     return so
+
+
+@functools.cache
+def _no_external_data() -> str:
+    """An empty folder, made on first use and removed at exit.
+
+    Graphs are loaded from their verified bytes; ONNX Runtime would then look for external data files in
+    the current folder. Pointing it at an empty folder makes a graph with external data fail to load instead.
+    """
+    folder = tempfile.mkdtemp(prefix="hatzoo-no-external-data-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _cuda_driver_present() -> bool:

@@ -36,7 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from hatzoo.errors import HATError
+from hatzoo.errors import HATError, StartupError
 
 from . import schemas
 from .bundle import read_bundle
@@ -56,10 +56,6 @@ EXAMPLES = """examples:
   curl -s -X POST -H 'Content-Type: image/png' --data-binary @digit.png \\
        'http://127.0.0.1:8000/v1/models/MODEL/tasks/0:predict?top_k=3'
 """
-
-
-class StartupError(HATError):
-    """A bundle that cannot be served as it is: its manifest and graphs disagree."""
 
 
 def check_bundles(pool: TaskSessionPool) -> None:

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from hatzoo.errors import HATError
+from hatzoo.errors import HATError, InputError
 
 from . import schemas
 from .agnostic import DEFAULT_RULE, RULES, answer, answering_specs, check_rule, normalization_groups
@@ -319,6 +319,8 @@ async def guarded(s: Serving, model: str, task: str, work: Awaitable[tuple[Respo
         resp = error(e.status, str(e), e.retry_after)
     except OverloadedError as e:
         resp = error(503, str(e), 1)
+    except InputError as e:  # a library rule refused what the request asked for
+        resp = error(400, str(e))
     except HATError as e:
         resp = error(500, f"server error: {e}")
     except Exception as e:  # noqa: BLE001 - one bad request must never take the server down

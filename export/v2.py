@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
 from hatzoo import __version__
+from hatzoo.errors import InputError
 
 from . import schemas
 from .agnostic import DEFAULT_RULE, answer, answering_specs, check_rule, normalization_groups
@@ -172,6 +173,8 @@ def add_v2_routes(app: FastAPI, s: Serving) -> None:
             return metadata(name, spec)
         except RequestError as e:
             return error(e.status, str(e))
+        except InputError as e:  # the tasks of the model take different inputs
+            return error(400, str(e))
 
     async def model_ready(name: str, version: str | None, _request: Request) -> Any:
         """200 when the model (and version) can answer; 404 for an unknown one."""

@@ -1,13 +1,15 @@
 """hatzoo: HAT (Hard Attention to the Task) continual-learning model zoo.
 
 Attributes are imported lazily so that torch-free parts (the ONNX serving runtime under
-``hatzoo.export``) can be imported on a box that has only onnxruntime and numpy.
+``hatzoo.export``) can be imported on a box that has only onnxruntime and numpy. timm learns the zoo
+architectures (``timm.create_model("hat_resnet18")``) when ``hatzoo.model`` registers them: on first
+use of a model builder here, at once if timm is already imported.
 """
 
+import sys
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from hatzoo import _timm_hook
 from hatzoo.errors import (
     CheckpointError,
     DataError,
@@ -22,10 +24,10 @@ from hatzoo.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
-    "HATModel": "hatzoo.core.model",
+    "HATModel": "hatzoo.model",
     "HATConfig": "hatzoo.core.config",
     "TaskModel": "hatzoo.core.specialize",
-    "hatify": "hatzoo.core.hatify",
+    "hatify": "hatzoo.model",
     "create_model": "hatzoo.loader",
     "load": "hatzoo.loader",
     "list_models": "hatzoo.zoo",
@@ -54,10 +56,9 @@ __all__ = [
 if TYPE_CHECKING:
     from hatzoo.core import schedules
     from hatzoo.core.config import HATConfig
-    from hatzoo.core.hatify import hatify
-    from hatzoo.core.model import HATModel
     from hatzoo.core.specialize import TaskModel
     from hatzoo.loader import create_model, load
+    from hatzoo.model import HATModel, hatify
     from hatzoo.zoo import list_models
 
 
@@ -70,4 +71,5 @@ def __getattr__(name: str):
     return value
 
 
-_timm_hook.install()
+if "timm" in sys.modules:
+    import_module("hatzoo.model")

@@ -1,8 +1,9 @@
 """The zoo architectures: ``hatzoo.create_model("hat-vit-small", ...)``, also in timm's registry.
 
 Each one is a timm backbone turned into a HAT model, registered with ``@register_architecture`` under
-its zoo name and, by its function name, in timm's registry (``timm.create_model("hat_resnet18")``).
-Trained weights come from ``hatzoo.load`` or ``hatzoo.create_model(name, pretrained=True)``.
+its zoo name; ``hatzoo.model`` registers it in timm's registry by its function name
+(``timm.create_model("hat_resnet18")``). Trained weights come from ``hatzoo.load`` or
+``hatzoo.create_model(name, pretrained=True)``.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from timm.models import register_model
-
 from hatzoo._registry import Registry
 from hatzoo.core.arch import jsonable
 from hatzoo.core.config import HATConfig
-from hatzoo.core.hatify import hatify
 from hatzoo.core.model import HATModel
 from hatzoo.errors import InputError
+from hatzoo.policies.hatify import hatify
 
 Architecture = Callable[..., HATModel]
 ARCHITECTURES: Registry[Architecture] = Registry("zoo architecture")
@@ -25,12 +24,14 @@ _TIMM_NAMES: dict[str, str] = {}  # timm spelling -> zoo name
 
 
 def register_architecture(name: str) -> Callable[[Architecture], Architecture]:
-    """Decorator: a zoo architecture under ``name``, and under its function name in timm's registry."""
+    """Decorator: a zoo architecture under ``name``, and under its function name in timm's spelling.
+
+    ``fn(config=None, model_class=HATModel, **kwargs)`` builds it.
+    """
 
     def add(fn: Architecture) -> Architecture:
         ARCHITECTURES.register(name, (fn.__doc__ or "").strip())(fn)
         _TIMM_NAMES[fn.__name__] = name
-        register_model(_timm_entry(name, fn.__name__))
         return fn
 
     return add
@@ -41,22 +42,31 @@ def list_architectures() -> list[str]:
     return list(ARCHITECTURES)
 
 
+def timm_names() -> dict[str, str]:
+    """Each zoo architecture's timm spelling (its function name) -> its zoo name."""
+    return dict(_TIMM_NAMES)
+
+
 def is_architecture(name: str) -> bool:
     """True for a zoo architecture name in either spelling."""
     return _TIMM_NAMES.get(name, name) in ARCHITECTURES
 
 
-def create_model(name: str, config: HATConfig | None = None, **kwargs: Any) -> HATModel:
+def create_model(
+    name: str, config: HATConfig | None = None, *, model_class: type[HATModel] = HATModel, **kwargs: Any
+) -> HATModel:
     """A fresh (untrained) zoo architecture; kwargs go to timm (img_size, in_chans, ...) or HATConfig."""
     if not is_architecture(name):
         raise InputError(
             f"unknown zoo architecture {name!r}; known: {', '.join(ARCHITECTURES)}. "
             "For trained weights from the Hub use hatzoo.load(name)."
         )
-    return ARCHITECTURES.get(_TIMM_NAMES.get(name, name))(config=config, **kwargs)
+    return ARCHITECTURES.get(_TIMM_NAMES.get(name, name))(config=config, model_class=model_class, **kwargs)
 
 
-def _hatified(timm_name: str, config: HATConfig | None = None, **kwargs: Any) -> HATModel:
+def _hatified(
+    timm_name: str, config: HATConfig | None = None, model_class: type[HATModel] = HATModel, **kwargs: Any
+) -> HATModel:
     """The timm backbone ``timm_name`` (no classifier) as a HAT model; HAT options may come as kwargs."""
     import timm
 
@@ -67,25 +77,8 @@ def _hatified(timm_name: str, config: HATConfig | None = None, **kwargs: Any) ->
     except TypeError as error:
         raise InputError(f"{timm_name}: timm rejected the arguments {kwargs}: {error}") from error
     arch = {"source": "timm", "name": timm_name, "kwargs": {k: jsonable(v) for k, v in kwargs.items()}}
-    return hatify(backbone, config, arch=arch, **hat_options)  # hatify refuses a config and options both
-
-
-def _timm_entry(zoo_name: str, timm_name: str) -> Callable[..., HATModel]:
-    """The timm registry's entry point: no pretrained weights through timm, timm's extra options dropped."""
-
-    def entry(pretrained: bool = False, **kwargs: Any) -> HATModel:
-        if pretrained:
-            raise InputError(
-                f"pretrained HAT weights come from the zoo: use hatzoo.create_model({zoo_name!r}, "
-                f"pretrained=True) or hatzoo.load({zoo_name!r})"
-            )
-        for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-            kwargs.pop(key, None)
-        return create_model(zoo_name, **kwargs)
-
-    entry.__name__ = entry.__qualname__ = timm_name
-    entry.__module__ = __name__
-    return entry
+    # hatify refuses a config and options both
+    return hatify(backbone, config, arch=arch, model_class=model_class, **hat_options)
 
 
 def _register_timm_backbone(zoo_name: str, timm_name: str, title: str) -> None:

@@ -24,23 +24,19 @@ from typing import Any
 import yaml
 
 from hatzoo.core.config import HATConfig
-from hatzoo.errors import HATError, InputError
+from hatzoo.errors import CardError, HATError
 
 LR_SCHEDULES = ("constant", "cosine")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SCALE_RAMPS = ("epoch", "task")
 
 
-class CardError(InputError):
-    """A card value that is missing, unknown or out of range; the message names the file and the key."""
-
-
 def _checked(default: Any, **checks: Any) -> Any:
     """A spec field whose value the parser checks beyond its type hint.
 
     ``zero``: 0 is allowed (numbers must otherwise be > 0); ``below``: an exclusive upper bound;
-    ``choices``: the allowed values, or a ``module:NAME`` registry imported when a card is parsed (so
-    this module need not import training code); ``lower``: lower-cased before the choice.
+    ``choices``: the allowed values, or a ``module:NAME`` registry imported when a card is parsed (a
+    module of this layer or below); ``lower``: lower-cased before the choice.
     """
     return field(default=default, metadata=checks)
 
@@ -60,7 +56,7 @@ class BenchmarkSpec:
 class TrainSpec:
     """How to optimise each task: optimizer, learning rate, epochs, global batch, scale schedule."""
 
-    optimizer: str = _checked("sgd", choices="hatzoo.training.optimizers:OPTIMIZERS", lower=True)
+    optimizer: str = _checked("sgd", choices="hatzoo.optimizers:OPTIMIZERS", lower=True)
     lr: float = 0.05
     momentum: float = _checked(0.9, zero=True, below=1)
     weight_decay: float = _checked(0.0, zero=True)
@@ -302,7 +298,7 @@ class _Parser:
         return self.spec(BenchmarkSpec, b, "benchmark", name=name, options=options)
 
     def hub(self, h: dict[str, Any], name: str) -> HubPin:
-        from hatzoo.hub.download import is_repo_id
+        from hatzoo.repo_ids import is_repo_id
 
         pin = self.spec(HubPin, {"repo_id": f"hatzoo/{name}", **h}, "hub")
         if not is_repo_id(pin.repo_id):

@@ -72,6 +72,8 @@ from hatzoo.core.config import HATConfig
 from hatzoo.core.groups import group_key
 from hatzoo.core.model import HATModel, TaskInfo
 from hatzoo.errors import CheckpointError, HATError, InputError
+from hatzoo.files import sha256_file
+from hatzoo.policies.hatify import hatify
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load_pretrained", "save_pretrained"]
 
@@ -291,12 +293,14 @@ def load_pretrained(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     locks: bool = True,
+    model_class: type[HATModel] = HATModel,
 ) -> HATModel:
     """Rebuild a HAT model from a checkpoint folder; every tensor is checked before use.
 
     The model is built in float32 (bf16-stored weights are widened) and then moved to ``device``
     and ``dtype``. ``locks=False`` skips setting up the gradient locks: for a model that is only run
     or specialized, never trained (they are built on the next add_task / end_task otherwise).
+    ``model_class`` is the class built (``hatzoo.HATModel`` for the public loaders).
     """
     directory = Path(directory)
     section = read_config(directory)
@@ -307,11 +311,12 @@ def load_pretrained(
     for path in files:
         with _safetensors_errors(path):
             tensors |= load_file(path)
-    from hatzoo.core.hatify import hatify
-
     try:
         model = hatify(
-            build_backbone(section["arch"]), HATConfig.from_dict(section["hat"]), arch=section["arch"]
+            build_backbone(section["arch"]),
+            HATConfig.from_dict(section["hat"]),
+            arch=section["arch"],
+            model_class=model_class,
         )
     except CheckpointError:
         raise
@@ -361,8 +366,7 @@ def _read_headers(directory: Path, section: dict[str, Any]) -> tuple[dict[str, t
             f"{directory} has no {TASKS_NAME}, which its {WEIGHTS_NAME} was saved with; the folder is "
             "incomplete: save or download it again"
         )
-    with open(tasks_path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    digest = sha256_file(tasks_path)
     if digest != metadata[_TASKS_SHA256]:
         raise CheckpointError(
             f"{directory}: the sha256 of {TASKS_NAME} is {digest}, but its {WEIGHTS_NAME} was saved with "
@@ -522,3 +526,11 @@ def _fill_unstored(model: HATModel, t: int) -> None:
 
 def _first(keys: list[str], count: int = 5) -> str:
     return str(keys[:count]) + ("..." if len(keys) > count else "")
+
+
+class CheckpointMixin:
+    """``model.save_pretrained(folder)`` for ``hatzoo.HATModel``: the checkpoint layer's own method."""
+
+    def save_pretrained(self: HATModel, directory: str | Path, **options: Any) -> Path:
+        """Write model.safetensors, config.json and README.md (options: :func:`save_pretrained`)."""
+        return save_pretrained(self, directory, **options)

@@ -8,7 +8,6 @@ or a ``hatzoo`` command; the Hub settings reach only the processes started here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from hatzoo.cli import command_parser
-from hatzoo.errors import HATError
+from hatzoo.errors import StepFailed
+from hatzoo.files import sha256_file
 
 ZOO_NAME = "hat-vit-demo"
 REPO_ID = "hatzoo/hat-vit-demo"
@@ -38,10 +38,6 @@ with torch.no_grad():
 print(json.dumps({"accuracy": float((pred == data["y"]).mean()), "n": len(pred), "load_s": seconds,
                   "predicted": [net.labels[i] for i in pred[:8].tolist()]}))
 """
-
-
-class StepFailed(HATError):
-    """A demo step that failed, with its number and name."""
 
 
 @contextmanager
@@ -93,7 +89,7 @@ def run_demo(workdir: Path, port: int | None = None) -> dict[str, Any]:
         with step(3, "publish to the local Hub with git and pin it in a card"):
             model_dir = workdir / "run" / "model"
             sha = publish_git(model_dir, REPO_ID, mirror_root=hub.mirror_root, message="hatzoo demo")
-            digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+            digest = sha256_file(model_dir / "model.safetensors")
             card = workdir / "cards" / f"{ZOO_NAME}.yaml"
             update_card(get_card(ZOO_NAME).source, hub=HubPin(REPO_ID, sha, digest), to=card)
             figures["published"] = f"{REPO_ID}@{sha[:12]}"

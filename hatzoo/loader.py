@@ -24,16 +24,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from hatzoo import architectures
 from hatzoo.card import Card
 from hatzoo.checkpoint import load_pretrained, required_files
 from hatzoo.core.config import HATConfig
-from hatzoo.core.model import HATModel
 from hatzoo.core.specialize import specialize
 from hatzoo.errors import CheckpointError, HubError, InputError
 from hatzoo.hub._env import hub_cache_dir, hub_endpoint, hub_offline
 from hatzoo.hub.download import add_to_snapshot, cached_snapshot, snapshot
 from hatzoo.hub.release import GET_RELEASES, check_release, release_folder, zoo_dir
+from hatzoo.model import HATModel
+from hatzoo.model import create_model as create_fresh_model
 from hatzoo.zoo import default_zoo
 
 _STALE_CACHE = "the cached file is corrupted or the repository changed; delete it from the cache, load again"
@@ -65,8 +65,8 @@ def load(
     else:
         folder = snapshot(target, resolved_revision)
     if task is None:
-        return load_pretrained(folder, device=device, dtype=dtype)
-    model: HATModel = load_pretrained(folder, device=device, dtype=dtype, locks=False)
+        return load_pretrained(folder, device=device, dtype=dtype, model_class=HATModel)
+    model = load_pretrained(folder, device=device, dtype=dtype, locks=False, model_class=HATModel)
     if task == "auto":
         from hatzoo.task_inference import TaskAgnosticModel
 
@@ -87,7 +87,7 @@ def create_model(
 
     ``create_model(name, pretrained=True)`` is ``hatzoo.load(name)``: the full HAT model as released (a
     zoo name, Hub repo id or folder). The release fixes the architecture, so other keyword arguments
-    may only repeat its values; without ``pretrained`` they go to ``hatzoo.architectures.create_model``
+    may only repeat its values; without ``pretrained`` they go to the zoo architecture's builder
     (a fresh model, moved to ``device`` / ``dtype``).
     """
     if isinstance(pretrained, HATConfig):  # the second positional argument used to be the config
@@ -95,7 +95,7 @@ def create_model(
     if not pretrained:
         if revision is not None:
             raise InputError(f"revision={revision!r} names a release: pass pretrained=True with it")
-        model = architectures.create_model(name, **kwargs)
+        model = create_fresh_model(name, **kwargs)
         return model if device == "cpu" and dtype is None else model.to(device=device, dtype=dtype)
     model: HATModel = load(name, revision=revision, device=device, dtype=dtype)
     released = {**model.spec.arch.get("kwargs", {}), **model.config.to_dict()}

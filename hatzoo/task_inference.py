@@ -3,7 +3,7 @@
 HAT needs a task id to pick its masks. Without one, every ended task's subnetwork runs on the whole
 batch, each task scores how strongly it claims each input, and the highest score wins; the answer is
 that task's arg-max class. With ``z`` one task's logits, ``C`` its class count, ``T`` its temperature
-and ``p = softmax(z / T)``, the rules (``hatzoo.export.agnostic.RULES``, shared with the server) are:
+and ``p = softmax(z / T)``, the rules (``hatzoo.task_rules.RULES``, shared with the server) are:
 
 - ``msp``:     max_c p_c                        (maximum softmax probability)
 - ``entropy``: sum_c p_c log p_c / log C        (negative entropy, normalized so class counts compare)
@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hatzoo.core.flops import count_macs
 from hatzoo.core.model import HATModel
 from hatzoo.core.specialize import TaskModel
 from hatzoo.errors import InputError, TaskError
-from hatzoo.export.agnostic import DEFAULT_RULE, RULES, choose, task_scores
-from hatzoo.export.flops import count_macs
 from hatzoo.images import to_batch
+from hatzoo.task_rules import DEFAULT_RULE, RULES, choose, task_scores
 
 # log T searched for the NLL-optimal temperature: T from 0.05 to 20
 _LOG_T_GRID = torch.linspace(float(np.log(0.05)), float(np.log(20.0)), 601, dtype=torch.float64)
@@ -436,3 +436,11 @@ def agnostic_macs(model: Predictor, sample_shape: Sequence[int]) -> dict[int, in
         param = next(net.parameters())
         out[t] = count_macs(net, lambda net=net, p=param: net(x.to(p.device, p.dtype)))
     return out
+
+
+class PredictMixin:
+    """``model.predict(x)`` for ``hatzoo.HATModel``: answering without a task id, this layer's method."""
+
+    def predict(self: HATModel, x: torch.Tensor, **options: Any) -> TaskPrediction:
+        """Answer ``x`` without a task id: every task runs, a rule infers the task (see :func:`predict`)."""
+        return predict(self, x, **options)

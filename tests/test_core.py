@@ -13,8 +13,8 @@ from torch.nn import functional as F
 import hatzoo
 from hatzoo.core.gates import soft_gate
 from hatzoo.core.schedules import get_schedule
-from hatzoo.core.specialize import ConstantBranch
-from tests.model_support import ARCHS, OPTIMIZERS, tiny_mlp, vit
+from hatzoo.core.specialize import ConstantBranch, specialize
+from tests.model_support import ARCHS, OPTIMIZERS, tiny_mlp, train_tasks, vit
 
 MORE_OPTIMIZERS = {
     "sgd-nesterov-decay": lambda params: torch.optim.SGD(
@@ -368,3 +368,49 @@ def test_a_gradient_changed_after_backward_is_filtered_again_before_the_step():
 
     train_task(model, None, optimizer, x, y, steps=3, after_backward=add_noise)
     assert_unchanged(model, x, before)
+
+
+def test_specialize_drops_only_the_gate_hooks_and_keeps_the_users_own():
+    model = tiny_mlp()
+    seen = []
+    model.backbone[2].register_forward_hook(lambda module, args, out: seen.append(out.shape))  # ReLU
+    x = torch.randn(4, 1, 16, 16)
+    train_tasks(model, 1, x)
+    with torch.no_grad():
+        reference = model(x, task=0)
+        net = specialize(model, 0, prune=False)  # gates as constants, every unit kept
+        seen.clear()
+        out = net(x)
+    assert torch.allclose(
+        out, reference, atol=1e-6
+    )  # the gates hold once, as constants: no hook doubles them
+    assert seen == [torch.Size([4, 64])]  # the user's hook came along with the copy and still runs
+    assert model.hook_ids() & {k for m in net.modules() for k in m._forward_hooks} == set()
+    assert len(model.hook_ids()) == len(model.groups)  # one gate per group; an MLP has no per-task tensors
+
+
+def test_lock_filters_are_removed_when_their_weights_are_unlocked():
+    model = tiny_mlp()
+    x = torch.randn(4, 1, 16, 16)
+    train_tasks(model, 1, x)
+    head = model.heads[0].weight
+    assert len(head._post_accumulate_grad_hooks) == 1  # an ended task's head is locked and filtered
+    model.forget(0)
+    assert not head._post_accumulate_grad_hooks  # forgotten: no lock, so no filter of hatzoo's is left
+
+
+def test_an_optimizer_without_the_models_parameters_leaves_its_locks_alone():
+    model = tiny_mlp()
+    x = torch.randn(4, 1, 16, 16)
+    train_tasks(model, 1, x)
+    other = nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.SGD([other], lr=1.0)
+    with torch.no_grad():
+        model.heads[0].weight.add_(1.0)  # a locked weight changed outside any step
+    changed = model.heads[0].weight.detach().clone()
+    other.grad = torch.ones(3)
+    optimizer.step()
+    assert torch.equal(model.heads[0].weight, changed)  # that optimizer's step did not visit this model
+    model.eval()
+    model(x, task=0)  # the next forward pass restores the locked values
+    assert not torch.equal(model.heads[0].weight, changed)

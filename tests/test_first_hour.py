@@ -23,7 +23,6 @@ from PIL import Image
 
 import hatzoo
 from hatzoo.card import Card
-from hatzoo.checkpoint import load_pretrained
 from hatzoo.data import load_fashion_mnist
 from hatzoo.hub.release import build_mirror, check_release, release_files, release_folder, release_revision
 from hatzoo.images import UnnormalizedInputWarning, create_transform, resolve_data_config, to_batch
@@ -206,13 +205,16 @@ def test_a_forgotten_task_loads_the_same_each_time_and_allocates_nothing_for_its
     model = train_tasks(vit(), 3, torch.randn(8, 1, 16, 16), seed=3)
     model.forget(1)
     folder = model.save_pretrained(tmp_path / "forgot")
-    a, b = load_pretrained(folder).state_dict(), load_pretrained(folder).state_dict()
+    a, b = (
+        hatzoo.HATModel.from_pretrained(folder).state_dict(),
+        hatzoo.HATModel.from_pretrained(folder).state_dict(),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     config = json.loads((folder / "config.json").read_text())
     config["hatzoo"]["tasks"][1].update(num_classes=1_000_000, labels=["x"] * 1_000_000)
     (folder / "config.json").write_text(json.dumps(config))
-    loaded = load_pretrained(folder)  # a head of 192 x 1,000,000 floats would be 768 MB
+    loaded = hatzoo.HATModel.from_pretrained(folder)  # a head of 192 x 1,000,000 floats would be 768 MB
     assert loaded.tasks[1].num_classes == 1_000_000 and loaded.heads[1].weight.numel() <= 192
     with torch.no_grad():
         x = torch.randn(2, 1, 16, 16)
@@ -226,11 +228,11 @@ def test_a_data_config_size_the_architecture_cannot_take_is_refused_before_predi
     config = json.loads((folder / "config.json").read_text())
     config["hatzoo"]["data_config"] = {"input_size": [1, 16, 16], "mean": [0.5], "std": [0.25]}
     (folder / "config.json").write_text(json.dumps(config))
-    assert load_pretrained(folder).data_config["input_size"] == [1, 16, 16]
+    assert hatzoo.HATModel.from_pretrained(folder).data_config["input_size"] == [1, 16, 16]
     config["hatzoo"]["data_config"]["input_size"] = [1, 60000, 60000]  # 14 GB per image once resized
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(hatzoo.CheckpointError, match=r"input size \[1, 60000, 60000\].*\(1, 16, 16\)"):
-        load_pretrained(folder)
+        hatzoo.HATModel.from_pretrained(folder)
 
 
 # ---------------------------------------------------------------------------------------- timm and HF idioms

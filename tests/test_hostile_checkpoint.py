@@ -302,7 +302,7 @@ SAVE_AND_DIE = textwrap.dedent(
     import os, signal, sys
     import torch
     torch.set_num_threads(1)
-    from hatzoo.checkpoint import load_pretrained
+    from hatzoo.checkpoint import load_pretrained, save_pretrained
 
     source, target, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     model = load_pretrained(source)
@@ -317,7 +317,7 @@ SAVE_AND_DIE = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
 
     sys.addaudithook(hook)
-    model.save_pretrained(target)
+    save_pretrained(model, target)
     print("saved after", seen, "steps")
     """
 )
@@ -403,8 +403,8 @@ RESAVE = textwrap.dedent(
     import sys
     import torch
     torch.set_num_threads(1)
-    from hatzoo.checkpoint import load_pretrained
-    load_pretrained(sys.argv[1]).save_pretrained(sys.argv[2], precision=sys.argv[3])
+    from hatzoo.checkpoint import load_pretrained, save_pretrained
+    save_pretrained(load_pretrained(sys.argv[1]), sys.argv[2], precision=sys.argv[3])
     """
 )
 

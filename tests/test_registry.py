@@ -205,8 +205,8 @@ def test_registry_decorator_order_and_errors() -> None:
 def test_named_choices_share_the_idiom() -> None:
     from hatzoo.architectures import ARCHITECTURES
     from hatzoo.core.schedules import SCHEDULES
+    from hatzoo.optimizers import OPTIMIZERS
     from hatzoo.policies import POLICIES
-    from hatzoo.training.optimizers import OPTIMIZERS
 
     assert list(ARCHITECTURES)[:3] == ["hat-vit-tiny", "hat-vit-small", "hat-vit-base"]
     assert list(SCHEDULES) == ["linear", "exponential", "cosine", "constant"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.utils.hooks import RemovableHandle
 
 _GUARDS: weakref.WeakSet[LockGuard] = weakref.WeakSet()
 # a step of these moves an entry with zero gradient and zero state by exactly zero (no weight decay)
@@ -47,7 +48,7 @@ class LockGuard:
         self._locks: dict[int, _Lock] = {}
         self._clamps: list[tuple[nn.Parameter, float]] = []
         self._clamp_versions: dict[int, int] = {}
-        self._hooked: set[int] = set()
+        self._hooked: dict[int, RemovableHandle] = {}  # gradient filters, removed when unlocked
         self._generation = 0
         self._cleaned: weakref.WeakKeyDictionary[torch.optim.Optimizer, int] = weakref.WeakKeyDictionary()
         self._exact_step: weakref.WeakKeyDictionary[torch.optim.Optimizer, list[_Lock]] = (
@@ -66,8 +67,11 @@ class LockGuard:
             snapshot = param.detach().clone()
             self._locks[id(param)] = _Lock(param, locked, snapshot, param._version)
             if id(param) not in self._hooked:
-                param.register_post_accumulate_grad_hook(self._gradient_filter(id(param)))
-                self._hooked.add(id(param))
+                self._hooked[id(param)] = param.register_post_accumulate_grad_hook(
+                    self._gradient_filter(id(param))
+                )
+        for key in self._hooked.keys() - self._locks.keys():
+            self._hooked.pop(key).remove()
 
     def set_clamps(self, clamps: list[tuple[nn.Parameter, float]]) -> None:
         """Parameters (the open task's embeddings) kept within [-bound, bound] after each step."""
@@ -99,6 +103,11 @@ class LockGuard:
                 _filter(lock)
 
         return hook
+
+    def steps(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether ``optimizer`` holds any parameter this guard locks or clamps (others leave it alone)."""
+        guarded = self._locks.keys() | {id(p) for p, _ in self._clamps}
+        return any(id(p) in guarded for group in optimizer.param_groups for p in group["params"])
 
     @torch.no_grad()
     def before_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -188,15 +197,20 @@ def _filter(lock: _Lock) -> None:
 
 def _before_optimizer_step(optimizer, args, kwargs) -> None:
     for guard in list(_GUARDS):
-        guard.before_step(optimizer)
+        if guard.steps(optimizer):
+            guard.before_step(optimizer)
 
 
 def _after_optimizer_step(optimizer, args, kwargs) -> None:
     for guard in list(_GUARDS):
-        guard.after_step(optimizer)
+        if guard.steps(optimizer):
+            guard.after_step(optimizer)
 
 
-@functools.cache  # once per process: the hooks serve every guard
+# Once per process, on the first guard: the hooks serve every guard, so the locks hold under any optimizer,
+# created before or after the model, with no call to connect them (an optimizer's own step hooks would
+# need each optimizer to be handed to the model). A guard acts only on optimizers that hold its parameters.
+@functools.cache
 def _install_optimizer_hook() -> None:
     register_optimizer_step_pre_hook(_before_optimizer_step)
     register_optimizer_step_post_hook(_after_optimizer_step)

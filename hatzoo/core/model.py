@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -13,9 +12,9 @@ from hatzoo.core.config import HATConfig
 from hatzoo.core.gates import apply_gate, soft_gate
 from hatzoo.core.groups import MaskGroup, UnitSlice, group_key
 from hatzoo.core.locks import LockGuard
+from hatzoo.core.spec import PolicySpec
 from hatzoo.core.task_modules import TaskContext, TaskModule, TaskParameter
 from hatzoo.errors import InputError, TaskError
-from hatzoo.policies.base import PolicySpec
 
 TaskStatus = Literal["open", "ended", "forgotten"]
 
@@ -49,7 +48,9 @@ class GateHook:
 class HATModel(nn.Module):
     """A backbone turned into a HAT network: ``model(x, task=t, scale=s)``.
 
-    Build one with ``hatzoo.hatify(model)`` or ``hatzoo.create_model(name)``, then per task:
+    The core's part: task life cycle, forward, regularizer, locks. ``hatzoo.HATModel`` (built by
+    ``hatzoo.hatify(model)`` or ``hatzoo.create_model(name)``) adds saving, loading, pushing and
+    prediction from the layers that own them. Per task:
     ``add_task`` -> train with ``model(x, task=t, scale=s)`` and ``regularization(task=t)`` ->
     ``end_task``. Gradient locks and embedding compensation run inside ``backward`` and
     ``optimizer.step`` with no extra call.
@@ -88,13 +89,21 @@ class HATModel(nn.Module):
             self.task_params[key] = TaskParameter(self.backbone.get_submodule(host_name), attr, self._context)
 
     def _install_gates(self, groups: list[MaskGroup]) -> None:
+        self._gate_hooks = []  # the handles of the gate hooks: the user's own hooks are never touched
         for g in groups:
             module = self.backbone.get_submodule(g.gate.module)
             hook = GateHook(self._context, g.name, g.gate.dim)
             if g.gate.where == "output":
-                module.register_forward_hook(hook.on_output)
+                self._gate_hooks.append(module.register_forward_hook(hook.on_output))
             else:
-                module.register_forward_pre_hook(hook.on_input)
+                self._gate_hooks.append(module.register_forward_pre_hook(hook.on_input))
+
+    def hook_ids(self) -> set[int]:
+        """The ids of the forward hooks this model put on its backbone (gates, per-task tensors).
+
+        A copy of the backbone keeps them as its hooks' keys, so they can be removed there too.
+        """
+        return {h.id for h in self._gate_hooks} | {p.hook.id for p in self.task_params.values()}
 
     def _register_gate_layout(self, groups: list[MaskGroup]) -> None:
         """All groups' gates live in one flat vector: units in group order, then expanded to activations.
@@ -319,12 +328,6 @@ class HATModel(nn.Module):
 
         return specialize(self, task)
 
-    def predict(self, x: torch.Tensor, **options: Any):
-        """Answer ``x`` without a task id: every task runs, a rule infers the task (hatzoo.task_inference)."""
-        from hatzoo.task_inference import predict
-
-        return predict(self, x, **options)
-
     def task_parameters(self, task: int) -> list[nn.Parameter]:
         """The parameters created for one task (head, gates, norms, tokens), for ``add_param_group``."""
         self.check_task(task, allow_open=True)
@@ -336,39 +339,6 @@ class HATModel(nn.Module):
         from hatzoo.core.specialize import timm_data_config
 
         return timm_data_config(self.data_config)
-
-    # ----------------------------------------------------------------- checkpoints and the Hub
-    def save_pretrained(self, directory: str | Path, **options: Any) -> Path:
-        """Write model.safetensors, config.json and README.md (options: hatzoo.checkpoint.save_pretrained)."""
-        from hatzoo.checkpoint import save_pretrained
-
-        return save_pretrained(self, directory, **options)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        repo_id_or_path: str | Path,
-        revision: str | None = None,
-        *,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-    ) -> HATModel:
-        """Load the full HAT model from a local folder or a Hub repository (at a branch, tag or commit)."""
-        from hatzoo.checkpoint import load_pretrained
-        from hatzoo.hub.download import snapshot
-
-        return load_pretrained(snapshot(repo_id_or_path, revision), device=device, dtype=dtype)
-
-    def push_to_hub(self, repo_id: str, **options: Any) -> str:
-        """Save and publish to the Hub; returns the commit sha (options: hatzoo.hub.push.publish_folder).
-
-        With ``git_mirror`` (a self-hosted mirror folder) or ``remote_url`` the repository is published
-        with git; otherwise through the Hub's HTTP API (huggingface.co needs a token). ``card`` is the
-        README text, as in :meth:`save_pretrained`.
-        """
-        from hatzoo.hub.push import push_model
-
-        return push_model(self, repo_id, **options)
 
     # ----------------------------------------------------------------- locks
     def locked_entries(self) -> dict[str, torch.Tensor]:

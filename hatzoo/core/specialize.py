@@ -92,7 +92,7 @@ def specialize(model: HATModel, task: int, *, prune: bool = True, consume: bool 
     model.check_task(task)
     model.enforce_locks()
     backbone = model.backbone if consume else copy.deepcopy(model.backbone)
-    strip_hooks(backbone)
+    strip_hooks(backbone, model.hook_ids())
     select_task(backbone, model, task)
     gates = model.gates(task)
     kept = {}
@@ -135,10 +135,15 @@ class Gated(nn.Module):
         return self.inner(apply_gate(x, self.gate, self.dim))
 
 
-def strip_hooks(module: nn.Module) -> None:
+def strip_hooks(module: nn.Module, hook_ids: set[int]) -> None:
+    """Remove the forward hooks with these ids (the HAT model's own) from ``module``; others stay."""
+    tables = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+    tables += ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
     for m in module.modules():
-        m._forward_hooks.clear()
-        m._forward_pre_hooks.clear()
+        for table in tables:
+            hooks = getattr(m, table)
+            for key in hook_ids & hooks.keys():
+                del hooks[key]
 
 
 def select_task(backbone: nn.Module, model: HATModel, task: int) -> None:

@@ -75,7 +75,7 @@ class TaskParameter(nn.Module):
         self._host = [host]
         del host._parameters[name]
         host.__dict__[name] = initial.detach()  # reads outside a task see the initial value
-        host.register_forward_pre_hook(self._select)
+        self.hook = host.register_forward_pre_hook(self._select)
 
     def add_task(self, source: int | None) -> None:
         origin = self.template[0] if source is None else self.tasks[source]

@@ -11,9 +11,9 @@ Offline data (installed by ``bash scripts/fetch_data.sh``): ``split-mnist``, ``s
 
 from hatzoo.data import torchvision_sources as _tv  # noqa: F401  (registers tv-* and imagefolder)
 from hatzoo.data.benchmarks import BENCHMARKS, get_benchmark, list_benchmarks
-from hatzoo.data.paths import DataArgumentError
 from hatzoo.data.sources import RawData, load_digits, load_fashion_mnist, load_mnist
 from hatzoo.data.tasks import TaskData, TaskSequence
+from hatzoo.errors import DataArgumentError
 
 __all__ = [
     "BENCHMARKS",

@@ -27,10 +27,9 @@ from torch.utils.data import TensorDataset
 
 from hatzoo._registry import Registry
 from hatzoo.data import sources
-from hatzoo.data.paths import DataArgumentError
 from hatzoo.data.sources import RawData
 from hatzoo.data.tasks import TaskData, TaskSequence, balanced_subset, pooled_stats, to_tensor
-from hatzoo.errors import DataError
+from hatzoo.errors import DataArgumentError, DataError
 
 Builder = Callable[..., TaskSequence]
 BENCHMARKS: Registry[Builder] = Registry("benchmark")

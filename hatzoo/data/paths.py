@@ -29,10 +29,6 @@ FETCH_NOTE = "from a hatzoo checkout; it installs every offline data set"
 FETCH_HINT = f"run `{FETCH_CMD}` ({FETCH_NOTE})"
 
 
-class DataArgumentError(DataError, ValueError):
-    """A benchmark option with a wrong value; a DataError and a ValueError at once."""
-
-
 def _project_data_dirs() -> list[Path]:
     """The ``.data/`` folders of the project: above this file and above the working directory."""
     found: list[Path] = []

@@ -25,10 +25,9 @@ import torch
 
 from hatzoo.data import paths, sources
 from hatzoo.data.benchmarks import BENCHMARKS, make_task, split_benchmark
-from hatzoo.data.paths import DataArgumentError
 from hatzoo.data.sources import RawData, drop_overlap
 from hatzoo.data.tasks import TaskSequence, pooled_stats, to_tensor
-from hatzoo.errors import DataError
+from hatzoo.errors import DataArgumentError, DataError
 
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))

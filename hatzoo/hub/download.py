@@ -17,16 +17,11 @@ from pathlib import Path
 
 from hatzoo.errors import HubError
 from hatzoo.hub._env import endpoint_reachable, hub_cache_dir, hub_endpoint, hub_offline
+from hatzoo.repo_ids import is_repo_id
 
 __all__ = ["add_to_snapshot", "cached_snapshot", "hub_file", "is_repo_id", "snapshot", "snapshot_commit"]
 
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
-
-
-def is_repo_id(text: str) -> bool:
-    """True for a Hub model repo id of the form ``org/name``."""
-    return bool(_REPO_ID_RE.match(text)) and ".." not in text and not text.endswith((".", "-"))
 
 
 def snapshot_commit(path: str | os.PathLike[str]) -> str | None:

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hatzoo.checkpoint import save_pretrained
 from hatzoo.errors import InputError
 from hatzoo.hub.publish import publish_git, publish_http
 
@@ -65,5 +66,5 @@ def push_model(model: HATModel, repo_id: str, *, card: str | None = None, **opti
         known = ", ".join(["card", *list(signature.parameters)[2:]])
         raise InputError(f"push_to_hub {err}; its options are {known}") from err
     with tempfile.TemporaryDirectory(prefix="hatzoo-push-") as tmp:
-        folder = model.save_pretrained(Path(tmp) / repo_id.split("/")[-1], card=card)
+        folder = save_pretrained(model, Path(tmp) / repo_id.split("/")[-1], card=card)
         return publish_folder(folder, repo_id, **options)

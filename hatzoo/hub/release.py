@@ -23,6 +23,7 @@ from pathlib import Path
 
 from hatzoo.card import Card, HubPin
 from hatzoo.errors import CheckpointError, HubError
+from hatzoo.files import sha256_file as file_sha256
 from hatzoo.hub.local_hub import repo_folder
 from hatzoo.hub.publish import folder_files, git_identity, run_git, write_tree
 
@@ -77,12 +78,6 @@ def release_folder(name: str) -> Path | None:
     if zoo is None or not (zoo / name / WEIGHTS).is_file():
         return None
     return zoo / name
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """The sha256 hex digest of a file, read in blocks."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def verify_sha256(folder: Path, expected: str | None, name: str, remedy: str) -> None:

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from hatzoo.core.model import HATModel
 from hatzoo.data import TaskSequence, get_benchmark
 from hatzoo.errors import InputError
+from hatzoo.optimizers import OPTIMIZERS
 from hatzoo.training import ddp
-from hatzoo.training.optimizers import OPTIMIZERS
 from hatzoo.training.recipe import Recipe
 
 ModelFactory = Callable[[], HATModel]
@@ -39,7 +39,7 @@ def build_model(recipe: Recipe, factory: ModelFactory | None = None) -> HATModel
     torch.manual_seed(derive_seed(recipe.recipe.seed, 0))
     if factory is not None:
         return factory()
-    from hatzoo.architectures import create_model  # here: importing timm takes seconds
+    from hatzoo.model import create_model  # here: importing timm takes seconds
 
     return create_model(recipe.arch, config=dataclasses.replace(recipe.hat), **recipe.model_args)
 

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hatzoo.core.model import HATModel
 from hatzoo.core.schedules import get_schedule
 from hatzoo.data import TaskData, TaskSequence
 from hatzoo.errors import HATError
+from hatzoo.model import HATModel
 from hatzoo.training import checkpoints as ckpt
 from hatzoo.training import ddp, report
 from hatzoo.training.common import (

@@ -1,4 +1,5 @@
-"""The optimizers a recipe can name, registered with ``@OPTIMIZERS.register``.
+"""The optimizers a recipe can name, registered with ``@OPTIMIZERS.register``: the recipe's vocabulary,
+so it sits beside the card that checks the names; training builds them.
 
 Each builder takes the first parameter group and the recipe's ``TrainSpec``; tasks join later with
 ``add_param_group``.

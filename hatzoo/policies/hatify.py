@@ -9,19 +9,25 @@ from torch import nn
 from hatzoo.core.arch import describe_arch
 from hatzoo.core.config import HATConfig
 from hatzoo.core.model import HATModel
+from hatzoo.core.spec import PolicySpec
 from hatzoo.errors import InputError, UnsupportedModelError
 from hatzoo.policies import find_policy
-from hatzoo.policies.base import PolicySpec
 from hatzoo.policies.plain import PLAIN, plain_spec, strip_classifier
 
 
 def hatify(
-    model: nn.Module, config: HATConfig | None = None, *, arch: dict[str, Any] | None = None, **options: Any
+    model: nn.Module,
+    config: HATConfig | None = None,
+    *,
+    arch: dict[str, Any] | None = None,
+    model_class: type[HATModel] = HATModel,
+    **options: Any,
 ) -> HATModel:
     """Wrap ``model`` as a HAT model; its classifier is replaced by one head per task.
 
     ``options`` are HATConfig fields (smax, reg_c, reg_mode, mask_init, ...). ``arch`` describes
-    how to rebuild the backbone for checkpoints; it is inferred when not given.
+    how to rebuild the backbone for checkpoints; it is inferred when not given. ``model_class`` is
+    the class built: ``hatzoo.HATModel`` adds saving, loading, pushing and prediction to the core's.
     """
     if isinstance(model, HATModel):
         raise InputError("this model is already a HAT model")
@@ -41,7 +47,7 @@ def hatify(
         spec = policy.build(model)
     spec.arch = arch
     _validate(model, spec)
-    return HATModel(model, spec, config)
+    return model_class(model, spec, config)
 
 
 def _validate(model: nn.Module, spec: PolicySpec) -> None:
