@@ -212,7 +212,7 @@ def _list(argv: list[str]) -> int:
     p.parse_args(argv)
     from hatzoo.zoo import default_zoo
 
-    zoo = default_zoo()
+    zoo = default_zoo(check_names=False)  # names only: no torch, so it answers at once
     for name in zoo.list_models():
         card = zoo.get_card(name)
         print(f"{name:<18} {card.hub.repo_id}@{card.hub.revision}  {card.description}")
