@@ -42,7 +42,7 @@ OVERRIDES = (
     ("--weight-decay", "recipe", "weight_decay", float, "weight decay"),
     ("--clip-grad", "recipe", "clip_grad", float, "gradient-norm clip"),
     ("--seed", "recipe", "seed", int, "seed of initialisation and shuffling"),
-    ("--mask-lr", "recipe", "mask_lr", float, "learning rate of the gate embeddings (unset: --lr)"),
+    ("--mask-lr", "recipe", "mask_lr", float, "learning rate of the gate embeddings"),
     ("--lr-schedule", "recipe", "lr_schedule", str, "within each task: constant or cosine"),
     ("--scale-ramp", "recipe", "scale_ramp", str, "the 1/smax -> smax ramp spans each epoch or the task"),
     ("--schedule", "recipe", "schedule", str, "mask-scale schedule: linear, exponential, cosine, constant"),

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,14 +35,41 @@ def derive_seed(base: int, *parts: int) -> int:
     return int(np.random.SeedSequence([base, *parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def build_model(recipe: Recipe, factory: ModelFactory | None = None) -> HATModel:
-    """A fresh HAT model of the recipe's architecture (or from ``factory``), seeded by the recipe."""
+def build_model(
+    recipe: Recipe, factory: ModelFactory | None = None, input_shape: Sequence[int] | None = None
+) -> HATModel:
+    """A fresh HAT model of the recipe's architecture (or from ``factory``), seeded by the recipe.
+
+    The input arguments the recipe leaves out come from the data's ``input_shape`` (see
+    :func:`input_args`), so ``--arch`` alone builds a model that takes the benchmark's images.
+    """
     torch.manual_seed(derive_seed(recipe.recipe.seed, 0))
     if factory is not None:
         return factory()
     from hatzoo.architectures import create_model  # here: importing timm takes seconds
 
-    return create_model(recipe.arch, config=dataclasses.replace(recipe.hat), **recipe.model_args)
+    args = {
+        **(input_args(recipe.arch, input_shape, recipe.model_args) if input_shape else {}),
+        **recipe.model_args,
+    }
+    return create_model(recipe.arch, config=dataclasses.replace(recipe.hat), **args)
+
+
+def input_args(arch: str, input_shape: Sequence[int], given: dict[str, Any]) -> dict[str, Any]:
+    """The arguments ``given`` lacks to make zoo architecture ``arch`` take images of ``(C, H, W)``.
+
+    ``in_chans``; for a ViT whose size is not given also ``img_size`` and ``patch_size``: timm's 16
+    from 64 px up, else the largest patch that leaves at least a 4x4 grid (7 at 28 px, as the zoo's
+    ViTs use).
+    """
+    c, h, w = input_shape
+    args: dict[str, Any] = {"in_chans": c}
+    if "vit" in arch and not {"img_size", "patch_size"} & set(given):
+        side = min(h, w)
+        divides = [d for d in range(1, side // 4 + 1) if h % d == w % d == 0]
+        args["img_size"] = h if h == w else [h, w]
+        args["patch_size"] = 16 if side >= 64 and 16 in divides else max(divides)
+    return {k: v for k, v in args.items() if k not in given}
 
 
 def load_benchmark(recipe: Recipe) -> TaskSequence:

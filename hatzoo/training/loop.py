@@ -97,7 +97,7 @@ def train_sequence(
 
     found = ckpt.latest_checkpoint(out) if resume else None
     if found is None:
-        model = build_model(recipe, model_factory)
+        model = build_model(recipe, model_factory, seq.input_shape)
         state = {"completed": 0, "accuracy": [], "capacity": [], "seconds": [], "recipe": recipe.to_dict()}
         log("start", recipe=recipe.to_dict(), benchmark=seq.describe(), world_size=ctx.world_size, amp=amp)
     else:
