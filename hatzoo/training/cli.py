@@ -53,11 +53,13 @@ OVERRIDES = (
 
 def _parser() -> argparse.ArgumentParser:
     from hatzoo.training.common import PRECISIONS
+    from hatzoo.training.loop import CHECKPOINT_EVERY
     from hatzoo.training.recipe import Recipe
 
     p = argparse.ArgumentParser(
         prog="hatzoo train",
-        description="Train a HAT model task after task, with a checkpoint per task and resume.",
+        description="Train a HAT model task after task, with resumable checkpoints within and after each "
+        "task: run the same command again to go on. On a GPU: --device cuda --amp bf16.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -91,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stop-after", type=int, help="stop after this task, 0-based; rerun to go on (default: none)"
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=CHECKPOINT_EVERY,
+        metavar="STEPS",
+        help="write a resumable checkpoint every STEPS optimizer steps within a task; 0: only after each "
+        "task (default: %(default)s)",
     )
     p.add_argument(
         "--threads", type=int, help="CPU threads for torch; 1 when sharing cores (default: torch's)"
@@ -181,6 +191,7 @@ def train_command(argv: list[str]) -> int:
             amp=args.amp,
             stop_after=args.stop_after,
             on_task_end=_print_task,
+            checkpoint_every=args.checkpoint_every,
         )
     except HATError as err:
         print(f"hatzoo train: {err}", file=sys.stderr)

@@ -173,9 +173,16 @@ class Runtime:
             return [t.to(self.device) for t in tensors]
         return [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
 
-    def bar(self, items: Sequence, desc: str) -> tqdm:
-        """A progress bar over ``items`` (shown on the main rank unless progress is off)."""
-        return tqdm(items, desc=desc, disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)
+    def bar(self, items: Sequence, desc: str, first: int = 0) -> tqdm:
+        """A progress bar over ``items[first:]`` (shown on the main rank unless progress is off)."""
+        return tqdm(
+            items[first:],
+            desc=desc,
+            initial=first,
+            total=len(items),
+            disable=not (self.progress and self.ctx.is_main),
+            dynamic_ncols=True,
+        )
 
 
 def train_epoch(
@@ -189,18 +196,21 @@ def train_epoch(
     loss_fn: LossFn,
     rt: Runtime,
     desc: str,
+    first: int = 0,
+    after_step: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """One epoch over ``batches`` (global index batches into ``data``).
+    """One epoch over ``batches`` (global index batches into ``data``), from batch ``first`` on.
 
     ``step`` and ``total`` place the epoch in the learning-rate schedule. ``loss_fn`` gets this rank's
     rows already on the device and the weight that turns a loss summed over them into this rank's share
     of the global batch mean; it returns the loss to minimise and a vector of numbers to sum. Returns
-    those sums over the epoch and all ranks, followed by the number of examples seen.
+    those sums over the batches run and all ranks, followed by the number of examples seen.
+    ``after_step(b)`` is called after batch b's optimizer step (to write a checkpoint).
     """
     sums: torch.Tensor | None = None
     count = 0
-    bar = rt.bar(batches, desc)
-    for b, idx in enumerate(bar):
+    bar = rt.bar(batches, desc, first)
+    for b, idx in enumerate(bar, start=first):
         set_lr(optimizer, recipe, step + b, total)
         batch = rt.to_device(*(d[ddp.shard(idx, rt.ctx)] for d in data))
         with rt.autocast():
@@ -215,6 +225,8 @@ def train_epoch(
         count += len(batch[0])
         if not bar.disable and b % POSTFIX_EVERY == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if after_step is not None:
+            after_step(b)
     return rt.ctx.all_sum([*(sums.tolist() if sums is not None else []), count])
 
 
