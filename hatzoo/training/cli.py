@@ -16,11 +16,10 @@ from hatzoo.errors import HATError, InputError
 
 EXIT_USAGE = 2
 EXAMPLES = """examples:
-  hatzoo train --card hat-vit-small --out runs/hat-vit-small     # a zoo card; run again to resume
-  hatzoo train --card cards/hat-vit-demo.yaml --device cuda --amp bf16
-  hatzoo train --card hat-vit-small --stop-after 1               # tasks 0 and 1 now, the rest later
-  hatzoo train --arch hat-vit-tiny --benchmark split-mnist --epochs 1 --max-train-per-task 500 --no-joint
-  torchrun --nproc_per_node 2 -m hatzoo.training.cli --card cards/hat-vit-demo.yaml --out runs/demo
+  hatzoo train --card hat-vit-demo --out runs/demo        # a zoo card, about a minute; rerun to resume
+  hatzoo train --card hat-vit-demo --out runs/staged --stop-after 1 --no-joint   # tasks 0-1 now, rest later
+  hatzoo train --arch hat-vit-tiny --benchmark split-mnist --max-tasks 2 --max-train-per-task 500 --no-joint
+  torchrun --nproc_per_node 2 -m hatzoo.training.cli --card hat-vit-demo --out runs/ddp --max-tasks 2
 """
 # flag, card section, key, type, help; each overrides the card (or the defaults without one)
 OVERRIDES = (

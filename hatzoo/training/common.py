@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hatzoo import progress
 from hatzoo.core.model import HATModel
 from hatzoo.data import TaskSequence, get_benchmark
 from hatzoo.errors import InputError
@@ -173,16 +175,14 @@ class Runtime:
             return [t.to(self.device) for t in tensors]
         return [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
 
+    @property
+    def shows_progress(self) -> bool:
+        """Progress is on and this is the main rank."""
+        return self.progress and self.ctx.is_main
+
     def bar(self, items: Sequence, desc: str, first: int = 0) -> tqdm:
-        """A progress bar over ``items[first:]`` (shown on the main rank unless progress is off)."""
-        return tqdm(
-            items[first:],
-            desc=desc,
-            initial=first,
-            total=len(items),
-            disable=not (self.progress and self.ctx.is_main),
-            dynamic_ncols=True,
-        )
+        """A progress bar over ``items[first:]``: drawn on a terminal, on the main rank, with progress on."""
+        return progress.bar(items, desc, enabled=self.shows_progress, first=first)
 
 
 def train_epoch(
@@ -209,6 +209,7 @@ def train_epoch(
     """
     sums: torch.Tensor | None = None
     count = 0
+    start = time.perf_counter()
     bar = rt.bar(batches, desc, first)
     for b, idx in enumerate(bar, start=first):
         set_lr(optimizer, recipe, step + b, total)
@@ -227,6 +228,11 @@ def train_epoch(
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
         if after_step is not None:
             after_step(b)
+    if sums is not None and rt.shows_progress and not progress.interactive():
+        seconds = time.perf_counter() - start
+        progress.log_line(
+            f"{desc}: {len(batches) - first} batches in {seconds:.1f} s, last loss {loss.item():.4f}"
+        )
     return rt.ctx.all_sum([*(sums.tolist() if sums is not None else []), count])
 
 
