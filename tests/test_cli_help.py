@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hatzoo.export.client import HatzooClient
 
 from hatzoo.cli import COMMANDS, main
@@ -117,6 +118,8 @@ def test_every_help_example_runs_as_written(command, index, line, workdir):
         else:
             servers.append(serve_example(line, folder, env, ports))
         return
+    if "--device cuda" in line and not torch.cuda.is_available():
+        pytest.skip("a GPU example: runs where torch finds a CUDA device")
     done = run_example(line, folder, env)
     if "--arch" in line:  # the defaults learn: well above chance on every task
         accuracy = re.search(r"accuracy % on tasks 1-2: ([\d.]+) ([\d.]+)", done.stdout)

@@ -16,10 +16,11 @@ from hatzoo.errors import HATError, InputError
 
 EXIT_USAGE = 2
 EXAMPLES = """examples:
-  hatzoo train --card hat-vit-demo --out runs/demo        # a zoo card, about a minute; rerun to resume
-  hatzoo train --card hat-vit-demo --out runs/staged --stop-after 1 --no-joint   # tasks 0-1 now, rest later
+  hatzoo train --card hat-vit-small --out runs/hat-vit-small --stop-after 0   # task 0 now; rerun to go on
+  hatzoo train --card hat-vit-demo --out runs/demo         # a zoo card, about a minute; rerun to resume
+  hatzoo train --card hat-vit-demo --out runs/demo-gpu --device cuda --amp bf16       # on a GPU
   hatzoo train --arch hat-vit-tiny --benchmark split-mnist --max-tasks 2 --max-train-per-task 500 --no-joint
-  python -m torch.distributed.run --nproc_per_node 2 -m hatzoo.training.cli --card hat-vit-demo --max-tasks 2
+  torchrun --nproc_per_node 2 -m hatzoo.training.cli --card hat-vit-demo --out runs/ddp --max-tasks 2
 """
 # flag, card section, key, type, help; each overrides the card (or the defaults without one)
 OVERRIDES = (
@@ -58,8 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hatzoo train",
         description="Train a HAT model task after task, with resumable checkpoints within and after each "
-        "task: run the same command again to go on. On a GPU: --device cuda --amp bf16. On N processes "
-        "(DDP): torchrun --nproc_per_node N -m hatzoo.training.cli, or python -m torch.distributed.run.",
+        "task: run the same command again to go on.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -252,4 +252,6 @@ def accuracy(
         with rt.autocast():
             correct += (logits_fn(xb).argmax(1) == yb).sum()
     hits, count = rt.ctx.all_sum([float(correct), float(len(rows))])
+    if rt.shows_progress and not progress.interactive():
+        progress.log_line(f"{desc}: {int(count)} images, accuracy {100 * hits / count:.2f}%")
     return hits / count
