@@ -99,7 +99,10 @@ def serve_example(line: str, folder: Path, env: dict[str, str], ports: dict[str,
     if "--port" not in line:
         line = line.split("#")[0].rstrip() + " --port 8000"
     line = PORT.sub(lambda m: m.group(1) + str(ports.setdefault(m.group(2), free_port())), line)
-    server = subprocess.Popen(["bash", "-c", "exec " + line], cwd=folder, env=env, stderr=subprocess.DEVNULL)
+    # exec env: the server (with the example's VAR=value settings) replaces bash, so stopping it stops it
+    server = subprocess.Popen(
+        ["bash", "-c", "exec env " + line], cwd=folder, env=env, stderr=subprocess.DEVNULL
+    )
     port = int(PORT.search(line).group(2))
     HatzooClient(f"http://127.0.0.1:{port}", timeout=30).wait_until_up(server, timeout=120)
     return server
