@@ -302,7 +302,7 @@ def export_bundle(
     fraction and the measured max abs diff per task, and ``normalization`` (per-channel mean / std the
     graphs expect to have been applied; identity when None). Returns the bundle folder.
     """
-    from tqdm.auto import tqdm
+    from hatzoo import progress as progress_bars
 
     from .bundle import write_manifest
 
@@ -314,7 +314,7 @@ def export_bundle(
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     entries: dict[int, dict[str, Any]] = {}
-    for t in tqdm(tasks, desc=f"export {model_name}", unit="task", disable=not progress):
+    for t in progress_bars.bar(tasks, f"export {model_name}", enabled=progress, unit="task"):
         report = export_task(
             model,
             t,

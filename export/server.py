@@ -50,11 +50,11 @@ from .v1 import add_v1_routes, error
 from .v2 import add_v2_routes
 
 EXAMPLES = """examples:
-  hatzoo serve runs/bundle                                  # http://127.0.0.1:8000, docs at /docs
-  hatzoo serve runs/bundle-a runs/bundle-b --port 9000 --max-sessions 4
-  HATZOO_API_KEY=secret hatzoo serve runs/bundle --host 0.0.0.0
+  hatzoo serve bundles/demo                                # http://127.0.0.1:8000, docs at /docs
+  hatzoo serve bundles/demo bundles/vit --port 9000 --max-sessions 4
+  HATZOO_API_KEY=secret hatzoo serve bundles/demo --port 9001   # clients send the key (needed with --host)
   curl -s -X POST -H 'Content-Type: image/png' --data-binary @digit.png \\
-       'http://127.0.0.1:8000/v1/models/MODEL/tasks/0:predict?top_k=3'
+       'http://127.0.0.1:8000/v1/models/hat-vit-demo/tasks/0:predict?top_k=3'
 """
 
 

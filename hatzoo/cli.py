@@ -51,9 +51,10 @@ def _push(argv: list[str]) -> int:
 
     p = command_parser(
         "push",
-        "Publish a checkpoint folder to the Hub: with git into a mirror or remote, else over HTTP.",
-        "  hatzoo push runs/hat-vit-small/model me/hat-vit-small --git-mirror .hub/mirror\n"
-        "  hatzoo push runs/hat-vit-small/model me/hat-vit-small --token $HF_TOKEN",
+        "Publish a checkpoint folder to the Hub: with git into a mirror (what olah serves) or a remote,\n"
+        "else over HTTP to the Hub (huggingface.co, or HF_ENDPOINT) with --token or the logged-in token.",
+        "  hatzoo push runs/demo/model me/hat-vit-demo --git-mirror hub-mirror   # after 'hatzoo train'\n"
+        "  hatzoo push runs/demo/model me/hat-vit-demo --git-mirror hub-mirror --revision v1 --tag v1.0",
     )
     p.add_argument("folder", help="a folder written by save_pretrained (e.g. runs/<name>/model)")
     p.add_argument("repo_id", help="org/name on the Hub")
@@ -93,7 +94,8 @@ def _load(argv: list[str]) -> int:
     p = model_parser(
         "load",
         "Load a model (the full HAT model, or one task's pruned model) and optionally predict.",
-        "  hatzoo load hat-vit-small\n  hatzoo load hat-vit-small --task 3 --predict batch.npy",
+        "  hatzoo load hat-vit-small\n"
+        "  hatzoo load hat-vit-small --task 3 --predict batch.npy   # batch.npy: [B, 1, 28, 28], normalized",
     )
     p.add_argument("--task", type=int, help="load task T's pruned model (default: the full HAT model)")
     p.add_argument(
@@ -146,7 +148,8 @@ def _export(argv: list[str]) -> int:
         "export",
         "Export tasks to pruned ONNX graphs: a bundle with a manifest, ready for 'hatzoo serve'.",
         "  hatzoo export hat-vit-small --task 3 -o bundles/vit\n"
-        "  hatzoo export runs/hat-resnet18/model --all-tasks -o bundles/resnet --fp16",
+        "  hatzoo export runs/demo/model --all-tasks --name hat-vit-demo -o bundles/demo\n"
+        "  hatzoo export runs/demo/model --task 0 --task 1 -o bundles/demo-fp16 --fp16",
     )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument(
@@ -191,7 +194,7 @@ def _info(argv: list[str]) -> int:
     p = model_parser(
         "info",
         "Tasks, labels, test accuracy (from the zoo card) and capacity of a model.",
-        "  hatzoo info hat-vit-small\n  hatzoo info runs/hat-vit-small/model",
+        "  hatzoo info hat-vit-small\n  hatzoo info runs/demo/model        # a folder (after 'hatzoo train')",
     )
     args = p.parse_args(argv)
     import hatzoo
@@ -233,7 +236,7 @@ def _list(argv: list[str]) -> int:
     p.parse_args(argv)
     from hatzoo.zoo import default_zoo
 
-    zoo = default_zoo()
+    zoo = default_zoo(check_names=False)  # names only: no torch, so it answers at once
     for name in zoo.list_models():
         card = zoo.get_card(name)
         print(f"{name:<18} {card.hub.repo_id}@{card.hub.revision}  {card.description}")

@@ -75,6 +75,7 @@ def run_demo(workdir: Path, port: int | None = None) -> dict[str, Any]:
                 "HATZOO_CARDS": str(workdir / "cards"),
                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
             }
+            env.pop("HF_HUB_OFFLINE", None)  # the Hub is this machine's: an offline user can reach it
             print(f"[demo] local Hub (olah) at {hub.endpoint}, serving {hub.mirror_root}")
 
         with step(2, f"train {ZOO_NAME} on Split-MNIST"):

@@ -26,8 +26,9 @@ _CARD_SUFFIXES = (".yaml", ".yml")
 class Zoo:
     """Cards read from folders (Paths or importlib.resources Traversables), parsed on first use."""
 
-    def __init__(self, *folders: str | os.PathLike[str] | Traversable) -> None:
+    def __init__(self, *folders: str | os.PathLike[str] | Traversable, check_names: bool = True) -> None:
         self.folders = [Path(f) if isinstance(f, (str, os.PathLike)) else f for f in folders]
+        self.check_names = check_names  # False: cards parsed without torch (see Card.from_dict)
         self._cards: dict[str, Card] | None = None
 
     def cards(self) -> dict[str, Card]:
@@ -35,7 +36,7 @@ class Zoo:
         if self._cards is None:
             self._cards = {}
             for folder in self.folders:
-                self._cards.update(_read_folder(folder))
+                self._cards.update(_read_folder(folder, self.check_names))
         return self._cards
 
     def list_models(self, include_demos: bool = False) -> list[str]:
@@ -79,7 +80,7 @@ class Zoo:
         return ", ".join(self.list_models(include_demos=True)) or "none"
 
 
-def _read_folder(folder: Traversable) -> dict[str, Card]:
+def _read_folder(folder: Traversable, check_names: bool = True) -> dict[str, Card]:
     if not folder.is_dir():
         raise CardError(
             f"the zoo cards folder {folder} does not exist (reinstall hatzoo, or fix {CARDS_ENV})"
@@ -88,7 +89,7 @@ def _read_folder(folder: Traversable) -> dict[str, Card]:
     for item in sorted(folder.iterdir(), key=lambda t: t.name):
         if not item.is_file() or not item.name.endswith(_CARD_SUFFIXES) or item.name.startswith("."):
             continue
-        card = parse_card(item.read_text(encoding="utf-8"), str(item))
+        card = parse_card(item.read_text(encoding="utf-8"), str(item), check_names=check_names)
         stem = item.name.rsplit(".", 1)[0]
         if card.name != stem:
             raise CardError(f"{item}: name: {card.name!r} differs from the file name {stem!r}; rename one")
@@ -109,14 +110,14 @@ def shipped_cards_dir() -> Traversable:
     return Path(__file__).resolve().parent.parent / "cards"
 
 
-def default_zoo() -> Zoo:
-    """The shipped cards plus those in the folders named by HATZOO_CARDS."""
-    return _zoo_for(os.environ.get(CARDS_ENV, ""))
+def default_zoo(check_names: bool = True) -> Zoo:
+    """The shipped cards plus those in the folders named by HATZOO_CARDS (``check_names``: see Zoo)."""
+    return _zoo_for(os.environ.get(CARDS_ENV, ""), check_names)
 
 
 @functools.cache
-def _zoo_for(extra: str) -> Zoo:
-    return Zoo(shipped_cards_dir(), *(p for p in extra.split(os.pathsep) if p))
+def _zoo_for(extra: str, check_names: bool) -> Zoo:
+    return Zoo(shipped_cards_dir(), *(p for p in extra.split(os.pathsep) if p), check_names=check_names)
 
 
 def list_models(include_demos: bool = False) -> list[str]:

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
         "hatzoo.repo_ids",
         "hatzoo.files",
         "hatzoo.images",
+        "hatzoo.progress",
     ),
     ("hatzoo.core",),
     ("hatzoo.policies", "hatzoo.architectures"),

@@ -1,10 +1,13 @@
-"""Per-task training checkpoints: the model (``save_pretrained``), optimizer state and progress, no pickle.
+"""Training checkpoints: per task, and within a task every N steps; the model, optimizer, progress, no pickle.
 
-Layout under ``out_dir/checkpoints/task-<i>/``: the model as ``save_pretrained`` writes it, the
-optimizer's tensors in ``optimizer.safetensors`` (keyed by parameter name, so the state maps back
-onto a rebuilt model), and ``training_state.json`` (written last: a folder without it is incomplete
-and ignored). A checkpoint is written to ``task-<i>.tmp`` and renamed, so an interruption never
-leaves a half-written ``task-<i>``.
+Layout under ``out_dir/checkpoints/``: ``task-<i>/`` after task i ended, and ``step-<i>-<s>/`` after
+step s of the open task i (the latest one only; removed once the task ends). Each holds the model as
+``save_pretrained`` writes it (an open task with its gate embeddings), the optimizer's tensors in
+``optimizer.safetensors`` (keyed by parameter name, so the state maps back onto a rebuilt model),
+and ``training_state.json`` (written last: a folder without it is incomplete and ignored). A step
+checkpoint also holds the random number generators' states (``rng.safetensors``) and, in its state,
+where the task stands: epoch, batch and the seed of the epoch's data order. A checkpoint is written
+to ``<name>.tmp`` and renamed, so an interruption never leaves a half-written one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from hatzoo.errors import CheckpointError
 STATE_FILE = "training_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 OPTIMIZER_META = "optimizer.json"
+RNG_FILE = "rng.safetensors"
 
 
 def checkpoint_dir(out_dir: str | os.PathLike[str], task: int) -> Path:
@@ -94,11 +98,69 @@ def write_checkpoint(
 ) -> Path:
     """Write task ``task``'s checkpoint atomically (temporary folder, then rename)."""
     final = checkpoint_dir(out_dir, task)
+    tmp = _write_tmp(final, model, optimizer, state)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def write_step_checkpoint(
+    out_dir: Path,
+    task: int,
+    step: int,
+    model: HATModel,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+) -> Path:
+    """Write the checkpoint after ``step`` steps of the open task ``task``, then remove the older ones.
+
+    The folder gets a new name, so the rename is atomic and the previous checkpoint stays complete
+    until this one is.
+    """
+    final = Path(out_dir) / "checkpoints" / f"step-{task}-{step}"
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_initialized():
+        rng |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    tmp = _write_tmp(final, model, optimizer, state)
+    save_file(rng, tmp / RNG_FILE)
+    tmp.rename(final)
+    remove_step_checkpoints(out_dir, keep=final)
+    return final
+
+
+def latest_step_checkpoint(out_dir: str | os.PathLike[str], task: int) -> tuple[Path, dict[str, Any]] | None:
+    """The complete step checkpoint of task ``task`` with the most steps, and its training state, or None."""
+    done = [
+        (int(d.name.rpartition("-")[2]), d)
+        for d in (Path(out_dir) / "checkpoints").glob(f"step-{task}-*")
+        if d.name.rpartition("-")[2].isdigit() and (d / STATE_FILE).is_file()
+    ]
+    if not done:
+        return None
+    folder = max(done)[1]
+    return folder, json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def remove_step_checkpoints(out_dir: str | os.PathLike[str], keep: Path | None = None) -> None:
+    """Delete every step checkpoint (and half-written one) but ``keep``."""
+    for folder in (Path(out_dir) / "checkpoints").glob("step-*"):
+        if folder != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def restore_rng(folder: Path) -> None:
+    """Set the random number generators to the states a step checkpoint saved."""
+    rng = load_file(folder / RNG_FILE)
+    torch.set_rng_state(rng.pop("torch"))
+    if rng:
+        torch.cuda.set_rng_state_all([rng[f"cuda.{i}"] for i in range(len(rng))])
+
+
+def _write_tmp(final: Path, model: HATModel, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> Path:
+    """The checkpoint for ``final`` written to ``<final>.tmp``, its training state last."""
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     save_optimizer(optimizer, model, tmp)
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
+    return tmp

@@ -16,11 +16,11 @@ from hatzoo.errors import HATError, InputError
 
 EXIT_USAGE = 2
 EXAMPLES = """examples:
-  hatzoo train --card hat-vit-small --out runs/hat-vit-small     # a zoo card; run again to resume
-  hatzoo train --card cards/hat-vit-demo.yaml --device cuda --amp bf16
-  hatzoo train --card hat-vit-small --stop-after 1               # tasks 0 and 1 now, the rest later
-  hatzoo train --arch hat-vit-tiny --benchmark split-mnist --epochs 1 --max-train-per-task 500 --no-joint
-  torchrun --nproc_per_node 2 -m hatzoo.training.cli --card cards/hat-vit-demo.yaml --out runs/demo
+  hatzoo train --card hat-vit-small --out runs/hat-vit-small --stop-after 0   # task 0 now; rerun to go on
+  hatzoo train --card hat-vit-demo --out runs/demo         # a zoo card, about a minute; rerun to resume
+  hatzoo train --card hat-vit-demo --out runs/demo-gpu --device cuda --amp bf16       # on a GPU
+  hatzoo train --arch hat-vit-tiny --benchmark split-mnist --max-tasks 2 --max-train-per-task 500 --no-joint
+  torchrun --nproc_per_node 2 -m hatzoo.training.cli --card hat-vit-demo --out runs/ddp --max-tasks 2
 """
 # flag, card section, key, type, help; each overrides the card (or the defaults without one)
 OVERRIDES = (
@@ -42,7 +42,7 @@ OVERRIDES = (
     ("--weight-decay", "recipe", "weight_decay", float, "weight decay"),
     ("--clip-grad", "recipe", "clip_grad", float, "gradient-norm clip"),
     ("--seed", "recipe", "seed", int, "seed of initialisation and shuffling"),
-    ("--mask-lr", "recipe", "mask_lr", float, "learning rate of the gate embeddings (unset: --lr)"),
+    ("--mask-lr", "recipe", "mask_lr", float, "learning rate of the gate embeddings"),
     ("--lr-schedule", "recipe", "lr_schedule", str, "within each task: constant or cosine"),
     ("--scale-ramp", "recipe", "scale_ramp", str, "the 1/smax -> smax ramp spans each epoch or the task"),
     ("--schedule", "recipe", "schedule", str, "mask-scale schedule: linear, exponential, cosine, constant"),
@@ -53,11 +53,13 @@ OVERRIDES = (
 
 def _parser() -> argparse.ArgumentParser:
     from hatzoo.training.common import PRECISIONS
+    from hatzoo.training.loop import CHECKPOINT_EVERY
     from hatzoo.training.recipe import Recipe
 
     p = argparse.ArgumentParser(
         prog="hatzoo train",
-        description="Train a HAT model task after task, with a checkpoint per task and resume.",
+        description="Train a HAT model task after task, with resumable checkpoints within and after each "
+        "task: run the same command again to go on.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -91,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stop-after", type=int, help="stop after this task, 0-based; rerun to go on (default: none)"
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=CHECKPOINT_EVERY,
+        metavar="STEPS",
+        help="write a resumable checkpoint every STEPS optimizer steps within a task; 0: only after each "
+        "task (default: %(default)s)",
     )
     p.add_argument(
         "--threads", type=int, help="CPU threads for torch; 1 when sharing cores (default: torch's)"
@@ -181,6 +191,7 @@ def train_command(argv: list[str]) -> int:
             amp=args.amp,
             stop_after=args.stop_after,
             on_task_end=_print_task,
+            checkpoint_every=args.checkpoint_every,
         )
     except HATError as err:
         print(f"hatzoo train: {err}", file=sys.stderr)

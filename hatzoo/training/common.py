@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from hatzoo import progress
 from hatzoo.core.model import HATModel
 from hatzoo.data import TaskSequence, get_benchmark
 from hatzoo.errors import InputError
@@ -34,14 +37,41 @@ def derive_seed(base: int, *parts: int) -> int:
     return int(np.random.SeedSequence([base, *parts]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def build_model(recipe: Recipe, factory: ModelFactory | None = None) -> HATModel:
-    """A fresh HAT model of the recipe's architecture (or from ``factory``), seeded by the recipe."""
+def build_model(
+    recipe: Recipe, factory: ModelFactory | None = None, input_shape: Sequence[int] | None = None
+) -> HATModel:
+    """A fresh HAT model of the recipe's architecture (or from ``factory``), seeded by the recipe.
+
+    The input arguments the recipe leaves out come from the data's ``input_shape`` (see
+    :func:`input_args`), so ``--arch`` alone builds a model that takes the benchmark's images.
+    """
     torch.manual_seed(derive_seed(recipe.recipe.seed, 0))
     if factory is not None:
         return factory()
     from hatzoo.model import create_model  # here: importing timm takes seconds
 
-    return create_model(recipe.arch, config=dataclasses.replace(recipe.hat), **recipe.model_args)
+    args = {
+        **(input_args(recipe.arch, input_shape, recipe.model_args) if input_shape else {}),
+        **recipe.model_args,
+    }
+    return create_model(recipe.arch, config=dataclasses.replace(recipe.hat), **args)
+
+
+def input_args(arch: str, input_shape: Sequence[int], given: dict[str, Any]) -> dict[str, Any]:
+    """The arguments ``given`` lacks to make zoo architecture ``arch`` take images of ``(C, H, W)``.
+
+    ``in_chans``; for a ViT whose size is not given also ``img_size`` and ``patch_size``: timm's 16
+    from 64 px up, else the largest patch that leaves at least a 4x4 grid (7 at 28 px, as the zoo's
+    ViTs use).
+    """
+    c, h, w = input_shape
+    args: dict[str, Any] = {"in_chans": c}
+    if "vit" in arch and not {"img_size", "patch_size"} & set(given):
+        side = min(h, w)
+        divides = [d for d in range(1, side // 4 + 1) if h % d == w % d == 0]
+        args["img_size"] = h if h == w else [h, w]
+        args["patch_size"] = 16 if side >= 64 and 16 in divides else max(divides)
+    return {k: v for k, v in args.items() if k not in given}
 
 
 def load_benchmark(recipe: Recipe) -> TaskSequence:
@@ -145,9 +175,14 @@ class Runtime:
             return [t.to(self.device) for t in tensors]
         return [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
 
-    def bar(self, items: Sequence, desc: str) -> tqdm:
-        """A progress bar over ``items`` (shown on the main rank unless progress is off)."""
-        return tqdm(items, desc=desc, disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True)
+    @property
+    def shows_progress(self) -> bool:
+        """Progress is on and this is the main rank."""
+        return self.progress and self.ctx.is_main
+
+    def bar(self, items: Sequence, desc: str, first: int = 0) -> tqdm:
+        """A progress bar over ``items[first:]``: drawn on a terminal, on the main rank, with progress on."""
+        return progress.bar(items, desc, enabled=self.shows_progress, first=first)
 
 
 def train_epoch(
@@ -161,18 +196,22 @@ def train_epoch(
     loss_fn: LossFn,
     rt: Runtime,
     desc: str,
+    first: int = 0,
+    after_step: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """One epoch over ``batches`` (global index batches into ``data``).
+    """One epoch over ``batches`` (global index batches into ``data``), from batch ``first`` on.
 
     ``step`` and ``total`` place the epoch in the learning-rate schedule. ``loss_fn`` gets this rank's
     rows already on the device and the weight that turns a loss summed over them into this rank's share
     of the global batch mean; it returns the loss to minimise and a vector of numbers to sum. Returns
-    those sums over the epoch and all ranks, followed by the number of examples seen.
+    those sums over the batches run and all ranks, followed by the number of examples seen.
+    ``after_step(b)`` is called after batch b's optimizer step (to write a checkpoint).
     """
     sums: torch.Tensor | None = None
     count = 0
-    bar = rt.bar(batches, desc)
-    for b, idx in enumerate(bar):
+    start = time.perf_counter()
+    bar = rt.bar(batches, desc, first)
+    for b, idx in enumerate(bar, start=first):
         set_lr(optimizer, recipe, step + b, total)
         batch = rt.to_device(*(d[ddp.shard(idx, rt.ctx)] for d in data))
         with rt.autocast():
@@ -187,6 +226,13 @@ def train_epoch(
         count += len(batch[0])
         if not bar.disable and b % POSTFIX_EVERY == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if after_step is not None:
+            after_step(b)
+    if sums is not None and rt.shows_progress and not progress.interactive():
+        seconds = time.perf_counter() - start
+        progress.log_line(
+            f"{desc}: {len(batches) - first} batches in {seconds:.1f} s, last loss {loss.item():.4f}"
+        )
     return rt.ctx.all_sum([*(sums.tolist() if sums is not None else []), count])
 
 
@@ -206,4 +252,6 @@ def accuracy(
         with rt.autocast():
             correct += (logits_fn(xb).argmax(1) == yb).sum()
     hits, count = rt.ctx.all_sum([float(correct), float(len(rows))])
+    if rt.shows_progress and not progress.interactive():
+        progress.log_line(f"{desc}: {int(count)} images, accuracy {100 * hits / count:.2f}%")
     return hits / count

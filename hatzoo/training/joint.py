@@ -85,7 +85,7 @@ def train_joint(
     """Train the joint upper bound for ``recipe`` and return its per-task test accuracies."""
     rt = runtime or Runtime.create()
     seq = seq if seq is not None else load_benchmark(recipe)
-    template = build_model(recipe, model_factory)
+    template = build_model(recipe, model_factory, seq.input_shape)
     torch.manual_seed(derive_seed(recipe.recipe.seed, 7))
     net = JointNet(plain_backbone(template), template.spec.num_features, seq.num_classes).to(rt.device)
     del template

@@ -45,6 +45,7 @@ from hatzoo.training.recipe import Recipe
 
 TaskCallback = Callable[[int, HATModel, Results], None]
 LOG_FILE = "log.jsonl"
+CHECKPOINT_EVERY = 200  # optimizer steps between checkpoints within a task
 
 
 class _Log:
@@ -72,6 +73,7 @@ def train_sequence(
     on_task_end: TaskCallback | None = None,
     model_factory: ModelFactory | None = None,
     log_every: int = 20,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> Results:
     """Train every task of the recipe's benchmark in order; returns (and writes) the :class:`Results`.
 
@@ -79,9 +81,15 @@ def train_sequence(
     under bf16 autocast with float32 weights. ``stop_after=i`` ends the run after task i (for staged
     runs); ``on_task_end(task, model, results)`` is called after each task's checkpoint; ``joint``
     (default: the recipe's ``joint``) also trains the joint upper bound once all tasks are done;
-    ``model_factory`` replaces the recipe's architecture (a tiny ``hatify``-ed model in tests). Works
+    ``model_factory`` replaces the recipe's architecture (a tiny ``hatify``-ed model in tests). Every
+    ``checkpoint_every`` optimizer steps within a task (0: never) a step checkpoint is written, and a
+    resumed run goes on from the latest one, ending bitwise equal to an uninterrupted run. Works
     unchanged under ``torchrun`` (see ``hatzoo.training.ddp``).
     """
+    if checkpoint_every < 0:
+        raise HATError(
+            f"checkpoint_every must be >= 0 (0: no checkpoints within a task), got {checkpoint_every}"
+        )
     rt = Runtime.create(device, amp, progress)
     ctx = rt.ctx
     out = Path(out_dir)
@@ -96,15 +104,23 @@ def train_sequence(
     log = _Log(out / LOG_FILE, ctx.is_main)
 
     found = ckpt.latest_checkpoint(out) if resume else None
+    if resume:  # a step checkpoint of the task after the last finished one goes further
+        found = ckpt.latest_step_checkpoint(out, found[1]["completed"] if found else 0) or found
     if found is None:
-        model = build_model(recipe, model_factory)
+        model = build_model(recipe, model_factory, seq.input_shape)
         state = {"completed": 0, "accuracy": [], "capacity": [], "seconds": [], "recipe": recipe.to_dict()}
         log("start", recipe=recipe.to_dict(), benchmark=seq.describe(), world_size=ctx.world_size, amp=amp)
     else:
         folder, state = found
         _check_same_recipe(recipe, state["recipe"], out)
         model = HATModel.from_pretrained(folder)
-        log("resume", checkpoint=str(folder), completed=state["completed"], world_size=ctx.world_size)
+        log(
+            "resume",
+            checkpoint=str(folder),
+            completed=state["completed"],
+            position=state.get("position"),
+            world_size=ctx.world_size,
+        )
     model.data_config = {  # how inputs were prepared: saved with each checkpoint, read by export
         "mean": list(seq.mean),
         "std": list(seq.std),
@@ -119,14 +135,44 @@ def train_sequence(
     if found is not None and not ckpt.load_optimizer(optimizer, model, found[0]):
         log("optimizer_restarted", reason="no optimizer state of this type in the checkpoint")
 
+    position = state.pop("position", None)  # where a step checkpoint left the open task
+    if position is not None:
+        ckpt.restore_rng(found[0])
     for t in range(state["completed"], len(seq)):
-        start = time.perf_counter()
-        torch.manual_seed(derive_seed(recipe.recipe.seed, 1, t))
-        tid = model.add_task(seq[t].num_classes, labels=seq[t].labels)
-        if tid != t:
-            raise HATError(f"the model got task id {tid} for task {t}; the checkpoint and data disagree")
-        add_task_params(optimizer, recipe, model, t)
-        _train_task(recipe, model, optimizer, seq[t], t, len(seq), rt, log, log_every)
+        start = time.perf_counter() - (position["seconds"] if position else 0.0)
+        if position is None:
+            torch.manual_seed(derive_seed(recipe.recipe.seed, 1, t))
+            tid = model.add_task(seq[t].num_classes, labels=seq[t].labels)
+            if tid != t:
+                raise HATError(f"the model got task id {tid} for task {t}; the checkpoint and data disagree")
+            add_task_params(optimizer, recipe, model, t)
+        elif model.num_tasks != t + 1:
+            raise HATError(f"the step checkpoint of task {t} holds {model.num_tasks} tasks; start over")
+
+        def save_step(epoch: int, batch: int, step: int, t: int = t, start: float = start) -> None:
+            if ctx.is_main:
+                where = {"task": t, "epoch": epoch, "batch": batch, "step": step}
+                where |= {"order_seed": derive_seed(recipe.recipe.seed, 2, t, epoch)}
+                where |= {"seconds": time.perf_counter() - start}
+                ckpt.write_step_checkpoint(out, t, step, model, optimizer, {**state, "position": where})
+            ctx.barrier()
+            log("step_checkpoint", task=t, epoch=epoch, batch=batch, step=step)
+
+        _train_task(
+            recipe,
+            model,
+            optimizer,
+            seq[t],
+            t,
+            len(seq),
+            rt,
+            log,
+            log_every,
+            position,
+            checkpoint_every,
+            save_step,
+        )
+        position = None
         model.end_task(t)
         seconds = time.perf_counter() - start
         row = [evaluate(model, seq[j], j, rt) for j in range(t + 1)]
@@ -136,6 +182,7 @@ def train_sequence(
         state["completed"] = t + 1
         if ctx.is_main:
             ckpt.write_checkpoint(out, t, model, optimizer, state)
+            ckpt.remove_step_checkpoints(out)
         ctx.barrier()
         log("task_end", task=t, accuracy=row, seconds=round(seconds, 3), capacity=state["capacity"][-1])
         if on_task_end is not None:
@@ -162,17 +209,26 @@ def _train_task(
     rt: Runtime,
     log: _Log,
     log_every: int,
+    position: dict[str, Any] | None = None,
+    checkpoint_every: int = 0,
+    save_step: Callable[[int, int, int], None] | None = None,
 ) -> None:
-    """Train the open task ``t`` for the recipe's epochs, the scale annealed per epoch (or per task)."""
+    """Train the open task ``t`` for the recipe's epochs, the scale annealed per epoch (or per task).
+
+    ``position`` (from a step checkpoint) says the epoch and batch to go on from; every
+    ``checkpoint_every`` steps but the task's last, ``save_step(epoch, next batch, step)`` is called.
+    """
     r = recipe.recipe
     schedule = get_schedule(r.schedule, recipe.hat.smax)
     net = ddp.wrap(model, rt.ctx, rt.device)
     data = task.train.tensors
-    for epoch in range(r.epochs):
+    first_epoch, first_batch = (position["epoch"], position["batch"]) if position else (0, 0)
+    for epoch in range(first_epoch, r.epochs):
         gen = torch.Generator().manual_seed(derive_seed(r.seed, 2, t, epoch))
         batches = ddp.global_batches(len(data[1]), r.batch_size, gen, rt.ctx.world_size)
         n = len(batches)  # the same in every epoch: the task's step is epoch * n + b
         total = n * r.epochs
+        first = first_batch if epoch == first_epoch else 0
 
         def loss_fn(b, batch, weight, epoch=epoch, total=total, n=n):  # noqa: ANN001
             xb, yb = batch
@@ -186,17 +242,23 @@ def _train_task(
             hits = (logits.argmax(1) == yb).sum()
             return ce * weight + reg, torch.stack([ce.double(), reg.double() * len(yb), hits.double()])
 
+        def after_step(b: int, epoch: int = epoch, n: int = n, total: int = total) -> None:
+            step = epoch * n + b + 1
+            if save_step is not None and checkpoint_every and step % checkpoint_every == 0 and step < total:
+                save_step(epoch + (b + 1) // n, (b + 1) % n, step)
+
         model.train()
         epoch_start = time.perf_counter()
         desc = f"{recipe.name} task {t + 1}/{num_tasks} epoch {epoch + 1}/{r.epochs}"
         ce, reg, correct, count = train_epoch(
-            net, optimizer, recipe, data, batches, epoch * n, total, loss_fn, rt, desc
+            net, optimizer, recipe, data, batches, epoch * n, total, loss_fn, rt, desc, first, after_step
         )
         used = {g: int((model.embedding(g, t).detach() > 0).sum()) for g in model.groups}
         log(
             "epoch",
             task=t,
             epoch=epoch,
+            from_batch=first,
             ce=ce / count,
             reg=reg / count,
             train_acc=correct / count,
