@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -140,3 +143,30 @@ def metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and sample.labels == labels:
                 return sample.value
     return 0.0
+
+
+@contextmanager
+def server_process(
+    *args: str, command: tuple[str, ...] = ("hatzoo.export.server",)
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``python -m COMMAND ARGS`` (the server module, or ``("hatzoo.cli", "serve")`` for the command) on
+    a free port; yields (process, url) once /healthz answers, and stops it afterwards (terminate, then
+    kill) unless the test already did."""
+    from hatzoo.export.client import ClientError, HatzooClient
+
+    from hatzoo.hub.local_hub import free_port, stop_process
+
+    port = free_port()
+    cmd = [sys.executable, "-m", *command, *args, "--port", str(port)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            HatzooClient(url, timeout=5).wait_until_up(proc)
+        except ClientError as e:
+            proc.kill()
+            raise RuntimeError(f"{e}: {proc.stdout.read()}") from None
+        yield proc, url
+    finally:
+        stop_process(proc)

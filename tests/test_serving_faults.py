@@ -14,21 +14,17 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from hatzoo.export.bundle import BundleError, read_bundle
-from hatzoo.export.client import ClientError, HatzooClient
 from hatzoo.export.server import create_app
 from PIL import Image
 
-from hatzoo.hub.local_hub import free_port, stop_process
-from tests.serving_support import Reference, edit_manifest, running_server
+from tests.serving_support import Reference, edit_manifest, running_server, server_process
 
 PREDICT = "/v1/models/tiny-cnn/tasks/1:predict"
 
@@ -66,23 +62,9 @@ def post_image(url: str, data: bytes, ctype: str = "image/png") -> httpx.Respons
 # ------------------------------------------------------------------------------------ killed workers
 
 
-@contextmanager
-def hatzoo_serve(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``hatzoo serve ARGS`` (the command's module run by this interpreter) on a free port; yields
-    (process, url) once it answers, and stops it afterwards."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "hatzoo.cli", "serve", *args, "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            HatzooClient(url, timeout=5).wait_until_up(proc)
-        except ClientError as e:
-            proc.kill()
-            raise RuntimeError(f"{e}: {proc.stdout.read()}") from None
-        yield proc, url
-    finally:
-        stop_process(proc)
+def hatzoo_serve(*args: str):
+    """``hatzoo serve ARGS`` (the command's module run by this interpreter) on a free port."""
+    return server_process(*args, command=("hatzoo.cli", "serve"))
 
 
 def decode_workers(server_pid: int) -> list[int]:

@@ -2,46 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hatzoo.export.client import ClientError, HatzooClient
+from hatzoo.export.client import HatzooClient
 
-from hatzoo.hub.local_hub import free_port, stop_process
-from tests.serving_support import Reference, metric
+from tests.serving_support import Reference, metric, server_process
 
 CLIENTS = 8
 REQUESTS_PER_CLIENT = 50
 ROUTES = [("tiny-cnn", 0), ("tiny-cnn", 1), ("tiny-cnn", 2), ("tiny-mlp", 0), ("tiny-mlp", 5)]
-
-
-@contextmanager
-def server_process(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``python -m hatzoo.export.server ARGS`` on a free port; yields (process, url) once /healthz answers,
-    and stops it afterwards (terminate, then kill) unless the test already did."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "hatzoo.export.server", *args, "--port", str(port)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            HatzooClient(url, timeout=5).wait_until_up(proc)
-        except ClientError as e:
-            proc.kill()
-            raise RuntimeError(f"{e}: {proc.stdout.read()}") from None
-        yield proc, url
-    finally:
-        stop_process(proc)
 
 
 def test_concurrent_load_zero_errors_and_exact_answers(bundles: list[Path], reference: Reference) -> None:
