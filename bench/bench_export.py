@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hatzoo.export.onnx_export import export_module, export_task, ort_session
 
 import hatzoo
 from hatzoo.core.specialize import specialize
+from hatzoo.export.onnx_export import export_module, export_task, ort_session
 
 KEEPS = (0.5, 0.25)
 

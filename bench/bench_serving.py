@@ -40,9 +40,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
 from hatzoo.export.bundle import read_bundle
 from hatzoo.export.client import HatzooClient
-
 from hatzoo.hub.local_hub import free_port, stop_process
 
 MODES = ("hatzoo serve", "minimal server", "direct loop")

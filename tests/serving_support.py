@@ -39,6 +39,7 @@ def _net(kind: str, k: int, seed: int):
 def build_bundles(root: Path) -> list[Path]:
     """Export both test models' tasks (dynamic batch, one file each) and write their manifests."""
     import torch
+
     from hatzoo.export.bundle import write_manifest
     from hatzoo.export.onnx_export import export_module
 
@@ -95,9 +96,9 @@ def running_server(dirs: list[Path], **options) -> Iterator[tuple[str, object]]:
     """A real uvicorn server on 127.0.0.1 in a thread of this process, with serve()'s protocol (header
     timeout); ``options`` are ServeConfig fields. Yields (base_url, app)."""
     import uvicorn
+
     from hatzoo.export.guard import header_timeout_protocol
     from hatzoo.export.server import create_app
-
     from hatzoo.hub.local_hub import free_port
 
     options.setdefault("global_thread_pool", False)  # keep this pytest process's other ORT sessions legal
@@ -153,7 +154,6 @@ def server_process(
     a free port; yields (process, url) once /healthz answers, and stops it afterwards (terminate, then
     kill) unless the test already did."""
     from hatzoo.export.client import ClientError, HatzooClient
-
     from hatzoo.hub.local_hub import free_port, stop_process
 
     port = free_port()

@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hatzoo.export.bundle import read_bundle
 
 from hatzoo.cli import main
+from hatzoo.export.bundle import read_bundle
 from tests.model_support import train_tasks, vit
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hatzoo.export.client import HatzooClient
 
 from hatzoo.cli import COMMANDS, main
+from hatzoo.export.client import HatzooClient
 from hatzoo.hub.local_hub import free_port, stop_process
 from hatzoo.zoo import default_zoo
 

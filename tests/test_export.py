@@ -13,6 +13,11 @@ import onnx
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from torch import nn
+
+import hatzoo
+from hatzoo.core.specialize import ConstantBranch, specialize
+from hatzoo.errors import ExportError, InputError, TaskError
 from hatzoo.export.bundle import read_bundle
 from hatzoo.export.onnx_export import (
     INPUT_NAME,
@@ -24,11 +29,6 @@ from hatzoo.export.onnx_export import (
     ort_session,
 )
 from hatzoo.export.server import create_app
-from torch import nn
-
-import hatzoo
-from hatzoo.core.specialize import ConstantBranch, specialize
-from hatzoo.errors import ExportError, InputError, TaskError
 from tests.model_support import train_random_tasks
 from tests.serving_support import npy
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
+from hatzoo.errors import HATError
 from hatzoo.export.bundle import FORMAT, FORMAT_VERSION, BundleError, read_bundle, write_manifest
 from hatzoo.export.client import ClientError, HatzooClient
 from hatzoo.export.runtime import MicroBatcher, TaskSessionPool, UnknownModelError
 from hatzoo.export.server import create_app
-
-from hatzoo.errors import HATError
 from tests.serving_support import (
     MODEL_A,
     MODEL_B,

@@ -10,12 +10,12 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from hatzoo.export.agnostic import task_scores
-from hatzoo.export.bundle import write_manifest
-from hatzoo.export.onnx_export import export_task
 from torch import nn
 
 import hatzoo
+from hatzoo.export.agnostic import task_scores
+from hatzoo.export.bundle import write_manifest
+from hatzoo.export.onnx_export import export_task
 from hatzoo.task_inference import predict
 from tests.model_support import train_random_tasks
 from tests.serving_support import npy, post, running_server

@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from hatzoo.export.bundle import BundleError, read_bundle
-from hatzoo.export.server import create_app
 from PIL import Image
 
+from hatzoo.export.bundle import BundleError, read_bundle
+from hatzoo.export.server import create_app
 from tests.serving_support import Reference, edit_manifest, running_server, server_process
 
 PREDICT = "/v1/models/tiny-cnn/tasks/1:predict"

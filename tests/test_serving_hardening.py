@@ -14,11 +14,11 @@ import httpx
 import numpy as np
 import onnx
 import pytest
-from hatzoo.export.bundle import BundleError, read_bundle, write_manifest
-from hatzoo.export.server import StartupError, create_app, main, serve
 from onnx import TensorProto, helper, numpy_helper
 
 from hatzoo.errors import HATError
+from hatzoo.export.bundle import BundleError, read_bundle, write_manifest
+from hatzoo.export.server import StartupError, create_app, main, serve
 from hatzoo.hub.local_hub import free_port
 from tests.serving_support import edit_manifest, running_server
 

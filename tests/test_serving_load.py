@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hatzoo.export.client import HatzooClient
 
+from hatzoo.export.client import HatzooClient
 from tests.serving_support import Reference, metric, server_process
 
 CLIENTS = 8

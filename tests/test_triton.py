@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
-from hatzoo.export.triton import export_triton_repository
 
 from hatzoo.errors import ExportError
+from hatzoo.export.triton import export_triton_repository
 
 
 @pytest.fixture(scope="module")
