@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "HATModel": "hatzoo.core.model",
     "HATConfig": "hatzoo.core.config",
+    "CapacityWarning": "hatzoo.core.capacity",
     "TaskModel": "hatzoo.core.specialize",
     "hatify": "hatzoo.core.hatify",
     "create_model": "hatzoo.architectures",
@@ -43,6 +44,7 @@ __all__ = [
     "UnsupportedModelError",
     "HATModel",
     "HATConfig",
+    "CapacityWarning",
     "TaskModel",
     "hatify",
     "create_model",
@@ -54,6 +56,7 @@ __all__ = [
 if TYPE_CHECKING:
     from hatzoo.architectures import create_model
     from hatzoo.core import schedules
+    from hatzoo.core.capacity import CapacityWarning
     from hatzoo.core.config import HATConfig
     from hatzoo.core.hatify import hatify
     from hatzoo.core.model import HATModel

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from hatzoo.errors import InputError
 
-MaskInit = Literal["normal", "dense", "sparse"]
+MaskInit = Literal["budget", "normal", "dense", "sparse"]
 RegMode = Literal["global", "per_layer"]
 
 
@@ -20,9 +20,15 @@ class HATConfig:
     reg_c: strength of the mask regularizer (paper: 0.75).
     reg_mode: "global" is the paper's ratio over all units; "per_layer" averages the ratio of
         each mask group, so small groups (attention heads) weigh as much as wide MLPs.
-    mask_init: "normal" draws embeddings from N(0, 1) (paper); "dense" starts every gate open
-        (e = +1, HAT-CL's choice that lets a new task see all units first); "sparse" starts them
-        closed (e = -1).
+    mask_init: "budget" starts a new task's gates open (e = +1) on every unit earlier tasks use
+        (reusing them costs nothing: their weights are locked) and on about ``task_budget`` of each
+        group's size drawn from the free units, closed (e = -1) elsewhere, so capacity lasts about
+        1 / task_budget tasks instead of running out after ten (each task otherwise takes half of
+        what is free); "normal" draws embeddings from N(0, 1) (paper); "dense" starts every gate
+        open (e = +1, HAT-CL's choice that lets a new task see all units first); "sparse" starts
+        them closed (e = -1).
+    task_budget: with ``mask_init="budget"``, the share of each group's units a new task starts
+        with among the free ones (in (0, 1]).
     clamp: embeddings are clamped to [-clamp, clamp] after every optimizer step (paper: 6).
     cosh_clamp: the argument of cosh in the gradient compensation is clamped (paper: 50).
     norm_init: a new task's norms and tokens start as a copy of the latest task's ("copy") or
@@ -32,7 +38,8 @@ class HATConfig:
     smax: float = 400.0
     reg_c: float = 0.75
     reg_mode: RegMode = "global"
-    mask_init: MaskInit = "normal"
+    mask_init: MaskInit = "budget"
+    task_budget: float = 1 / 32
     clamp: float = 6.0
     cosh_clamp: float = 50.0
     norm_init: Literal["copy", "fresh"] = "copy"
@@ -42,6 +49,8 @@ class HATConfig:
             raise InputError(f"smax must be > 0, got {self.smax}")
         if self.reg_c < 0:
             raise InputError(f"reg_c must be >= 0, got {self.reg_c}")
+        if not 0 < self.task_budget <= 1:
+            raise InputError(f"task_budget must be in (0, 1], got {self.task_budget}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
