@@ -52,9 +52,7 @@ def permuted_tasks(num_tasks: int, split: str, seed: int) -> list[tuple[torch.Te
         def convert(x: np.ndarray, perm: torch.Tensor = perm) -> torch.Tensor:
             return to_tensor(x, raw.scale, raw.mean, raw.std).flatten(1)[:, perm].reshape(-1, 1, 28, 28)
 
-        tasks.append(
-            (convert(x_train), torch.from_numpy(y_train), convert(x_eval), torch.from_numpy(y_eval))
-        )
+        tasks.append((convert(x_train), torch.from_numpy(y_train), convert(x_eval), torch.from_numpy(y_eval)))
     return tasks
 
 
@@ -186,7 +184,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     tasks = permuted_tasks(args.tasks, args.split, args.seed)
-    print(f"{args.tasks} permuted Fashion-MNIST tasks, split={args.split}, HAT options {args.hat or 'defaults'}")
+    print(
+        f"{args.tasks} permuted Fashion-MNIST tasks, split={args.split}, HAT options {args.hat or 'defaults'}"
+    )
     rows = run_sequence(tasks, args)
     result = summary(rows)
     result["seconds"] = round(time.perf_counter() - start, 1)
