@@ -35,7 +35,6 @@ def test_a_new_task_starts_on_about_half_the_used_units_and_its_budget_of_free_o
     reused, new = int((start[used] > 0).sum()), int((start[~used] > 0).sum())
     assert 0.35 * int(used.sum()) <= reused <= 0.65 * int(used.sum())  # the paper's N(0, 1) there
     assert 64 - 3 * 8 <= new <= 64 + 3 * 8  # 1024 / 16 expected, binomial sd about 7.6
-    assert set(start[~used].tolist()) == {-1.0, 1.0}
 
 
 def test_budgeted_tasks_leave_room_where_the_papers_start_runs_out():
@@ -48,16 +47,17 @@ def test_budgeted_tasks_leave_room_where_the_papers_start_runs_out():
     assert 1024 - 320 - 60 <= budgeted.capacity()["0"]["free"] <= 1024 - 320 + 60
 
 
-def test_a_group_smaller_than_one_over_the_budget_still_hands_out_units():
+def test_a_narrow_group_starts_its_first_tasks_as_the_paper_does_and_then_fills_up():
     torch.manual_seed(0)
-    model = hatzoo.hatify(nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2)), task_budget=1 / 8)
-    with pytest.warns(CapacityWarning):
+    model = hatzoo.hatify(nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 2)), task_budget=1 / 32)
+    end_untrained_tasks(model, 1)
+    assert 32 - 12 <= model.capacity()["0"]["used"][0] <= 32 + 12  # half of 64, not 64 / 32 = 2
+    with pytest.warns(CapacityWarning, match="0 have no free units"):
         end_untrained_tasks(model, 40)
-    taken = [int(model.masks("0")[t].sum()) for t in range(40)]
-    assert model.capacity()["0"]["free"] == 0  # half a unit a task: four units last a few dozen tasks
-    assert taken[0] <= 2 and max(taken) == 4  # and reused by every task after them
+    assert model.capacity()["0"]["free"] == 0
 
 
+@pytest.mark.filterwarnings("ignore::hatzoo.CapacityWarning")  # the ViT's 3 heads fill up
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_budgeted_training_keeps_every_earlier_task_bitwise(arch):
     torch.manual_seed(0)

@@ -28,7 +28,8 @@ class HATConfig:
         open (e = +1, HAT-CL's choice that lets a new task see all units first); "sparse" starts
         them closed (e = -1).
     task_budget: with ``mask_init="budget"``, the share of each group's units a new task starts
-        with among the free ones (in (0, 1]).
+        with among the free ones (in (0, 1]); where that is less, half of the free units up to 32
+        (the paper's start, capped), so narrow layers and the first tasks are not starved.
     clamp: embeddings are clamped to [-clamp, clamp] after every optimizer step (paper: 6).
     cosh_clamp: the argument of cosh in the gradient compensation is clamped (paper: 50).
     norm_init: a new task's norms and tokens start as a copy of the latest task's ("copy") or
