@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -137,3 +138,26 @@ def test_the_budget_saves_and_loads_with_the_checkpoint(tmp_path):
     task = loaded.add_task(num_classes=2)  # continues with the stored budget
     opened = loaded.embedding("0", task).detach() > 0
     assert 256 - 48 <= int((opened & ~loaded.masks("0")[:2].any(0)).sum()) <= 256 + 48
+
+
+def test_hatzoo_info_shows_the_free_units_the_card_records(tmp_path, monkeypatch, capsys):
+    from hatzoo.cli import main
+
+    model = hatzoo.hatify(
+        nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)),
+        mask_init="dense",
+    )
+    model.end_task(model.add_task(num_classes=2))
+    model.save_pretrained(tmp_path / "hat-room")
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "hat-room.yaml").write_text(
+        "name: hat-room\narch: hat-vit-tiny\nresults:\n  complete: true\n  accuracy:\n  - [99.5]\n"
+        "  capacity:\n    '0': {size: 4, free: 0}\n    '2': {size: 6, free: 6}\n"
+    )
+    monkeypatch.setenv("HATZOO_CARDS", str(cards))
+    monkeypatch.chdir(tmp_path)
+    assert main(["info", "hat-room"]) == 0
+    out = capsys.readouterr().out
+    assert "free units per group after the release's tasks (card; 1 groups full):" in out
+    assert re.search(r"\n  2 +6 of 6 +free\n", out)  # the card's numbers, not the model's (0 free)
