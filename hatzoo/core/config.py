@@ -20,16 +20,18 @@ class HATConfig:
     reg_c: strength of the mask regularizer (paper: 0.75).
     reg_mode: "global" is the paper's ratio over all units; "per_layer" averages the ratio of
         each mask group, so small groups (attention heads) weigh as much as wide MLPs.
-    mask_init: "budget" starts a new task's gates open (e = +1) on every unit earlier tasks use
-        (reusing them costs nothing: their weights are locked) and on about ``task_budget`` of each
-        group's size drawn from the free units, closed (e = -1) elsewhere, so capacity lasts about
-        1 / task_budget tasks instead of running out after ten (each task otherwise takes half of
-        what is free); "normal" draws embeddings from N(0, 1) (paper); "dense" starts every gate
-        open (e = +1, HAT-CL's choice that lets a new task see all units first); "sparse" starts
-        them closed (e = -1).
+    mask_init: "budget" (default) starts a new task's gates from N(0, 1) on the units earlier tasks
+        use (about half reused, at no cost: their weights are locked) and opens only about
+        ``task_budget`` of each group among the free units (the rest start closed), so room lasts
+        for many tasks; the paper's "normal" (N(0, 1) everywhere) takes half of what is free per
+        task, since with a short run gates keep the sign they start with, and leaves a ViT full
+        after about ten tasks. "dense" starts every gate open (e = +1, HAT-CL's choice that lets a
+        new task see all units first); "sparse" starts them closed (e = -1).
     task_budget: with ``mask_init="budget"``, the share of each group's units a new task starts
-        with among the free ones (in (0, 1]); where that is less, half of the free units up to 32
-        (the paper's start, capped), so narrow layers and the first tasks are not starved.
+        with among the free ones (in (0, 1]); a group narrower than 1024 units gives what a 1024-unit
+        one would (at most half of what is free), so narrow layers are not starved. A group of
+        1024 units or more lasts about 1 / task_budget tasks, a narrower one about
+        size / (1024 * task_budget) (768-unit ViT-Tiny MLPs: 24 tasks at the default 1/32).
     clamp: embeddings are clamped to [-clamp, clamp] after every optimizer step (paper: 6).
     cosh_clamp: the argument of cosh in the gradient compensation is clamped (paper: 50).
     norm_init: a new task's norms and tokens start as a copy of the latest task's ("copy") or

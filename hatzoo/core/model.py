@@ -20,7 +20,7 @@ from hatzoo.errors import InputError, TaskError
 from hatzoo.policies.base import PolicySpec
 
 TaskStatus = Literal["open", "ended", "forgotten"]
-MIN_NEW_UNITS = 32  # mask_init="budget": a new task takes half the free units up to this many
+BUDGET_WIDTH = 1024  # mask_init="budget": a narrower group gives a task the budget of one this wide
 
 
 @dataclass
@@ -477,19 +477,21 @@ class HATModel(nn.Module):
         """N(0, 1) on the units ended tasks use (about half reused); on free units +1 for about
         task_budget * size of them, -1 elsewhere.
 
-        Where task_budget * size is less, a task takes what the paper's start takes (half of the free
-        units) up to MIN_NEW_UNITS: a 64-unit layer starts its first tasks as the paper does, rather
-        than with 2 units that learn nothing. Each free unit opens with probability
+        A group narrower than BUDGET_WIDTH gives what one of that width would (task_budget *
+        BUDGET_WIDTH units), at most half of what is free: a 64-unit layer starts its first tasks as
+        the paper's start does, rather than with 2 units that learn nothing, and a smaller
+        task_budget still makes every group last longer. Each free unit opens with probability
         budget / free, so a group smaller than 1 / task_budget (a block's few attention heads) still
         hands out a unit every few tasks rather than none. Reusing only some used units keeps units
         exclusive to each task, which ``forget`` can free.
         """
         used = self._used_units()[group.name].to(device)
         free = group.size - int(used.sum())
-        budget = max(self.config.task_budget * group.size, min(MIN_NEW_UNITS, free / 2))
-        share = min(1.0, budget / free) if free else 0.0
+        share = self.config.task_budget
+        budget = max(share * group.size, min(share * BUDGET_WIDTH, free / 2))
+        chance = min(1.0, budget / free) if free else 0.0
         start = torch.randn(group.size, device=device)  # the paper's magnitudes, so masks learn as fast
-        drawn = torch.rand(group.size, device=device) < share
+        drawn = torch.rand(group.size, device=device) < chance
         return torch.where(used, start, torch.where(drawn, start.abs(), -start.abs())).to(dtype)
 
     def check_task(self, task: Any, allow_open: bool = False) -> None:
