@@ -15,8 +15,8 @@ def full_group_message(groups: list[str]) -> str:
     return (
         f"mask group(s) {names} have no free units left: a new task can only reuse units earlier tasks "
         "trained (their weights are locked), so it learns less well there. To make room, forget tasks you "
-        "no longer need (model.forget(t)), lower HATConfig.task_budget for the next tasks of a new model, "
-        "or start a wider model; model.capacity_summary() shows the room left per group."
+        "no longer need (model.forget(t)); for longer sequences, create the model with a lower task_budget "
+        "(hatzoo.HATConfig) or wider layers. model.capacity_summary() shows the room left per group."
     )
 
 
