@@ -10,7 +10,7 @@ per group kind (minimum over blocks), the parameter count, and with ``--ceiling`
 trained on that task alone with the same loop and options (the plasticity ceiling).
 
     python bench/bench_capacity.py                                  # 20 tasks, defaults, val split
-    python bench/bench_capacity.py --hat mask_init=normal reg_budget=0   # the paper's behaviour
+    python bench/bench_capacity.py --hat mask_init=normal             # the paper's start
     python bench/bench_capacity.py --tasks 50 --split test --ceiling 5 --json out.json
 """
 
