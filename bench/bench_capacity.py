@@ -12,11 +12,13 @@ trained on that task alone with the same loop and options (the plasticity ceilin
     python bench/bench_capacity.py                                  # 20 tasks, defaults, val split
     python bench/bench_capacity.py --hat mask_init=normal             # the paper's start
     python bench/bench_capacity.py --tasks 50 --split test --ceiling 5 --json out.json
+    python bench/bench_capacity.py --continue hat-vit-tiny --hat mask_init=budget   # a release, 20 more
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -102,33 +104,46 @@ def free_by_kind(model) -> dict[str, int]:
     return kinds
 
 
+def start_model(args) -> hatzoo.HATModel:
+    """A fresh model, or a zoo release (``--continue``) whose HAT options ``--hat`` may change."""
+    if not args.continue_from:
+        return new_model(args.hat)
+    model = hatzoo.load(args.continue_from)
+    model.config = dataclasses.replace(model.config, **args.hat)
+    return model
+
+
 def run_sequence(tasks, args) -> list[dict]:
+    """Learn ``tasks`` one after another; task 0's logits (the release's first task when continuing)
+    are checked bitwise after every task, on the first new task's inputs."""
     torch.manual_seed(args.seed)
-    model = new_model(args.hat)
+    model = start_model(args)
+    base = model.num_tasks
     gen = torch.Generator().manual_seed(args.seed)
     optimizer, rows = None, []
     first = split_batches(tasks[0])
-    reference: torch.Tensor | None = None  # task 0's logits right after it was learned
-    for t, data in enumerate(tasks):
+    reference: torch.Tensor | None = None  # task 0's logits before the first new task
+    for n, data in enumerate(tasks):
+        if reference is None:
+            reference = task0_logits(model, first) if base else None
         start = time.perf_counter()
-        model.add_task(num_classes=10)
+        t = model.add_task(num_classes=10)
         if optimizer is None:
             optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         else:
             optimizer.add_param_group({"params": model.task_parameters(t)})
         train_task(model, optimizer, t, data, args, gen)
         model.end_task(t)
-        batches = split_batches(data)
-        row = {"task": t, "learned": accuracy(model, t, batches), "task0_now": accuracy(model, 0, first)}
+        row = {"task": t, "learned": accuracy(model, t, split_batches(data))}
+        row["task0_now"] = accuracy(model, base, first)  # the first new task
         logits0 = task0_logits(model, first)
-        if t == 0:
-            reference = logits0
+        reference = logits0 if reference is None else reference
         row["task0_bitwise"] = torch.equal(logits0, reference)
         row["free"] = free_by_kind(model)
         row["params"] = sum(p.numel() for p in model.parameters())
         row["seconds"] = round(time.perf_counter() - start, 1)
-        if args.ceiling and t % args.ceiling == 0:
-            row["alone"] = train_alone(data, args, t)
+        if args.ceiling and n % args.ceiling == 0:
+            row["alone"] = train_alone(data, args, n)
         rows.append(row)
         print(format_row(row), flush=True)
     return rows
@@ -193,6 +208,9 @@ def main() -> None:
         "--ceiling", type=int, default=0, metavar="N", help="also train every N-th task alone (slow)"
     )
     parser.add_argument("--hat", nargs="*", default=[], help="HAT options, e.g. mask_init=normal")
+    parser.add_argument(
+        "--continue", dest="continue_from", metavar="NAME", help="continue a zoo release (hatzoo.load(NAME))"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the rows and summary here")
     args = parser.parse_args()
