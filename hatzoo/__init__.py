@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "HATModel": "hatzoo.model",
     "HATConfig": "hatzoo.core.config",
+    "CapacityWarning": "hatzoo.core.capacity",
     "TaskModel": "hatzoo.core.specialize",
     "hatify": "hatzoo.model",
     "create_model": "hatzoo.loader",
@@ -45,6 +46,7 @@ __all__ = [
     "UnsupportedModelError",
     "HATModel",
     "HATConfig",
+    "CapacityWarning",
     "TaskModel",
     "hatify",
     "create_model",
@@ -55,6 +57,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from hatzoo.core import schedules
+    from hatzoo.core.capacity import CapacityWarning
     from hatzoo.core.config import HATConfig
     from hatzoo.core.specialize import TaskModel
     from hatzoo.loader import create_model, load

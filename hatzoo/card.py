@@ -104,6 +104,8 @@ class CardResults:
     release: dict[str, Any] | None = None
     # inference without a task id (bench/bench_task_inference.py): per rule, beside the ceilings
     task_agnostic: dict[str, Any] | None = None
+    # room left for new tasks after the release's tasks: {mask group: {size, free}}
+    capacity: dict[str, Any] | None = None
 
     @property
     def final(self) -> list[float]:
@@ -184,7 +186,7 @@ def parse_card(text: str, source: str, *, check_names: bool = True) -> Card:
     return Card.from_dict(data, source, check_names=check_names)
 
 
-_OPTIONAL_RESULTS = ("release", "task_agnostic")
+_OPTIONAL_RESULTS = ("release", "task_agnostic", "capacity")
 
 
 def update_card(

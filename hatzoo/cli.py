@@ -221,6 +221,11 @@ def _info(argv: list[str]) -> int:
                 f"  {rule:<16} task predicted {scores['task']:.2f}%, "
                 f"class-incremental accuracy {scores['class_incremental']:.2f}%"
             )
+    if results and results.capacity:  # the card's room for new tasks after the release's tasks
+        full = sum(1 for g in results.capacity.values() if g["free"] == 0)
+        print(f"free units per group after the release's tasks (card; {full} groups full):")
+        for name, group in results.capacity.items():
+            print(f"  {name:<28} {group['free']:>5} of {group['size']:<5} free")
     capacity = model.capacity()
     size = sum(g["size"] for g in capacity.values())
     used = size - sum(g["free"] for g in capacity.values())

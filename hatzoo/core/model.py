@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from hatzoo.core.capacity import CapacityWarning, full_group_message, summarize
 from hatzoo.core.config import HATConfig
 from hatzoo.core.gates import apply_gate, soft_gate
 from hatzoo.core.groups import MaskGroup, UnitSlice, group_key
@@ -17,6 +19,7 @@ from hatzoo.core.task_modules import TaskContext, TaskModule, TaskParameter
 from hatzoo.errors import InputError, TaskError
 
 TaskStatus = Literal["open", "ended", "forgotten"]
+BUDGET_WIDTH = 1024  # mask_init="budget": a narrower group gives a task the budget of one this wide
 
 
 @dataclass
@@ -77,6 +80,7 @@ class HATModel(nn.Module):
         self._register_gate_layout(spec.groups)
         self._binary_cache: dict[int, dict[str, torch.Tensor]] = {}
         self._reg_weights: dict[int, torch.Tensor] = {}
+        self._warned_full: set[str] = set()
         self._guard = LockGuard()
 
     # ----------------------------------------------------------------- construction
@@ -155,9 +159,17 @@ class HATModel(nn.Module):
         current = self.open_task()
         if current is not None:
             raise TaskError(f"task {current} is still open; call end_task({current}) before adding a task")
+        self._warn_if_full()
         task = self.restore_task(TaskInfo(num_classes=num_classes, labels=labels))
         self.refresh_locks()
         return task
+
+    def _warn_if_full(self) -> None:
+        """Warn once per group when a new task finds it with no free unit."""
+        full = [name for name, info in self.capacity().items() if info["free"] == 0]
+        if new := [name for name in full if name not in self._warned_full]:
+            self._warned_full.update(new)
+            warnings.warn(full_group_message(new), CapacityWarning, stacklevel=3)
 
     def restore_task(self, info: TaskInfo) -> int:
         """Append a task in the state ``info`` describes, with fresh parameters and empty mask rows.
@@ -172,7 +184,7 @@ class HATModel(nn.Module):
             module.add_task(source)
         self.heads.append(nn.Linear(self.spec.num_features, info.num_classes).to(device, dtype))
         for g in self.groups.values():
-            embedding = nn.Parameter(self._initial_embedding(g.size, device, dtype))
+            embedding = nn.Parameter(self._initial_embedding(g, device, dtype))
             self.embeddings[group_key(g.name)].append(embedding)
             grown = torch.cat([self.masks(g.name), torch.zeros(1, g.size, dtype=torch.bool, device=device)])
             setattr(self, self._mask_buffer(g.name), grown)
@@ -321,6 +333,10 @@ class HATModel(nn.Module):
             for g in self.groups.values()
         }
 
+    def capacity_summary(self) -> str:
+        """``capacity()`` as text: per group units used, free and full, then the totals."""
+        return summarize(self.capacity())
+
     # ----------------------------------------------------------------- specialization
     def specialize(self, task: int) -> nn.Module:
         """A plain module for one task with its masked units physically removed (eval mode)."""
@@ -419,11 +435,34 @@ class HATModel(nn.Module):
         param = next(self.backbone.parameters())
         return param.device, param.dtype
 
-    def _initial_embedding(self, size: int, device, dtype) -> torch.Tensor:
+    def _initial_embedding(self, group: MaskGroup, device, dtype) -> torch.Tensor:
         if self.config.mask_init == "normal":
-            return torch.randn(size, device=device, dtype=dtype)
+            return torch.randn(group.size, device=device, dtype=dtype)
+        if self.config.mask_init == "budget":
+            return self._budget_embedding(group, device, dtype)
         value = 1.0 if self.config.mask_init == "dense" else -1.0
-        return torch.full((size,), value, device=device, dtype=dtype)
+        return torch.full((group.size,), value, device=device, dtype=dtype)
+
+    def _budget_embedding(self, group: MaskGroup, device, dtype) -> torch.Tensor:
+        """N(0, 1) on the units ended tasks use (about half reused); on free units +1 for about
+        task_budget * size of them, -1 elsewhere.
+
+        A group narrower than BUDGET_WIDTH gives what one of that width would (task_budget *
+        BUDGET_WIDTH units), at most half of what is free: a 64-unit layer starts its first tasks as
+        the paper's start does, rather than with 2 units that learn nothing, and a smaller
+        task_budget still makes every group last longer. Each free unit opens with probability
+        budget / free, so a group smaller than 1 / task_budget (a block's few attention heads) still
+        hands out a unit every few tasks rather than none. Reusing only some used units keeps units
+        exclusive to each task, which ``forget`` can free.
+        """
+        used = self._used_units()[group.name].to(device)
+        free = group.size - int(used.sum())
+        share = self.config.task_budget
+        budget = max(share * group.size, min(share * BUDGET_WIDTH, free / 2))
+        chance = min(1.0, budget / free) if free else 0.0
+        start = torch.randn(group.size, device=device)  # the paper's magnitudes, so masks learn as fast
+        drawn = torch.rand(group.size, device=device) < chance
+        return torch.where(used, start, torch.where(drawn, start.abs(), -start.abs())).to(dtype)
 
     def check_task(self, task: Any, allow_open: bool = False) -> None:
         """Raise TaskError unless ``task`` exists, is not forgotten, and (unless allowed) has ended."""

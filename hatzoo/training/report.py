@@ -292,7 +292,13 @@ def card_results(results: Results) -> dict[str, Any]:
         "gap_to_joint": pct(results.gap_to_joint),
         "train_seconds": round(sum(results.seconds), 1),
         "joint_seconds": None if results.joint_seconds is None else round(results.joint_seconds, 1),
+        "capacity": card_capacity(results.capacity[-1]) if results.capacity else None,
     }
+
+
+def card_capacity(capacity: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """``model.capacity()`` as a card stores it: each group's size and free units, without per-task counts."""
+    return {group: {"size": c["size"], "free": c["free"]} for group, c in capacity.items()}
 
 
 def _same_recipe(card: Recipe, run: dict[str, Any]) -> list[str]:
