@@ -11,9 +11,13 @@ import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hatzoo import __version__
 from hatzoo.errors import HATError
+
+if TYPE_CHECKING:
+    from hatzoo.card import CardResults
 
 EXIT_USAGE = 2
 
@@ -197,21 +201,45 @@ def _info(argv: list[str]) -> int:
         "  hatzoo info hat-vit-small\n  hatzoo info runs/demo/model        # a folder (after 'hatzoo train')",
     )
     args = p.parse_args(argv)
-    import hatzoo
     from hatzoo.zoo import default_zoo
 
-    zoo = default_zoo()
-    results = zoo.get_card(args.model).results if args.model in zoo else None
+    zoo = default_zoo(check_names=False)  # reading a card needs no torch
+    card = zoo.get_card(args.model) if args.model in zoo else None
+    results = card.results if card else None
+    release = card and results.complete and results.capacity and args.revision is None
+    if release and not Path(args.model).is_dir():  # a local folder of that name is what loads
+        # a zoo release at its pin: the card holds everything, so nothing is loaded (and no torch)
+        print(f"{args.model}: {len(results.tasks)} tasks, architecture {card.arch} (card; files not loaded)")
+        for t, (name, acc) in enumerate(zip(results.tasks, results.shipped, strict=False)):
+            print(f"  task {t}: {name}, test accuracy {acc:.2f}% (card)")
+        _print_card_results(results)
+        return 0
+    import hatzoo
+
     final = results.shipped if results else []
     model = hatzoo.load(args.model, revision=args.revision)
     print(f"{args.model}: {model.num_tasks} tasks, architecture {model.spec.arch.get('name', 'sequential')}")
     for t, info in enumerate(model.tasks):
         acc = f", test accuracy {final[t]:.2f}% (card)" if t < len(final) else ""
         print(f"  task {t} [{info.status}]: {', '.join(info.labels)}{acc}")
-    if results and results.average_accuracy is not None:
+    if results:
+        _print_card_results(results)
+    capacity = model.capacity()
+    size = sum(g["size"] for g in capacity.values())
+    used = size - sum(g["free"] for g in capacity.values())
+    print(f"capacity: {used}/{size} units used ({used / max(size, 1):.1%}) over {len(capacity)} mask groups")
+    for name, group in capacity.items():
+        share = (group["size"] - group["free"]) / max(group["size"], 1)
+        print(f"  {name:<28} {share:>6.1%} of {group['size']:<5} used; per task {group['used']}")
+    return 0
+
+
+def _print_card_results(results: CardResults) -> None:
+    """The card's averages, its accuracy without a task id per rule, and the room it leaves for new tasks."""
+    if results.average_accuracy is not None:
         average = results.release["average_accuracy"] if results.release else results.average_accuracy
         print(f"average accuracy {average:.2f}%, backward transfer {results.bwt:.2f}%")
-    if results and (block := results.task_agnostic):  # the card's accuracy without a task id, per rule
+    if block := results.task_agnostic:
         print(
             f"without a task id (task-incremental ceiling {block['task_incremental']:.2f}%, "
             f"joint 10-way classifier {block.get('joint_class_incremental') or float('nan'):.2f}%):"
@@ -221,19 +249,11 @@ def _info(argv: list[str]) -> int:
                 f"  {rule:<16} task predicted {scores['task']:.2f}%, "
                 f"class-incremental accuracy {scores['class_incremental']:.2f}%"
             )
-    if results and results.capacity:  # the card's room for new tasks after the release's tasks
+    if results.capacity:
         full = sum(1 for g in results.capacity.values() if g["free"] == 0)
         print(f"free units per group after the release's tasks (card; {full} groups full):")
         for name, group in results.capacity.items():
             print(f"  {name:<28} {group['free']:>5} of {group['size']:<5} free")
-    capacity = model.capacity()
-    size = sum(g["size"] for g in capacity.values())
-    used = size - sum(g["free"] for g in capacity.values())
-    print(f"capacity: {used}/{size} units used ({used / max(size, 1):.1%}) over {len(capacity)} mask groups")
-    for name, group in capacity.items():
-        share = (group["size"] - group["free"]) / max(group["size"], 1)
-        print(f"  {name:<28} {share:>6.1%} of {group['size']:<5} used; per task {group['used']}")
-    return 0
 
 
 def _list(argv: list[str]) -> int:

@@ -37,6 +37,23 @@ def test_list_reads_the_cards_without_importing_torch_or_timm():
     assert f"{card.hub.repo_id}@{card.hub.revision}" in listing[0]
 
 
+@pytest.mark.integration
+def test_info_on_a_zoo_release_reads_its_card_without_importing_torch_or_timm():
+    code = (
+        "import sys; from hatzoo.cli import main; main(['info', 'hat-vit-tiny']); "
+        "print('torch' in sys.modules, 'timm' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    *info, imported = done.stdout.strip().splitlines()
+    assert imported == "False False"
+    results = default_zoo().get_card("hat-vit-tiny").results
+    assert info[0].startswith("hat-vit-tiny: 5 tasks, architecture hat-vit-tiny")
+    assert info[1] == f"  task 0: {results.tasks[0]}, test accuracy {results.shipped[0]:.2f}% (card)"
+    assert f"average accuracy {results.release['average_accuracy']:.2f}%" in done.stdout
+    assert "free units per group after the release's tasks (card; 2 groups full):" in done.stdout
+    assert "  blocks.0.mlp.hidden            662 of 768   free" in info
+
+
 # ------------------------------------------------------------------ every example of every --help runs
 ORDER = ["train", "list", "info", "load", "export", "push", "serve"]  # later ones use what earlier ones made
 PORT = re.compile(r"(--port |127\.0\.0\.1:)(\d+)")
