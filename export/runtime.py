@@ -362,6 +362,8 @@ class MicroBatcher:
         q = self._queues.get(key)
         if q is None:
             q = self._queues[key] = asyncio.Queue(maxsize=self.max_queue)
+        worker = self._workers.get(key)
+        if worker is None or worker.done():  # first use, or a worker that died: what is queued is served
             self._workers[key] = loop.create_task(self._work(key, q), name=f"hatzoo-batch-{key[0]}-{key[1]}")
         return q
 
@@ -411,9 +413,9 @@ class MicroBatcher:
         if not batch:
             return
         xs = [p.x for p in batch]
-        x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
         start = time.perf_counter()
         try:
+            x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
             y = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.pool.run, key[0], key[1], x
             )

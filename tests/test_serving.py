@@ -172,6 +172,24 @@ def test_micro_batcher_merges_concurrent_requests(bundles: list[Path], reference
     batcher.close()
 
 
+def test_a_dead_batching_worker_is_replaced_and_its_queue_served(
+    bundles: list[Path], reference: Reference
+) -> None:
+    pool = TaskSessionPool([read_bundle(d) for d in bundles], global_thread_pool=False)
+    batcher = MicroBatcher(pool, max_batch=16)
+    x = np.random.default_rng(3).standard_normal((2, 1, 8, 8)).astype(np.float32)
+
+    async def main() -> np.ndarray:
+        await batcher.predict("tiny-cnn", "1", x)
+        worker = batcher._workers[("tiny-cnn", "1")]
+        worker.cancel()  # the task's batching loop dies, as an unexpected error would end it
+        await asyncio.gather(worker, return_exceptions=True)
+        return await asyncio.wait_for(batcher.predict("tiny-cnn", "1", x), 30)  # not a hang
+
+    np.testing.assert_allclose(asyncio.run(main()), reference("tiny-cnn", "1", x), rtol=1e-6, atol=1e-6)
+    batcher.close()
+
+
 # ---------------------------------------------------------------------------------------------- server
 
 
