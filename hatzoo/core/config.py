@@ -59,7 +59,12 @@ class HATConfig:
                 raise InputError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The options; ``task_budget`` only where it acts (``mask_init="budget"``), so a checkpoint with
+        another start is written as it was before the option existed (a loaded release saves its bytes)."""
+        options = asdict(self)
+        if self.mask_init != "budget":
+            del options["task_budget"]
+        return options
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HATConfig:
