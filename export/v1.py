@@ -29,6 +29,7 @@ from .triton import triton_model_name
 T = TypeVar("T")
 PREDICT_SUFFIX = ":predict"
 INLINE_BODY_BYTES = 64 << 10  # bodies up to this size decode faster here than through a parse process
+INLINE_ANSWER_ROWS = 256  # answers up to this many rows are built faster here than in a thread
 AGNOSTIC_TASK = "*"  # the metrics' task label of requests answered without a task id
 RULE_PARAMETER = {
     "name": "rule",
@@ -252,14 +253,18 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
             x, k, warnings = await decode_body(s, request, ctype, body, spec)
             x = validate_input(x, spec, s.config.max_request_batch)
             logits = await s.batcher.predict(model, task, x)
-            doc = {
-                "model": model,
-                "task": task,
-                "logits": logits.astype(np.float32).tolist(),
-                "top_k": top_k_answer(logits, parse_top_k(k, spec.num_classes), spec.labels),
-                "warnings": warnings,
-            }
-            return JSONResponse(doc), len(x)
+            top_k = parse_top_k(k, spec.num_classes)
+
+            def answer_doc() -> dict[str, Any]:
+                return {
+                    "model": model,
+                    "task": task,
+                    "logits": logits.astype(np.float32).tolist(),
+                    "top_k": top_k_answer(logits, top_k, spec.labels),
+                    "warnings": warnings,
+                }
+
+            return await json_answer(answer_doc, len(x)), len(x)
 
         return await guarded(s, model, task, work())
 
@@ -299,12 +304,15 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
             ids = list(bundle.tasks)
             logits = await asyncio.gather(*(s.batcher.predict(model, t, inputs[t]) for t in ids))
             labels = {t: bundle.tasks[t].labels for t in ids}
-            doc = {
-                "model": model,
-                **answer(ids, labels, logits, rule),
-                "warnings": list(dict.fromkeys(warnings)),
-            }
-            return JSONResponse(doc), len(logits[0])
+
+            def answer_doc() -> dict[str, Any]:
+                return {
+                    "model": model,
+                    **answer(ids, labels, logits, rule),
+                    "warnings": list(dict.fromkeys(warnings)),
+                }
+
+            return await json_answer(answer_doc, len(logits[0])), len(logits[0])
 
         return await guarded(s, model, AGNOSTIC_TASK, work())
 
@@ -339,6 +347,14 @@ def predict_media_type(request: Request) -> str:
             "image/png, image/jpeg, image/webp or multipart/form-data",
         )
     return ctype
+
+
+async def json_answer(build: Callable[[], dict[str, Any]], rows: int) -> JSONResponse:
+    """The JSON answer ``build()`` makes: here for a few rows, in a thread for many, so that building and
+    encoding a large answer leaves the event loop free to answer other clients between GIL switches."""
+    if rows <= INLINE_ANSWER_ROWS:
+        return JSONResponse(build())
+    return await asyncio.to_thread(lambda: JSONResponse(build()))
 
 
 async def decode(s: Serving, fn: Callable[..., T], body: bytes, *args: Any) -> T:

@@ -20,7 +20,7 @@ from hatzoo.errors import HATError
 from hatzoo.export.bundle import BundleError, read_bundle, write_manifest
 from hatzoo.export.server import StartupError, create_app, main, serve
 from hatzoo.hub.local_hub import free_port
-from tests.serving_support import edit_manifest, running_server
+from tests.serving_support import edit_manifest, running_server, server_process
 
 
 def copy(bundle: Path, tmp_path: Path, edit=None) -> Path:
@@ -134,7 +134,9 @@ def test_hostile_bodies_answer_4xx(bundle: Path) -> None:
 
 def test_healthz_answers_while_a_large_body_is_parsed(bundle: Path) -> None:
     n = 16384  # 1M numbers, about 20 MB of JSON
-    with running_server([bundle], max_request_batch=n, micro_batch=n) as (url, _app):
+    # the server in its own process, as deployed: in this one it would share the GIL and the garbage
+    # collector with every model the test session has built
+    with server_process(str(bundle), "--max-request-batch", str(n), "--micro-batch", str(n)) as (_, url):
         body = json.dumps(
             {"inputs": np.random.default_rng(0).random((n, 1, 8, 8)).round(6).tolist()}
         ).encode()
