@@ -1,8 +1,13 @@
-"""Room left for new tasks: the warning on a full mask group and a readable summary of ``capacity()``."""
+"""Room left for new tasks: per-group capacity, the warning on a full group and a readable summary."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
+
+import torch
+
+from hatzoo.core.groups import MaskGroup
 
 
 class CapacityWarning(UserWarning):
@@ -18,6 +23,17 @@ def full_group_message(groups: list[str]) -> str:
         "no longer need (model.forget(t)); for longer sequences, create the model with a lower task_budget "
         "(hatzoo.HATConfig) or wider layers. model.capacity_summary() shows the room left per group."
     )
+
+
+def warn_if_full(capacity: dict[str, dict[str, Any]], warned: set[str], stacklevel: int) -> None:
+    """Warn once per group when a new task finds it with no free unit; ``warned`` holds those named already.
+
+    ``stacklevel`` is the caller's: 2 points the warning at the code that called the caller.
+    """
+    full = [name for name, info in capacity.items() if info["free"] == 0]
+    if new := [name for name in full if name not in warned]:
+        warned.update(new)
+        warnings.warn(full_group_message(new), CapacityWarning, stacklevel=stacklevel + 1)
 
 
 def summarize(capacity: dict[str, dict[str, Any]]) -> str:
@@ -37,3 +53,17 @@ def summarize(capacity: dict[str, dict[str, Any]]) -> str:
         f"{full_groups} of {len(capacity)} groups full"
     )
     return "\n".join(lines)
+
+
+def capacity_report(
+    groups: list[MaskGroup], masks: dict[str, torch.Tensor], ended: list[int], used: dict[str, torch.Tensor]
+) -> dict[str, dict[str, Any]]:
+    """Per mask group: its size, the units each ended task uses, and how many are still free."""
+    return {
+        g.name: {
+            "size": g.size,
+            "used": {t: int(masks[g.name][t].sum()) for t in ended},
+            "free": g.size - int(used[g.name].sum()),
+        }
+        for g in groups
+    }

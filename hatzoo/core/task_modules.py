@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from hatzoo.core.groups import group_key
+from hatzoo.core.spec import PolicySpec
+
 
 @dataclass
 class TaskContext:
@@ -91,3 +94,14 @@ class TaskParameter(nn.Module):
 
     def _select(self, module: nn.Module, args) -> None:
         module.__dict__[self.name] = self.tasks[self._context[0].require_task()]
+
+
+def wrap_per_task_parts(backbone: nn.Module, spec: PolicySpec, context: TaskContext) -> nn.ModuleDict:
+    """Give each per-task module of ``spec`` one copy per task, in place; returns the per-task tensors."""
+    for name in spec.per_task_modules:
+        backbone.set_submodule(name, TaskModule(backbone.get_submodule(name), context))
+    task_params = nn.ModuleDict()
+    for host_name, attr in spec.per_task_params:
+        key = group_key(f"{host_name}.{attr}" if host_name else attr)
+        task_params[key] = TaskParameter(backbone.get_submodule(host_name), attr, context)
+    return task_params
