@@ -16,6 +16,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,23 @@ class _Log:
                 f.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n")
 
 
+@dataclass
+class _Run:
+    """What every task of one run shares: recipe, data, output folder, runtime, log, model, optimizer.
+
+    ``state`` is the progress a checkpoint stores (tasks completed, accuracy rows, capacity, seconds).
+    """
+
+    recipe: Recipe
+    seq: TaskSequence
+    out: Path
+    rt: Runtime
+    log: _Log
+    model: HATModel
+    optimizer: torch.optim.Optimizer
+    state: dict[str, Any]
+
+
 def train_sequence(
     recipe: Recipe,
     out_dir: str | Path,
@@ -91,8 +109,36 @@ def train_sequence(
             f"checkpoint_every must be >= 0 (0: no checkpoints within a task), got {checkpoint_every}"
         )
     rt = Runtime.create(device, amp, progress)
+    run, found = _set_up(recipe, Path(out_dir), rt, resume=resume, model_factory=model_factory, amp=amp)
+    position = run.state.pop("position", None)  # where a step checkpoint left the open task
+    if position is not None:
+        ckpt.restore_rng(found)
+    seq = run.seq
+    for t in range(run.state["completed"], len(seq)):
+        _train_one_task(run, t, position, log_every, checkpoint_every)
+        position = None
+        if on_task_end is not None:
+            on_task_end(t, run.model, _results(recipe, seq, run.state))
+        if stop_after is not None and t >= stop_after and t + 1 < len(seq):
+            break
+
+    results = _results(recipe, seq, run.state)
+    if results.complete and (recipe.recipe.joint if joint is None else joint):
+        _add_joint(results, recipe, seq, run.out, model_factory, rt, run.log)
+    if rt.ctx.is_main:
+        _write_outputs(results, recipe, run.out, run.model)
+    rt.ctx.barrier()
+    return results
+
+
+def _set_up(
+    recipe: Recipe, out: Path, rt: Runtime, *, resume: bool, model_factory: ModelFactory | None, amp: str
+) -> tuple[_Run, Path | None]:
+    """The run's folder, data, model and optimizer: fresh, or resumed from the latest checkpoint.
+
+    Returns the run and the folder of the checkpoint it resumed from (None for a fresh start).
+    """
     ctx = rt.ctx
-    out = Path(out_dir)
     seq = load_benchmark(recipe)
     if ctx.is_main:
         if not resume:
@@ -111,16 +157,7 @@ def train_sequence(
         state = {"completed": 0, "accuracy": [], "capacity": [], "seconds": [], "recipe": recipe.to_dict()}
         log("start", recipe=recipe.to_dict(), benchmark=seq.describe(), world_size=ctx.world_size, amp=amp)
     else:
-        folder, state = found
-        _check_same_recipe(recipe, state["recipe"], out)
-        model = HATModel.from_pretrained(folder)
-        log(
-            "resume",
-            checkpoint=str(folder),
-            completed=state["completed"],
-            position=state.get("position"),
-            world_size=ctx.world_size,
-        )
+        model, state = _resume(recipe, out, found, log, ctx.world_size)
     model.data_config = {  # how inputs were prepared: saved with each checkpoint, read by export
         "mean": list(seq.mean),
         "std": list(seq.std),
@@ -134,69 +171,84 @@ def train_sequence(
         add_task_params(optimizer, recipe, model, t)
     if found is not None and not ckpt.load_optimizer(optimizer, model, found[0]):
         log("optimizer_restarted", reason="no optimizer state of this type in the checkpoint")
+    folder = None if found is None else found[0]
+    return _Run(recipe, seq, out, rt, log, model, optimizer, state), folder
 
-    position = state.pop("position", None)  # where a step checkpoint left the open task
-    if position is not None:
-        ckpt.restore_rng(found[0])
-    for t in range(state["completed"], len(seq)):
-        start = time.perf_counter() - (position["seconds"] if position else 0.0)
-        if position is None:
-            torch.manual_seed(derive_seed(recipe.recipe.seed, 1, t))
-            tid = model.add_task(seq[t].num_classes, labels=seq[t].labels)
-            if tid != t:
-                raise HATError(f"the model got task id {tid} for task {t}; the checkpoint and data disagree")
-            add_task_params(optimizer, recipe, model, t)
-        elif model.num_tasks != t + 1:
-            raise HATError(f"the step checkpoint of task {t} holds {model.num_tasks} tasks; start over")
 
-        def save_step(epoch: int, batch: int, step: int, t: int = t, start: float = start) -> None:
-            if ctx.is_main:
-                where = {"task": t, "epoch": epoch, "batch": batch, "step": step}
-                where |= {"order_seed": derive_seed(recipe.recipe.seed, 2, t, epoch)}
-                where |= {"seconds": time.perf_counter() - start}
-                ckpt.write_step_checkpoint(out, t, step, model, optimizer, {**state, "position": where})
-            ctx.barrier()
-            log("step_checkpoint", task=t, epoch=epoch, batch=batch, step=step)
+def _resume(
+    recipe: Recipe, out: Path, found: tuple[Path, dict[str, Any]], log: _Log, world_size: int
+) -> tuple[HATModel, dict[str, Any]]:
+    """The model and progress of a checkpoint, once it is known to be a run of the same recipe."""
+    folder, state = found
+    _check_same_recipe(recipe, state["recipe"], out)
+    model = HATModel.from_pretrained(folder)
+    log(
+        "resume",
+        checkpoint=str(folder),
+        completed=state["completed"],
+        position=state.get("position"),
+        world_size=world_size,
+    )
+    return model, state
 
-        _train_task(
-            recipe,
-            model,
-            optimizer,
-            seq[t],
-            t,
-            len(seq),
-            rt,
-            log,
-            log_every,
-            position,
-            checkpoint_every,
-            save_step,
-        )
-        position = None
-        model.end_task(t)
-        seconds = time.perf_counter() - start
-        row = [evaluate(model, seq[j], j, rt) for j in range(t + 1)]
-        state["accuracy"].append(row + [None] * (len(seq) - t - 1))
-        state["capacity"].append(jsonable_capacity(model.capacity()))
-        state["seconds"].append(seconds)
-        state["completed"] = t + 1
-        if ctx.is_main:
-            ckpt.write_checkpoint(out, t, model, optimizer, state)
-            ckpt.remove_step_checkpoints(out)
-        ctx.barrier()
-        log("task_end", task=t, accuracy=row, seconds=round(seconds, 3), capacity=state["capacity"][-1])
-        if on_task_end is not None:
-            on_task_end(t, model, _results(recipe, seq, state))
-        if stop_after is not None and t >= stop_after and t + 1 < len(seq):
-            break
 
-    results = _results(recipe, seq, state)
-    if results.complete and (recipe.recipe.joint if joint is None else joint):
-        _add_joint(results, recipe, seq, out, model_factory, rt, log)
-    if ctx.is_main:
-        _write_outputs(results, recipe, out, model)
-    ctx.barrier()
-    return results
+def _train_one_task(
+    run: _Run, t: int, position: dict[str, Any] | None, log_every: int, checkpoint_every: int
+) -> None:
+    """Open (or go on with) task ``t``, train it, end it, evaluate every task so far and checkpoint."""
+    recipe, model, seq = run.recipe, run.model, run.seq
+    start = time.perf_counter() - (position["seconds"] if position else 0.0)
+    if position is None:
+        torch.manual_seed(derive_seed(recipe.recipe.seed, 1, t))
+        tid = model.add_task(seq[t].num_classes, labels=seq[t].labels)
+        if tid != t:
+            raise HATError(f"the model got task id {tid} for task {t}; the checkpoint and data disagree")
+        add_task_params(run.optimizer, recipe, model, t)
+    elif model.num_tasks != t + 1:
+        raise HATError(f"the step checkpoint of task {t} holds {model.num_tasks} tasks; start over")
+
+    def save_step(epoch: int, batch: int, step: int) -> None:
+        if run.rt.ctx.is_main:
+            where = {"task": t, "epoch": epoch, "batch": batch, "step": step}
+            where |= {"order_seed": derive_seed(recipe.recipe.seed, 2, t, epoch)}
+            where |= {"seconds": time.perf_counter() - start}
+            ckpt.write_step_checkpoint(
+                run.out, t, step, model, run.optimizer, {**run.state, "position": where}
+            )
+        run.rt.ctx.barrier()
+        run.log("step_checkpoint", task=t, epoch=epoch, batch=batch, step=step)
+
+    _train_task(
+        recipe,
+        model,
+        run.optimizer,
+        seq[t],
+        t,
+        len(seq),
+        run.rt,
+        run.log,
+        log_every,
+        position,
+        checkpoint_every,
+        save_step,
+    )
+    model.end_task(t)
+    _finish_task(run, t, time.perf_counter() - start)
+
+
+def _finish_task(run: _Run, t: int, seconds: float) -> None:
+    """Evaluate every task so far on its test split, record it, and write the task's checkpoint."""
+    model, state, seq = run.model, run.state, run.seq
+    row = [evaluate(model, seq[j], j, run.rt) for j in range(t + 1)]
+    state["accuracy"].append(row + [None] * (len(seq) - t - 1))
+    state["capacity"].append(jsonable_capacity(model.capacity()))
+    state["seconds"].append(seconds)
+    state["completed"] = t + 1
+    if run.rt.ctx.is_main:
+        ckpt.write_checkpoint(run.out, t, model, run.optimizer, state)
+        ckpt.remove_step_checkpoints(run.out)
+    run.rt.ctx.barrier()
+    run.log("task_end", task=t, accuracy=row, seconds=round(seconds, 3), capacity=state["capacity"][-1])
 
 
 def _train_task(
@@ -250,23 +302,37 @@ def _train_task(
         model.train()
         epoch_start = time.perf_counter()
         desc = f"{recipe.name} task {t + 1}/{num_tasks} epoch {epoch + 1}/{r.epochs}"
-        ce, reg, correct, count = train_epoch(
+        sums = train_epoch(
             net, optimizer, recipe, data, batches, epoch * n, total, loss_fn, rt, desc, first, after_step
         )
-        used = {g: int((model.embedding(g, t).detach() > 0).sum()) for g in model.groups}
-        log(
-            "epoch",
-            task=t,
-            epoch=epoch,
-            from_batch=first,
-            ce=ce / count,
-            reg=reg / count,
-            train_acc=correct / count,
-            seconds=round(time.perf_counter() - epoch_start, 3),
-            mask_used=sum(used.values()),
-            mask_size=sum(g.size for g in model.groups.values()),
-            mask_used_per_group=used,
-        )
+        _log_epoch(log, model, t, epoch, first, sums, time.perf_counter() - epoch_start)
+
+
+def _log_epoch(
+    log: _Log,
+    model: HATModel,
+    t: int,
+    epoch: int,
+    first: int,
+    sums: list[float],
+    seconds: float,
+) -> None:
+    """One epoch's line in the log: mean loss terms, training accuracy, and how many units task t opens."""
+    ce, reg, correct, count = sums
+    used = {g: int((model.embedding(g, t).detach() > 0).sum()) for g in model.groups}
+    log(
+        "epoch",
+        task=t,
+        epoch=epoch,
+        from_batch=first,
+        ce=ce / count,
+        reg=reg / count,
+        train_acc=correct / count,
+        seconds=round(seconds, 3),
+        mask_used=sum(used.values()),
+        mask_size=sum(g.size for g in model.groups.values()),
+        mask_used_per_group=used,
+    )
 
 
 def evaluate(model: HATModel, task: TaskData, t: int, runtime: Runtime | None = None) -> float:

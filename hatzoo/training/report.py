@@ -136,8 +136,17 @@ def render_card(results: Results, recipe: Recipe, release: dict[str, Any] | None
     }
     lines = ["---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
     lines += [f"# {recipe.name}", "", recipe.description or f"A HAT model trained on {dataset_name}.", ""]
+    lines += _recipe_section(results, recipe, dataset_name)
+    lines += _results_section(results, release)
+    lines += _capacity_section(results)
+    lines += _how_to_load(recipe)
+    return "\n".join(lines)
+
+
+def _recipe_section(results: Results, recipe: Recipe, dataset_name: str) -> list[str]:
+    """What was trained and how: one paragraph, then the recipe's settings as a table."""
     status = "" if results.complete else f" (partial: {results.num_trained} of {len(results.tasks)} tasks)"
-    lines += [
+    lines = [
         f"HAT (Hard Attention to the Task) `{recipe.arch}` trained task after task on **{dataset_name}**"
         f"{status}, task-incremental (the task id is given at inference). Binary per-task masks and locked "
         "weights make forgetting exactly zero.",
@@ -168,8 +177,12 @@ def render_card(results: Results, recipe: Recipe, release: dict[str, Any] | None
         ),
         ("seed", str(r.seed)),
     ]
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    lines += ["", "## Results", "", "Test accuracy (%) on task j (columns) after training task i (rows):", ""]
+    return lines + [f"| {k} | {v} |" for k, v in rows]
+
+
+def _results_section(results: Results, release: dict[str, Any] | None) -> list[str]:
+    """The accuracy matrix, the summary metrics, the joint upper bound and the released files' accuracy."""
+    lines = ["", "## Results", "", "Test accuracy (%) on task j (columns) after training task i (rows):", ""]
     cols = len(results.tasks)
     lines += ["| after \\ on | " + " | ".join(f"T{j}" for j in range(cols)) + " |"]
     lines += ["|---" * (cols + 1) + "|"]
@@ -203,26 +216,36 @@ def render_card(results: Results, recipe: Recipe, release: dict[str, Any] | None
             "",
         ]
     lines += ["Per task: " + ", ".join(f"T{j} = {task_title(t)}" for j, t in enumerate(results.tasks))]
-    lines += ["", "![accuracy matrix](accuracy.png)", "", "## Capacity", ""]
-    if results.capacity:
-        last = results.capacity[-1]
-        total = sum(c["size"] for c in last.values())
-        used = total - sum(c["free"] for c in last.values())
-        lines += [
-            f"After the last task {used} of {total} masked units ({_pct(used / total, 1)}%) are used; "
-            f"the rest is free for new tasks. Units used per task: "
-            + ", ".join(
-                f"T{t}: {sum(c['used'].get(str(t), 0) for c in last.values())}"
-                for t in range(results.num_trained)
-            )
-            + ".",
-            "",
-            "| group | size | used | free |",
-            "|---|---|---|---|",
-        ]
-        lines += [f"| {g} | {c['size']} | {c['size'] - c['free']} | {c['free']} |" for g, c in last.items()]
-        lines += ["", "![capacity](capacity.png)", ""]
+    return lines + ["", "![accuracy matrix](accuracy.png)", ""]
+
+
+def _capacity_section(results: Results) -> list[str]:
+    """How many masked units the tasks use after the last one, in total and per group."""
+    lines = ["## Capacity", ""]
+    if not results.capacity:
+        return lines
+    last = results.capacity[-1]
+    total = sum(c["size"] for c in last.values())
+    used = total - sum(c["free"] for c in last.values())
     lines += [
+        f"After the last task {used} of {total} masked units ({_pct(used / total, 1)}%) are used; "
+        f"the rest is free for new tasks. Units used per task: "
+        + ", ".join(
+            f"T{t}: {sum(c['used'].get(str(t), 0) for c in last.values())}"
+            for t in range(results.num_trained)
+        )
+        + ".",
+        "",
+        "| group | size | used | free |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {g} | {c['size']} | {c['size'] - c['free']} | {c['free']} |" for g, c in last.items()]
+    return lines + ["", "![capacity](capacity.png)", ""]
+
+
+def _how_to_load(recipe: Recipe) -> list[str]:
+    """The card's closing section: loading one task or the full model, and where the files come from."""
+    return [
         "## How to load",
         "",
         "```python",
@@ -238,7 +261,6 @@ def render_card(results: Results, recipe: Recipe, release: dict[str, Any] | None
         f"Hub repository `{recipe.hub.repo_id}`.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _optimizer_text(recipe: Recipe) -> str:
