@@ -127,23 +127,10 @@ def _read_images(
     return np.stack(out), np.array([c for _, c in samples], dtype=np.int64)
 
 
-@BENCHMARKS.register(
-    "imagefolder", "your images: root/<task>/{train,test}/<class>/*.png, one subfolder per task"
-)
-def imagefolder(
-    *,
-    seed: int = 0,
-    root: str | os.PathLike | None = None,
-    max_train_per_task: int | None = None,
-    max_test_per_task: int | None = None,
-    image_size: int | tuple[int, int] | None = None,
-    channels: int | None = None,
-) -> TaskSequence:
-    """One task per subfolder of ``root`` (sorted); class ids are the class folders' sorted positions."""
-    from PIL import Image
+def _list_task_folders(base: Path) -> list[tuple[str, list[str], list, list]]:
+    """Per task folder of ``base`` (sorted): its name, classes, and train and test (path, class id) lists."""
     from torchvision.datasets.folder import IMG_EXTENSIONS, ImageFolder, make_dataset
 
-    base = _pinned_root("imagefolder", root)
     task_dirs = (
         sorted(d for d in base.iterdir() if (d / "train").is_dir() and (d / "test").is_dir())
         if base.is_dir()
@@ -154,9 +141,6 @@ def imagefolder(
             f"imagefolder: no task folders in {base}; expected {base}/<task>/train/<class>/<image> and "
             f"{base}/<task>/test/<class>/<image> (one subfolder per task, each an ImageFolder)"
         )
-    if channels not in (None, 1, 3):
-        raise DataArgumentError(f"channels must be None (auto), 1 or 3, got {channels!r}")
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size or ())
     listed = []
     for d in task_dirs:
         try:
@@ -171,6 +155,29 @@ def imagefolder(
                 f"imagefolder: task {d.name}: test/ must hold images of the train/ classes; {problem}"
             )
         listed.append((d.name, train.classes, train.samples, test))
+    return listed
+
+
+@BENCHMARKS.register(
+    "imagefolder", "your images: root/<task>/{train,test}/<class>/*.png, one subfolder per task"
+)
+def imagefolder(
+    *,
+    seed: int = 0,
+    root: str | os.PathLike | None = None,
+    max_train_per_task: int | None = None,
+    max_test_per_task: int | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+) -> TaskSequence:
+    """One task per subfolder of ``root`` (sorted); class ids are the class folders' sorted positions."""
+    from PIL import Image
+
+    base = _pinned_root("imagefolder", root)
+    if channels not in (None, 1, 3):
+        raise DataArgumentError(f"channels must be None (auto), 1 or 3, got {channels!r}")
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size or ())
+    listed = _list_task_folders(base)
     with Image.open(listed[0][2][0][0]) as im:  # the first training image decides what was not given
         channels = channels or (1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3)
         size = size or (im.size[1], im.size[0])

@@ -9,13 +9,14 @@ uncached one fails in milliseconds instead of after about 23 s of retries.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from hatzoo.errors import HubError
+from hatzoo.files import sha256_file
 from hatzoo.hub._env import endpoint_reachable, hub_cache_dir, hub_endpoint, hub_offline
 from hatzoo.repo_ids import is_repo_id
 
@@ -88,7 +89,68 @@ def _fetch(
 
     The one path of snapshot() and hub_file(), through the offline, unreachable and online cases.
     """
-    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    local = Path(repo_id_or_path).expanduser()
+    if local.is_dir():
+        return _local_folder_or_file(local.resolve(), filename)
+    repo_id = str(repo_id_or_path)
+    _check_repo_id(repo_id)
+    endpoint = hub_endpoint(endpoint)
+    cache = hub_cache_dir(cache_dir)
+    kwargs = dict(revision=revision, cache_dir=str(cache), endpoint=endpoint, token=token)
+    if filename is None:
+        download = functools.partial(snapshot_download, repo_id, allow_patterns=allow_patterns, **kwargs)
+    else:
+        download = functools.partial(hf_hub_download, repo_id, filename, **kwargs)
+
+    offline = hub_offline()
+    if offline or not endpoint_reachable(endpoint):  # the cache alone, at once
+        return _from_cache(download, _what(repo_id, revision, filename), cache, endpoint, offline)
+    return _download(download, repo_id, revision, filename, endpoint, token)
+
+
+def _what(repo_id: str, revision: str | None, filename: str | None) -> str:
+    """``file 'x' of org/name@rev`` or ``repository org/name@rev``, for messages."""
+    return f"{f'file {filename!r} of' if filename else 'repository'} {_where(repo_id, revision)}"
+
+
+def _local_folder_or_file(folder: Path, filename: str | None) -> Path:
+    if filename is None:
+        return folder
+    if not (folder / filename).is_file():
+        raise HubError(f"{folder} has no file {filename!r}: is it a folder written by save_pretrained?")
+    return folder / filename
+
+
+def _from_cache(download: Callable[..., str], what: str, cache: Path, endpoint: str, offline: bool) -> Path:
+    """What ``download`` finds in the cache alone, or a HubError saying why the Hub was not asked."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(download(local_files_only=True))
+    except LocalEntryNotFoundError as err:
+        if offline:
+            raise HubError(
+                f"{what} is not in the local cache {cache} and HF_HUB_OFFLINE is set: run once online "
+                "to cache it, or unset HF_HUB_OFFLINE"
+            ) from err
+        raise HubError(
+            f"cannot reach the Hub at {endpoint} and {what} is not in the local cache {cache}: check "
+            "HF_ENDPOINT and your network"
+        ) from err
+
+
+def _download(
+    download: Callable[..., str],
+    repo_id: str,
+    revision: str | None,
+    filename: str | None,
+    endpoint: str,
+    token: str | bool | None,
+) -> Path:
+    """What ``download`` fetches from a reachable Hub; each huggingface_hub failure as a HubError."""
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -98,40 +160,6 @@ def _fetch(
         RevisionNotFoundError,
     )
 
-    local = Path(repo_id_or_path).expanduser()
-    if local.is_dir():
-        local = local.resolve()
-        if filename is None:
-            return local
-        if not (local / filename).is_file():
-            raise HubError(f"{local} has no file {filename!r}: is it a folder written by save_pretrained?")
-        return local / filename
-    repo_id = str(repo_id_or_path)
-    _check_repo_id(repo_id)
-    endpoint = hub_endpoint(endpoint)
-    cache = hub_cache_dir(cache_dir)
-    what = f"file {filename!r} of" if filename else "repository"
-    kwargs = dict(revision=revision, cache_dir=str(cache), endpoint=endpoint, token=token)
-    if filename is None:
-        download = functools.partial(snapshot_download, repo_id, allow_patterns=allow_patterns, **kwargs)
-    else:
-        download = functools.partial(hf_hub_download, repo_id, filename, **kwargs)
-
-    offline = hub_offline()
-    if offline or not endpoint_reachable(endpoint):  # the cache alone, at once
-        try:
-            return Path(download(local_files_only=True))
-        except LocalEntryNotFoundError as err:
-            where = f"{what} {_where(repo_id, revision)}"
-            if offline:
-                raise HubError(
-                    f"{where} is not in the local cache {cache} and HF_HUB_OFFLINE is set: run once online "
-                    "to cache it, or unset HF_HUB_OFFLINE"
-                ) from err
-            raise HubError(
-                f"cannot reach the Hub at {endpoint} and {where} is not in the local cache {cache}: check "
-                "HF_ENDPOINT and your network"
-            ) from err
     try:
         return Path(download(local_files_only=False))
     except RevisionNotFoundError as err:
@@ -151,7 +179,7 @@ def _fetch(
                 "HF_HUB_OFFLINE was set and stays offline; unset it before starting Python"
             ) from err
         raise HubError(
-            f"could not download {what} {_where(repo_id, revision)} from {endpoint} and it is not cached: "
+            f"could not download {_what(repo_id, revision, filename)} from {endpoint} and it is not cached: "
             f"{err}"
         ) from err
     except HfHubHTTPError as err:
@@ -218,8 +246,7 @@ def add_to_snapshot(snapshot_folder: Path, filename: str, source: Path) -> None:
     """
     blobs = snapshot_folder.parent.parent / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
-    with open(source, "rb") as handle:
-        blob = blobs / hashlib.file_digest(handle, "sha256").hexdigest()
+    blob = blobs / sha256_file(source)
     if not blob.is_file():
         partial = blob.with_name(f"{blob.name}.{os.getpid()}.incomplete")
         shutil.copyfile(source, partial)
