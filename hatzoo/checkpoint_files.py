@@ -5,29 +5,24 @@ bytes in every process: the header's keys, including the metadata's, are sorted 
 library serializes its metadata map in a per-process random order), and the data follows in a fixed
 order (widest dtype first, then by name, which keeps every tensor aligned to its element size).
 
-``write_folder`` writes every file into a new folder beside the target and swaps it into place,
-so a reader sees either the complete old folder or the complete new one.
+``write_folder`` writes every file into a new folder beside the target and swaps it into place
+(``hatzoo.files.replacing_folder``), so a reader sees either the complete old folder or the complete new one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import struct
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
-from hatzoo.errors import InputError
+from hatzoo.files import replacing_folder
 
 _DTYPES = {
     torch.float64: "F64",
@@ -85,12 +80,7 @@ def write_folder(target: Path, files: dict[str, bytes | Callable[[BinaryIO], Non
 
     Entries of an existing folder that are not among ``files`` are carried over (hard links).
     """
-    if target.exists() and not target.is_dir():
-        raise InputError(f"cannot save to {target}: it exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    new = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    new.mkdir()
-    try:
+    with replacing_folder(target) as new:
         for name, write in files.items():
             with open(new / name, "wb") as handle:
                 if isinstance(write, bytes):
@@ -108,12 +98,6 @@ def write_folder(target: Path, files: dict[str, bytes | Callable[[BinaryIO], Non
                 copy_function=_link,
                 dirs_exist_ok=True,
             )
-        _fsync_dir(new)
-        _swap_in(new, target)
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    _fsync_dir(target.parent)
     return target
 
 
@@ -122,44 +106,3 @@ def _link(src: str | Path, dst: str | Path) -> None:
         os.link(src, dst, follow_symlinks=False)
     except OSError:
         shutil.copy2(src, dst, follow_symlinks=False)
-
-
-def _swap_in(new: Path, target: Path) -> None:
-    """Put ``new`` at ``target``: one atomic exchange on Linux, else rename the old folder aside first."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    if _exchange(new, target):
-        shutil.rmtree(new)  # the old folder, now under the temporary name
-        return
-    old = target.with_name(f".{target.name}.{secrets.token_hex(4)}.old")
-    os.rename(target, old)
-    os.rename(new, target)
-    shutil.rmtree(old)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically with renameat2(RENAME_EXCHANGE); False where that is unavailable."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a folder's entries durable; skipped where a folder cannot be opened (Windows)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

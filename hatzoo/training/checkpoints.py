@@ -6,8 +6,9 @@ step s of the open task i (the latest one only; removed once the task ends). Eac
 ``optimizer.safetensors`` (keyed by parameter name, so the state maps back onto a rebuilt model),
 and ``training_state.json`` (written last: a folder without it is incomplete and ignored). A step
 checkpoint also holds the random number generators' states (``rng.safetensors``) and, in its state,
-where the task stands: epoch, batch and the seed of the epoch's data order. A checkpoint is written
-to ``<name>.tmp`` and renamed, so an interruption never leaves a half-written one.
+where the task stands: epoch, batch and the seed of the epoch's data order. A checkpoint is built
+beside its folder and swapped into place (``hatzoo.files.replacing_folder``), so an interruption
+never leaves a half-written one and never loses the previous one.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import nn
 
 from hatzoo.core.model import HATModel
 from hatzoo.errors import CheckpointError
+from hatzoo.files import STAGING_SUFFIX, replacing_folder
 
 STATE_FILE = "training_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -96,11 +98,10 @@ def load_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module, folder: P
 def write_checkpoint(
     out_dir: Path, task: int, model: HATModel, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> Path:
-    """Write task ``task``'s checkpoint atomically (temporary folder, then rename)."""
+    """Write task ``task``'s checkpoint atomically (built beside it, then swapped into place)."""
     final = checkpoint_dir(out_dir, task)
-    tmp = _write_tmp(final, model, optimizer, state)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with replacing_folder(final) as folder:
+        _write_contents(folder, model, optimizer, state)
     return final
 
 
@@ -114,16 +115,15 @@ def write_step_checkpoint(
 ) -> Path:
     """Write the checkpoint after ``step`` steps of the open task ``task``, then remove the older ones.
 
-    The folder gets a new name, so the rename is atomic and the previous checkpoint stays complete
-    until this one is.
+    The folder gets a new name, so the previous checkpoint stays complete until this one is.
     """
     final = Path(out_dir) / "checkpoints" / f"step-{task}-{step}"
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_initialized():
         rng |= {f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
-    tmp = _write_tmp(final, model, optimizer, state)
-    save_file(rng, tmp / RNG_FILE)
-    tmp.rename(final)
+    with replacing_folder(final) as folder:
+        save_file(rng, folder / RNG_FILE)
+        _write_contents(folder, model, optimizer, state)
     remove_step_checkpoints(out_dir, keep=final)
     return final
 
@@ -142,8 +142,9 @@ def latest_step_checkpoint(out_dir: str | os.PathLike[str], task: int) -> tuple[
 
 
 def remove_step_checkpoints(out_dir: str | os.PathLike[str], keep: Path | None = None) -> None:
-    """Delete every step checkpoint (and half-written one) but ``keep``."""
-    for folder in (Path(out_dir) / "checkpoints").glob("step-*"):
+    """Delete every step checkpoint but ``keep``, and what an interrupted write of any checkpoint left."""
+    root = Path(out_dir) / "checkpoints"
+    for folder in [*root.glob("step-*"), *root.glob(f".*{STAGING_SUFFIX}")]:
         if folder != keep:
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -156,11 +157,10 @@ def restore_rng(folder: Path) -> None:
         torch.cuda.set_rng_state_all([rng[f"cuda.{i}"] for i in range(len(rng))])
 
 
-def _write_tmp(final: Path, model: HATModel, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> Path:
-    """The checkpoint for ``final`` written to ``<final>.tmp``, its training state last."""
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    save_optimizer(optimizer, model, tmp)
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
-    return tmp
+def _write_contents(
+    folder: Path, model: HATModel, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """A checkpoint's files written into ``folder``: the model, the optimizer, the training state last."""
+    model.save_pretrained(folder)
+    save_optimizer(optimizer, model, folder)
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")

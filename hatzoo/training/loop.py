@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from hatzoo.core.schedules import get_schedule
 from hatzoo.data import TaskData, TaskSequence
 from hatzoo.errors import HATError
+from hatzoo.files import replacing_folder
 from hatzoo.model import HATModel
 from hatzoo.training import checkpoints as ckpt
 from hatzoo.training import ddp, report
@@ -398,8 +399,7 @@ def _write_outputs(results: Results, recipe: Recipe, out: Path, model: HATModel)
     """The report (results.json, plots, card) and, once complete, a push-ready ``model/`` folder."""
     report.write_report(results, recipe, out)
     if results.complete:
-        final = out / "model"
-        shutil.rmtree(final, ignore_errors=True)
-        model.save_pretrained(final)
-        for name in ("accuracy.png", "capacity.png", "results.json", "README.md"):
-            shutil.copy2(out / name, final / name)
+        with replacing_folder(out / "model") as final:
+            model.save_pretrained(final)
+            for name in ("accuracy.png", "capacity.png", "results.json", "README.md"):
+                shutil.copy2(out / name, final / name)
