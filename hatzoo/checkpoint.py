@@ -71,6 +71,7 @@ from hatzoo.core.arch import build_backbone, check_arch
 from hatzoo.core.config import HATConfig
 from hatzoo.core.groups import group_key
 from hatzoo.core.model import HATModel, TaskInfo
+from hatzoo.data_config import timm_pretrained_cfg
 from hatzoo.errors import CheckpointError, HATError, InputError
 from hatzoo.files import sha256_file
 from hatzoo.policies.hatify import hatify
@@ -172,7 +173,7 @@ def checkpoint_config(
             num_classes=0,
             num_features=model.spec.num_features,
             model_args=arch.get("kwargs", {}),
-            pretrained_cfg=_pretrained_cfg(model),
+            pretrained_cfg=timm_pretrained_cfg(model.data_config, model.spec.input_shape),
         )
     config["hatzoo"] = {
         "format": FORMAT,
@@ -190,20 +191,6 @@ def checkpoint_config(
         "weights_id": weights_id,
     }
     return config
-
-
-def _pretrained_cfg(model: HATModel) -> dict[str, Any]:
-    """What timm's resolve_data_config reads: input size, normalization, resize and crop."""
-    data = model.data_config
-    cfg: dict[str, Any] = {"num_classes": 0}
-    shape = data.get("input_size") or data.get("input_shape") or model.spec.input_shape
-    if shape is not None and len(shape) == 3 and all(isinstance(x, int) for x in shape):
-        cfg["input_size"] = list(shape)
-    if "mean" in data and "std" in data:
-        cfg["mean"], cfg["std"] = list(data["mean"]), list(data["std"])
-    cfg["interpolation"] = data.get("interpolation", "bilinear")
-    cfg["crop_pct"] = data.get("crop_pct", 1.0)
-    return cfg
 
 
 def save_pretrained(

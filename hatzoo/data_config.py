@@ -6,6 +6,7 @@ the right transform) and read by the export, which puts ``normalization`` into b
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,15 +39,9 @@ class DataConfig:
         return {"mean": list(self.mean), "std": list(self.std)}
 
     def to_dict(self) -> dict[str, Any]:
-        """timm's ``pretrained_cfg`` keys (``num_classes: 0``: the heads are per task) and the benchmark."""
-        data: dict[str, Any] = {
-            "input_size": list(self.input_size),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-            "crop_pct": self.crop_pct,
-            "num_classes": 0,
-        }
+        """timm's ``pretrained_cfg`` of this config (:func:`timm_pretrained_cfg`) and the benchmark."""
+        fields = {"input_size": [int(v) for v in self.input_size], "mean": self.mean, "std": self.std}
+        data = timm_pretrained_cfg(fields | {"interpolation": self.interpolation, "crop_pct": self.crop_pct})
         if self.benchmark is not None:
             data["benchmark"] = self.benchmark
         return data
@@ -65,3 +60,22 @@ class DataConfig:
             crop_pct=float(data.get("crop_pct", 1.0)),
             benchmark=data.get("benchmark"),
         )
+
+
+def timm_pretrained_cfg(data: Mapping[str, Any], input_shape: Sequence[Any] | None = None) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` for hatzoo's data config ``data`` (possibly partial or empty).
+
+    What ``timm.data.resolve_data_config`` reads: input size, normalization, resize and crop, with
+    ``num_classes: 0`` (the heads are per task). The one builder of it: checkpoints' config.json and
+    the models' ``pretrained_cfg`` property. ``input_shape`` (the model's own) stands in for a missing
+    input size; a size that is not three ints (any height) is left out.
+    """
+    cfg: dict[str, Any] = {"num_classes": 0}
+    shape = data.get("input_size") or data.get("input_shape") or input_shape
+    if shape is not None and len(shape) == 3 and all(isinstance(x, int) for x in shape):
+        cfg["input_size"] = list(shape)
+    if "mean" in data and "std" in data:
+        cfg["mean"], cfg["std"] = list(data["mean"]), list(data["std"])
+    cfg["interpolation"] = data.get("interpolation", "bilinear")
+    cfg["crop_pct"] = data.get("crop_pct", 1.0)
+    return cfg

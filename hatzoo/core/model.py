@@ -26,6 +26,7 @@ from hatzoo.core.regularizer import regularizer_weights
 from hatzoo.core.spec import PolicySpec
 from hatzoo.core.task_modules import TaskContext, TaskModule, wrap_per_task_parts
 from hatzoo.core.tasks import TaskInfo, TaskList, TaskStatus
+from hatzoo.data_config import timm_pretrained_cfg
 from hatzoo.errors import TaskError
 
 __all__ = ["BUDGET_WIDTH", "HATModel", "TaskInfo", "TaskStatus"]
@@ -274,9 +275,7 @@ class HATModel(nn.Module):
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
         """The inputs in timm's ``pretrained_cfg`` shape, so ``timm.data.resolve_data_config`` reads them."""
-        from hatzoo.core.specialize import timm_data_config
-
-        return timm_data_config(self.data_config)
+        return timm_pretrained_cfg(self.data_config, self.spec.input_shape)
 
     # ----------------------------------------------------------------- locks
     def locked_entries(self) -> dict[str, torch.Tensor]:

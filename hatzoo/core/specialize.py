@@ -17,6 +17,7 @@ from torch import nn
 from hatzoo.core.gates import apply_gate
 from hatzoo.core.groups import GateSite, MaskGroup
 from hatzoo.core.task_modules import TaskModule
+from hatzoo.data_config import timm_pretrained_cfg
 from hatzoo.images import Prediction, predictions, to_batch, warn_if_pixels
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class TaskModel(nn.Module):
     @property
     def pretrained_cfg(self) -> dict:
         """The inputs in timm's ``pretrained_cfg`` shape, so ``timm.data.resolve_data_config`` reads them."""
-        return timm_data_config(self.data_config)
+        return timm_pretrained_cfg(self.data_config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         warn_if_pixels(x, self)
@@ -112,13 +113,6 @@ def specialize(model: HATModel, task: int, *, prune: bool = True, consume: bool 
     if prune and model.spec.feature_group is not None:
         _prune_head(head, model.masks(model.spec.feature_group)[task].cpu(), model.spec.num_features)
     return TaskModel(backbone, head, model.tasks[task].labels, task, kept, model.data_config).eval()
-
-
-def timm_data_config(data_config: dict) -> dict:
-    """``data_config`` (hatzoo's, possibly empty) as timm's ``pretrained_cfg`` keys."""
-    from hatzoo.data_config import DataConfig
-
-    return DataConfig.from_dict(data_config).to_dict() if data_config else {}
 
 
 class Gated(nn.Module):
