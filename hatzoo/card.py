@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pkgutil
 import re
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,20 +23,14 @@ import yaml
 
 from hatzoo.core.config import HATConfig
 from hatzoo.errors import CardError, HATError
+from hatzoo.schema import Schema, rule
 
 LR_SCHEDULES = ("constant", "cosine")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SCALE_RAMPS = ("epoch", "task")
 
 
-def _checked(default: Any, **checks: Any) -> Any:
-    """A spec field whose value the parser checks beyond its type hint.
-
-    ``zero``: 0 is allowed (numbers must otherwise be > 0); ``below``: an exclusive upper bound;
-    ``choices``: the allowed values, or a ``module:NAME`` registry imported when a card is parsed (a
-    module of this layer or below); ``lower``: lower-cased before the choice.
-    """
-    return field(default=default, metadata=checks)
+POSITIVE = {"lo": 0, "open_lo": True}  # a number that must be > 0 (an int: >= 1)
 
 
 @dataclass
@@ -46,9 +38,9 @@ class BenchmarkSpec:
     """Which task sequence to train on: a ``hatzoo.data`` benchmark name, its seed and size limits."""
 
     name: str = "split-fashion-mnist"
-    seed: int = _checked(0, zero=True)
-    max_train_per_task: int | None = None
-    max_tasks: int | None = None
+    seed: int = rule(0, lo=0)
+    max_train_per_task: int | None = rule(None, lo=1)
+    max_tasks: int | None = rule(None, lo=1)
     options: dict[str, Any] = field(default_factory=dict)  # further get_benchmark keyword options
 
 
@@ -58,21 +50,21 @@ class TrainSpec:
 
     # the defaults are the zoo recipes': SGD at lr 0.05 diverges on a ViT (chance accuracy), and with
     # Adam the gate embeddings need their own larger learning rate to move at all
-    optimizer: str = _checked("adam", choices="hatzoo.optimizers:OPTIMIZERS", lower=True)
-    lr: float = 0.001
-    momentum: float = _checked(0.9, zero=True, below=1)
-    weight_decay: float = _checked(0.0, zero=True)
-    epochs: int = 3
-    batch_size: int = 64
-    schedule: str = _checked("linear", choices="hatzoo.core.schedules:SCHEDULES")
-    clip_grad: float | None = 10000.0
-    seed: int = _checked(0, zero=True)
+    optimizer: str = rule("adam", choices="hatzoo.optimizers:OPTIMIZERS", lower=True)
+    lr: float = rule(0.001, **POSITIVE)
+    momentum: float = rule(0.9, lo=0, hi=1, open_hi=True)
+    weight_decay: float = rule(0.0, lo=0)
+    epochs: int = rule(3, lo=1)
+    batch_size: int = rule(64, lo=1)
+    schedule: str = rule("linear", choices="hatzoo.core.schedules:SCHEDULES")
+    clip_grad: float | None = rule(10000.0, **POSITIVE)
+    seed: int = rule(0, lo=0)
     joint: bool = True  # also train the joint (all tasks at once) upper bound
-    mask_lr: float | None = 0.05  # learning rate of the gate embeddings (None: the same as lr)
+    mask_lr: float | None = rule(0.05, **POSITIVE)  # learning rate of the gate embeddings (None: lr's)
     # within each task: constant, or cosine decay to 0 over the task
-    lr_schedule: str = _checked("constant", choices=LR_SCHEDULES)
+    lr_schedule: str = rule("constant", choices=LR_SCHEDULES)
     # the 1/smax -> smax ramp restarts every epoch, or spans the whole task
-    scale_ramp: str = _checked("task", choices=SCALE_RAMPS)
+    scale_ramp: str = rule("task", choices=SCALE_RAMPS)
 
 
 @dataclass
@@ -163,7 +155,7 @@ class Card:
         ``check_names=False`` leaves out the look-ups of names in the registries (architecture,
         benchmark, optimizer, schedule), which import torch and timm: for listing cards at once.
         """
-        return _Parser(source, check_names).card(data)
+        return _CardSchema(source, check_names).card(data)
 
 
 def read_card(path: str | os.PathLike[str]) -> Card:
@@ -248,40 +240,43 @@ def _set_block(text: str, key: str, value: Any) -> str:
     return "\n".join(out + ([] if placed else block)) + "\n"
 
 
-class _Parser:
-    """Checks a card mapping key by key; every error names the file and the key."""
+class _CardSchema(Schema):
+    """Checks a card mapping key by key (hatzoo.schema's idiom); every error names the file and the key.
 
-    TOP_KEYS = tuple(f.name for f in dataclasses.fields(Card) if f.name != "source")
+    Cards keep the wording their users know: ``<file>: <key>: <what>``, "unknown key", "unknown value".
+    """
+
+    error = CardError
+    SEPARATOR = ": "
+    UNKNOWN_KEY = "unknown key; known keys: {known}"
+    UNKNOWN_VALUE = "unknown value {value!r}; choose one of {choices}"
+    TOP_KEYS = [f.name for f in dataclasses.fields(Card) if f.name != "source"]
 
     def __init__(self, source: str, check_names: bool = True) -> None:
-        self.source = source
+        super().__init__(source)
         self.check_names = check_names
-
-    def error(self, key: str, what: str) -> CardError:
-        return CardError(f"{self.source}: {key}: {what}")
 
     def card(self, data: Any) -> Card:
         if not isinstance(data, dict):
-            raise CardError(f"{self.source}: the card must be a mapping with keys {list(self.TOP_KEYS)}")
-        self.known(data, self.TOP_KEYS, "")
+            raise CardError(f"{self.where}: the card must be a mapping with keys {self.TOP_KEYS}")
+        self.known(data, "", self.TOP_KEYS)
         for key in ("name", "arch"):
             if not isinstance(data.get(key), str) or not data[key].strip():
-                raise self.error(key, "must be a non-empty string")
+                raise self.fail(key, "must be a non-empty string")
         name = data["name"].strip()
-        description = self.typed(data.get("description") or "", str, "description")
         return Card(
             name=name,
             arch=self.arch(data["arch"].strip()),
-            model_args=self.mapping(data.get("model_args"), "model_args"),
-            hat=self.hat(self.mapping(data.get("hat"), "hat")),
-            benchmark=self.benchmark(self.mapping(data.get("benchmark"), "benchmark")),
-            recipe=self.spec(TrainSpec, self.mapping(data.get("recipe"), "recipe"), "recipe"),
-            hub=self.hub(self.mapping(data.get("hub"), "hub"), name),
+            model_args=self.optional_mapping(data.get("model_args"), "model_args"),
+            hat=self.hat(self.optional_mapping(data.get("hat"), "hat")),
+            benchmark=self.benchmark(self.optional_mapping(data.get("benchmark"), "benchmark")),
+            recipe=self.spec(TrainSpec, self.optional_mapping(data.get("recipe"), "recipe"), "recipe"),
+            hub=self.hub(self.optional_mapping(data.get("hub"), "hub"), name),
             files=self.files(data.get("files")),
-            description=description.strip(),
-            demo=self.typed(data.get("demo", False), bool, "demo"),
+            description=self.string(data.get("description") or "", "description").strip(),
+            demo=self.boolean(data.get("demo", False), "demo"),
             results=self.results(data.get("results")),
-            source=self.source,
+            source=self.where,
         )
 
     def arch(self, arch: str) -> str:
@@ -290,14 +285,14 @@ class _Parser:
         from hatzoo.architectures import is_architecture, list_architectures
 
         if not is_architecture(arch):
-            raise self.error("arch", f"unknown architecture {arch!r}; known: {list_architectures()}")
+            raise self.fail("arch", f"unknown architecture {arch!r}; known: {list_architectures()}")
         return arch
 
     def hat(self, data: dict[str, Any]) -> HATConfig:
         try:  # from_dict refuses unknown options itself, listing the known ones
             return HATConfig.from_dict(data)
         except (HATError, TypeError) as err:
-            raise self.error("hat", str(err)) from err
+            raise self.fail("hat", str(err)) from err
 
     def benchmark(self, b: dict[str, Any]) -> BenchmarkSpec:
         name = b.pop("name", BenchmarkSpec.name)
@@ -305,7 +300,7 @@ class _Parser:
             from hatzoo.data import list_benchmarks
 
             if not isinstance(name, str) or name.strip().lower().replace("_", "-") not in list_benchmarks():
-                raise self.error(
+                raise self.fail(
                     "benchmark.name", f"unknown benchmark {name!r}; known: {', '.join(list_benchmarks())}"
                 )
         spec = [f.name for f in dataclasses.fields(BenchmarkSpec)]
@@ -317,18 +312,18 @@ class _Parser:
 
         pin = self.spec(HubPin, {"repo_id": f"hatzoo/{name}", **h}, "hub")
         if not is_repo_id(pin.repo_id):
-            raise self.error("hub.repo_id", f"must look like 'org/name', got {pin.repo_id!r}")
+            raise self.fail("hub.repo_id", f"must look like 'org/name', got {pin.repo_id!r}")
         return pin
 
     def files(self, data: Any) -> dict[str, str] | None:
         if data is None:
             return None
-        files = self.mapping(data, "files")
+        files = self.optional_mapping(data, "files")
         for name, digest in files.items():
             if not isinstance(name, str) or not name or name.startswith("/") or ".." in name.split("/"):
-                raise self.error("files", f"{name!r} is not a relative file path inside the release")
+                raise self.fail("files", f"{name!r} is not a relative file path inside the release")
             if not isinstance(digest, str) or not _SHA256.match(digest):
-                raise self.error(
+                raise self.fail(
                     f"files.{name}", f"must be a sha256 (64 lowercase hex digits), got {digest!r}"
                 )
         return files
@@ -336,59 +331,18 @@ class _Parser:
     def results(self, data: Any) -> CardResults | None:
         if data is None:
             return None
-        data = self.mapping(data, "results")
-        self.known(data, [f.name for f in dataclasses.fields(CardResults)], "results")
-        return CardResults(**data)
+        data = self.optional_mapping(data, "results")
+        self.known(data, "results", [f.name for f in dataclasses.fields(CardResults)])
+        return CardResults(**data)  # what a run measured, written by update_card: read as it is
 
-    # ------------------------------------------------------------------ value checks
-    def mapping(self, data: Any, key: str) -> dict[str, Any]:
+    def optional_mapping(self, data: Any, key: str) -> dict[str, Any]:
+        """A copy of the mapping at ``key``; a missing one (null) is empty."""
         if data is None:
             return {}
         if not isinstance(data, dict):
-            raise self.error(key, f"must be a mapping, got {type(data).__name__}")
+            raise self.fail(key, f"must be a mapping, got {type(data).__name__}")
         return dict(data)
 
     def spec(self, cls: type, data: dict[str, Any], key: str, **given: Any) -> Any:
-        """A ``cls`` from ``data``: each field checked by its type hint and its ``_checked`` options."""
-        self.known(data, [f.name for f in dataclasses.fields(cls)], key)
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in given:
-                continue
-            name, checks, value = f"{key}.{f.name}", f.metadata, data.get(f.name, f.default)
-            if "choices" in checks and (self.check_names or not isinstance(checks["choices"], str)):
-                allowed = checks["choices"]
-                allowed = list(pkgutil.resolve_name(allowed) if isinstance(allowed, str) else allowed)
-                if checks.get("lower") and isinstance(value, str):
-                    value = value.lower()
-                if value not in allowed:
-                    raise self.error(name, f"unknown value {value!r}; choose one of {allowed}")
-                given[f.name] = value
-                continue
-            kind, *rest = typing.get_args(hints[f.name]) or (hints[f.name],)
-            value = self.typed(value, kind, name, optional=type(None) in rest)
-            if kind in (int, float) and value is not None:
-                zero = checks.get("zero", False)
-                if value < 0 or (value == 0 and not zero):
-                    raise self.error(name, f"must be {'>= 0' if zero else '> 0'}, got {value!r}")
-                if value >= checks.get("below", float("inf")):
-                    raise self.error(name, f"must be in [0, {checks['below']}), got {value}")
-            given[f.name] = value
-        return cls(**given)
-
-    def known(self, data: dict[str, Any], known: Any, key: str) -> None:
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            where = f"{key}." if key else ""
-            of = f" of {key}" if key else ""
-            raise self.error(f"{where}{unknown[0]}", f"unknown key; known keys{of}: {list(known)}")
-
-    def typed(self, value: Any, kind: type, key: str, *, optional: bool = False) -> Any:
-        if value is None and optional:
-            return None
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            names = {int: "an int", float: "a number", str: "a string", bool: "true/false"}
-            raise self.error(key, f"must be {names[kind]}{' or null' if optional else ''}, got {value!r}")
-        return value
+        """A ``cls`` from ``data``: each field checked by its type hint and its ``rule``."""
+        return cls(**self.fields(cls, data, key, registries=self.check_names, **given))
