@@ -4,53 +4,73 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 from hatzoo.errors import InputError
+from hatzoo.schema import Schema, rule
 
 API_KEY_ENV = "HATZOO_API_KEY"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def _opt(help_text: str, default: Any, *, metavar: str | None = None, flag: str | None = None) -> Any:
-    """A dataclass field carrying its command-line help (and its flag, when not the field's name)."""
-    return field(default=default, metadata={"help": help_text, "metavar": metavar, "flag": flag})
+def _opt(
+    help_text: str, default: Any, *, metavar: str | None = None, flag: str | None = None, **checks: Any
+) -> Any:
+    """A dataclass field carrying its checks (``hatzoo.schema.rule``: ``lo``, ``hi``, ...) and its
+    command-line help (and its flag, when not the field's name)."""
+    return rule(default, help=help_text, metavar=metavar, flag=flag, **checks)
+
+
+class _OptionsSchema(Schema):
+    error = InputError
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """Every option of ``hatzoo serve``; field metadata holds the command-line help."""
+    """Every option of ``hatzoo serve``; field metadata holds its checks and its command-line help."""
 
     host: str = _opt("interface to listen on; anything but loopback needs an API key", "127.0.0.1")
-    port: int = _opt("TCP port", 8000)
+    port: int = _opt("TCP port", 8000, lo=0, hi=65535)
     log_level: str = _opt("uvicorn log level (the startup lines print at 'warning' too)", "warning")
-    max_sessions: int | None = _opt("most ONNX Runtime sessions kept open (least recently used closed)", 16)
-    max_session_bytes: int | None = _opt(
-        "estimated bytes of open sessions before the least recently used is closed (none: no limit)", None
+    max_sessions: int | None = _opt(
+        "most ONNX Runtime sessions kept open (least recently used closed)", 16, lo=1
     )
-    max_request_batch: int = _opt("most images one request may send", 256)
+    max_session_bytes: int | None = _opt(
+        "estimated bytes of open sessions before the least recently used is closed (none: no limit)",
+        None,
+        lo=1,
+    )
+    max_request_batch: int = _opt("most images one request may send", 256, lo=1)
     max_body_bytes: int | None = _opt(
-        "largest request body; none: what --max-request-batch images take as JSON (or 64 MiB, if less)", None
+        "largest request body; none: what --max-request-batch images take as JSON (or 64 MiB, if less)",
+        None,
+        lo=1,
     )
     max_image_values: int | None = _opt(
         "most values (width x height x channels x frames, read from the image headers before decoding) "
         "one request's images may hold; none: 16 times what --max-request-batch inputs of the task "
         "hold, and at least 4096 x 4096 x 4",
         None,
+        lo=1,
     )
-    max_concurrency: int = _opt("predict/infer requests handled at once; more answer 503", 64)
-    micro_batch: int = _opt("rows merged into one session run per task (1 turns merging off)", 32)
+    max_concurrency: int = _opt("predict/infer requests handled at once; more answer 503", 64, lo=1)
+    micro_batch: int = _opt("rows merged into one session run per task (1 turns merging off)", 32, lo=1)
     max_wait_ms: float = _opt(
         "how long the micro-batcher waits for more requests before a run that is not full (0: run at once; "
         "requests that arrive during a run form the next batch)",
         0.0,
+        lo=0,
     )
-    max_queue: int = _opt("requests queued per task before answering 503", 1024)
-    run_threads: int = _opt("threads running sessions", 4)
-    parse_workers: int = _opt("processes decoding request bodies (off the event loop and its GIL)", 2)
-    header_timeout_s: float = _opt("seconds a client has to send its request line and headers", 10.0)
-    body_timeout_s: float = _opt("seconds a client has to send its whole body (408 after)", 30.0)
+    max_queue: int = _opt("requests queued per task before answering 503", 1024, lo=1)
+    run_threads: int = _opt("threads running sessions", 4, lo=1)
+    parse_workers: int = _opt("processes decoding request bodies (off the event loop and its GIL)", 2, lo=1)
+    header_timeout_s: float = _opt(
+        "seconds a client has to send its request line and headers", 10.0, lo=0, open_lo=True
+    )
+    body_timeout_s: float = _opt(
+        "seconds a client has to send its whole body (408 after)", 30.0, lo=0, open_lo=True
+    )
     api_key: str | None = _opt(
         f"require this key (header 'Authorization: Bearer KEY' or 'X-API-Key'); default: ${API_KEY_ENV}",
         None,
@@ -71,6 +91,7 @@ class ServeConfig:
         "ONNX Runtime intra-op threads per session run (0: one per core); the default shares the cores "
         "among the --run-threads runs that go on at once",
         max(1, (os.cpu_count() or 1) // 4),  # 4: run_threads' default
+        lo=0,
     )
     providers: tuple[str, ...] | None = _opt(
         "ONNX Runtime execution providers in order (default: CUDA when usable, then CPU)",
@@ -80,14 +101,7 @@ class ServeConfig:
     verify: bool = _opt("check every graph's sha256 at startup (also checked on every session load)", True)
 
     def __post_init__(self) -> None:
-        for name in ("max_request_batch", "max_concurrency", "micro_batch", "max_queue", "run_threads"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.parse_workers < 1 or self.header_timeout_s <= 0 or self.body_timeout_s <= 0:
-            raise InputError("parse_workers must be >= 1 and the timeouts positive")
-        for name in ("max_body_bytes", "max_image_values"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _OptionsSchema("serve options").instance(self)
 
     def key(self) -> str | None:
         """The API key in force: the option, else the environment variable, else none."""
