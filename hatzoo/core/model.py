@@ -21,15 +21,13 @@ from hatzoo.core.groups import MaskGroup, group_key
 from hatzoo.core.inputs import check_input, check_scale
 from hatzoo.core.locking import ended_task_locks, index_slices
 from hatzoo.core.locks import LockGuard
-from hatzoo.core.mask_init import BUDGET_WIDTH, initial_embedding
+from hatzoo.core.mask_init import initial_embedding
 from hatzoo.core.regularizer import regularizer_weights
 from hatzoo.core.spec import PolicySpec
 from hatzoo.core.task_modules import TaskContext, TaskModule, wrap_per_task_parts
 from hatzoo.core.tasks import TaskInfo, TaskList, TaskStatus
 from hatzoo.data_config import timm_pretrained_cfg
 from hatzoo.errors import TaskError
-
-__all__ = ["BUDGET_WIDTH", "HATModel", "TaskInfo", "TaskStatus"]
 
 
 class HATModel(nn.Module):
