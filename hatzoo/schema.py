@@ -119,6 +119,33 @@ class Schema:
             raise self.fail(path, self.UNKNOWN_VALUE.format(choices=list(choices), value=value))
         return value
 
+    def items(self, value: Any, path: str, max_len: int, length: int | None = None) -> list:
+        if not isinstance(value, list):
+            raise self.fail(path, f"must be a list, got {kind(value)}")
+        if length is not None and len(value) != length:
+            raise self.fail(path, f"must have {length} entries, got {len(value)}")
+        if len(value) > max_len:
+            raise self.fail(path, f"has {len(value)} entries; at most {max_len} are allowed")
+        return value
+
+    def numbers(self, value: Any, path: str, length: int | None, positive: bool = False) -> None:
+        for i, x in enumerate(self.items(value, path, 64, length)):
+            self.number(x, f"{path}[{i}]", 0.0 if positive else -math.inf, open_lo=positive)
+
+    def collect(self, check: Callable[..., Any], *args: Any) -> Any:
+        """``check(*args)``, keeping its fault for ``raise_collected`` instead of raising it now, so that
+        one error names every bad field (None when it failed)."""
+        try:
+            return check(*args)
+        except self.error as e:
+            self.faults.append(str(e).removeprefix(f"{self.where}: "))
+            return None
+
+    def raise_collected(self) -> None:
+        """Raise one error naming every fault collected so far, on one line."""
+        if self.faults:
+            raise self.error(f"{self.where}: {'; '.join(self.faults)}")
+
     # ------------------------------------------------------------------ declared by dataclass fields
     def fields(
         self, cls: type, data: Mapping[str, Any], path: str = "", *, registries: bool = True, **given: Any
@@ -157,7 +184,7 @@ class Schema:
         )
         if value is None and type(None) in kinds:
             return None
-        kind_ = next(k for k in kinds if k is not type(None))
+        expected = next(k for k in kinds if k is not type(None))
         choices = checks.get("choices")
         if isinstance(choices, str):  # a registry: its names, or (not read) any value of the type
             choices = pkgutil.resolve_name(choices) if registries else None
@@ -167,48 +194,21 @@ class Schema:
             return self.choice(value, path, choices)
         lo, hi = checks.get("lo"), checks.get("hi")
         lo, hi = -math.inf if lo is None else lo, math.inf if hi is None else hi
-        if kind_ is bool:
+        if expected is bool:
             return self.boolean(value, path)
-        if kind_ is int:
+        if expected is int:
             return self.integer(value, path, lo, hi)
-        if kind_ is float:
+        if expected is float:
             return self.number(
                 value, path, lo, hi, checks.get("open_lo", False), checks.get("open_hi", False)
             )
-        if kind_ is str:
+        if expected is str:
             return self.string(value, path)
-        origin = typing.get_origin(kind_) or kind_
+        origin = typing.get_origin(expected) or expected
         accepted = (list, tuple) if origin in (list, tuple) else (origin,)
         if isinstance(origin, type) and not isinstance(value, accepted):
             raise self.fail(path, f"must be a {_KIND_NAMES.get(origin, origin.__name__)}, got {kind(value)}")
         return value
-
-    def items(self, value: Any, path: str, max_len: int, length: int | None = None) -> list:
-        if not isinstance(value, list):
-            raise self.fail(path, f"must be a list, got {kind(value)}")
-        if length is not None and len(value) != length:
-            raise self.fail(path, f"must have {length} entries, got {len(value)}")
-        if len(value) > max_len:
-            raise self.fail(path, f"has {len(value)} entries; at most {max_len} are allowed")
-        return value
-
-    def numbers(self, value: Any, path: str, length: int | None, positive: bool = False) -> None:
-        for i, x in enumerate(self.items(value, path, 64, length)):
-            self.number(x, f"{path}[{i}]", 0.0 if positive else -math.inf, open_lo=positive)
-
-    def collect(self, check: Callable[..., Any], *args: Any) -> Any:
-        """``check(*args)``, keeping its fault for ``raise_collected`` instead of raising it now, so that
-        one error names every bad field (None when it failed)."""
-        try:
-            return check(*args)
-        except self.error as e:
-            self.faults.append(str(e).removeprefix(f"{self.where}: "))
-            return None
-
-    def raise_collected(self) -> None:
-        """Raise one error naming every fault collected so far, on one line."""
-        if self.faults:
-            raise self.error(f"{self.where}: {'; '.join(self.faults)}")
 
 
 _KIND_NAMES = {dict: "mapping", list: "list", tuple: "list"}
