@@ -105,3 +105,10 @@ def test_serve_options_from_the_command_line_and_from_python():
         from_namespace(parser.parse_args(["--max-queue", "0"]))
     # a list where the field holds a tuple, and an int where it holds a float, are what callers pass
     assert dataclasses.replace(config, providers=["CPUExecutionProvider"], max_wait_ms=5).max_wait_ms == 5
+
+
+def test_hatzoo_serve_names_a_bad_option_and_exits_2(capsys):
+    from hatzoo.cli import main
+
+    assert main(["serve", "no-such-bundle", "--micro-batch", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: serve options: micro_batch must be >= 1, got 0"
