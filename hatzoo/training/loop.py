@@ -110,10 +110,12 @@ def train_sequence(
             f"checkpoint_every must be >= 0 (0: no checkpoints within a task), got {checkpoint_every}"
         )
     rt = Runtime.create(device, amp, progress)
-    run, found = _set_up(recipe, Path(out_dir), rt, resume=resume, model_factory=model_factory, amp=amp)
+    run, resumed_from = _set_up(
+        recipe, Path(out_dir), rt, resume=resume, model_factory=model_factory, amp=amp
+    )
     position = run.state.pop("position", None)  # where a step checkpoint left the open task
     if position is not None:
-        ckpt.restore_rng(found)
+        ckpt.restore_rng(resumed_from)
     seq = run.seq
     for t in range(run.state["completed"], len(seq)):
         _train_one_task(run, t, position, log_every, checkpoint_every)
