@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch-free at run time: `hatzoo.CapacityWarning` imports no torch
+    import torch
 
-from hatzoo.core.groups import MaskGroup
+    from hatzoo.core.groups import MaskGroup
 
 
 class CapacityWarning(UserWarning):
