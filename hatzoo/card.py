@@ -30,7 +30,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SCALE_RAMPS = ("epoch", "task")
 
 
-POSITIVE = {"lo": 0, "open_lo": True}  # a number that must be > 0 (an int: >= 1)
+POSITIVE = {"lo": 0, "open_lo": True}  # a float that must be > 0
 
 
 @dataclass

@@ -35,8 +35,9 @@ def rule(
     """A dataclass field with the checks :meth:`Schema.fields` applies beyond its type hint.
 
     ``lo`` / ``hi``: bounds of a number (``open_lo`` / ``open_hi``: a float may not equal the bound);
-    ``choices``: the allowed values, or a ``"module:NAME"`` registry read when checked; ``lower``: a
-    string is lower-cased before the choice. ``extra`` stays in the metadata for other readers (help).
+    ``choices``: the allowed values, or a ``"module:NAME"`` registry read when checked (a module of the
+    declaring module's layer or below); ``lower``: a string is lower-cased before the choice.
+    ``extra`` stays in the metadata for other readers (command-line help).
     """
     checks = {"lo": lo, "hi": hi, "open_lo": open_lo, "open_hi": open_hi, "choices": choices, "lower": lower}
     if factory is not None:
