@@ -8,17 +8,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hatzoo.errors import InputError
-from hatzoo.task_rules import DEFAULT_RULE, RULES, answer, choose, task_scores
+from hatzoo.task_rules import DEFAULT_RULE, LIKELIHOOD_RATIO, RULES, answer, choose, task_scores
 
 from .bundle import Bundle, TaskSpec
 
 __all__ = [
     "DEFAULT_RULE",
+    "LIKELIHOOD_RATIO",
     "RULES",
     "answer",
     "answering_specs",
     "check_rule",
     "choose",
+    "default_rule",
     "normalization_groups",
     "task_scores",
 ]
@@ -44,8 +46,16 @@ def normalization_groups(specs: Sequence[TaskSpec]) -> list[list[TaskSpec]]:
     return list(groups.values())
 
 
-def check_rule(rule: str) -> str:
-    """``rule`` when it is a known rule; an InputError listing the known ones otherwise."""
-    if rule not in RULES:
-        raise InputError(f"unknown task-inference rule {rule!r}; choose one of {', '.join(RULES)}")
+def default_rule(bundle: Bundle) -> str:
+    """The rule a bundle answers with when the request names none: its tasks' likelihood-ratio scores
+    when its graphs give them (what ``load(..., task="auto").predict`` answers), else ``energy``."""
+    return LIKELIHOOD_RATIO if bundle.scored else DEFAULT_RULE
+
+
+def check_rule(rule: str, bundle: Bundle) -> str:
+    """``rule`` when ``bundle`` can answer by it; an InputError listing the ones it can otherwise."""
+    known = [*RULES, *([LIKELIHOOD_RATIO] if bundle.scored else [])]
+    if rule not in known:
+        extra = "" if bundle.scored else f" ({LIKELIHOOD_RATIO} needs graphs exported with ratio_heads)"
+        raise InputError(f"unknown task-inference rule {rule!r}; choose one of {', '.join(known)}{extra}")
     return rule

@@ -26,6 +26,9 @@ Manifest format (``manifest.json``, UTF-8 JSON), ``format_version`` 1::
           "kept_units": {"blocks.0.attn.heads": [5, 6]},   # per mask group: [kept, total]
           "flops_fraction": 0.62,           # FLOPs of the pruned graph / FLOPs of the dense one
           "max_abs_diff": 1.2e-06,          # |pruned ONNX - masked torch| measured at export, or null
+          "score_name": "task_score",       # optional: a second output [batch], the task's
+                                            # likelihood-ratio score (hatzoo.likelihood_ratio); when
+                                            # every task has one, answers without a task id use it
           "sha256": "<hex>"                 # checksum of the file, verified by read_bundle
         }
       }
@@ -89,6 +92,12 @@ class TaskSpec:
     flops_fraction: float | None = None
     max_abs_diff: float | None = None
     sha256: str = ""
+    score_name: str | None = None
+
+    @property
+    def output_names(self) -> list[str]:
+        """The graph outputs a run fetches: the logits, then the task's score if it has one."""
+        return [self.output_name, *([self.score_name] if self.score_name else [])]
 
     @property
     def num_classes(self) -> int:
@@ -111,6 +120,11 @@ class Bundle:
     opset: int | None
     tasks: dict[str, TaskSpec]
     format_version: int = FORMAT_VERSION
+
+    @property
+    def scored(self) -> bool:
+        """Whether every task's graph gives its likelihood-ratio score (the rule it answers with)."""
+        return all(spec.score_name for spec in self.tasks.values())
 
 
 def confined_path(root: Path, file: str) -> Path:
@@ -187,6 +201,8 @@ def _task_entry(
         "max_abs_diff": None if spec.get("max_abs_diff") is None else float(spec["max_abs_diff"]),
         "sha256": sha256_file(path),
     }
+    if spec.get("score_name"):
+        entry["score_name"] = str(spec["score_name"])
     if not entry["normalization"] and len(entry["input_shape"]) == 4 and entry["input_shape"][1]:
         c = int(entry["input_shape"][1])
         entry["normalization"] = {"mean": [0.0] * c, "std": [1.0] * c}
@@ -207,8 +223,8 @@ def write_manifest(
     """Write ``manifest.json`` for graphs already in ``bundle_dir``; returns the manifest path.
 
     ``tasks`` maps a task id to a dict with at least ``file``, ``input_shape`` ([None, C, H, W]) and
-    ``labels``; ``normalization``, ``kept_units``, ``flops_fraction`` and ``max_abs_diff`` are recorded
-    when given; ``input_name``, ``output_name``, ``dtype`` and ``opset`` are read from the graph when left
+    ``labels``; ``normalization``, ``kept_units``, ``flops_fraction``, ``max_abs_diff`` and
+    ``score_name`` are recorded when given; ``input_name``, ``output_name``, ``dtype`` and ``opset`` are read from the graph when left
     out; ``sha256`` is always computed here. Raises BundleError on a missing file or an invalid field.
     """
     root = Path(bundle_dir)
@@ -298,6 +314,8 @@ def check_task(s: ManifestSchema, path: str, e: Any) -> None:
     for key in ("file", "input_name", "output_name"):
         if key in e:
             s.collect(_check_text, s, e[key], f"{path}.{key}")
+    if e.get("score_name") is not None:
+        s.collect(_check_text, s, e["score_name"], f"{path}.score_name")
     if "sha256" in e:
         s.collect(_check_sha256, s, e["sha256"], f"{path}.sha256")
     shape = (
@@ -401,6 +419,7 @@ def read_bundle(bundle_dir: str | os.PathLike[str], *, verify: bool = True) -> B
             flops_fraction=e.get("flops_fraction"),
             max_abs_diff=e.get("max_abs_diff"),
             sha256=e["sha256"],
+            score_name=e.get("score_name"),
         )
     src = m.get("source") or {}
     return Bundle(

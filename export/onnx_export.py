@@ -35,6 +35,7 @@ from torch import nn
 from hatzoo.core.flops import task_macs
 from hatzoo.core.model import HATModel
 from hatzoo.errors import ExportError, InputError
+from hatzoo.likelihood_ratio import RatioHeads, ScoredTaskModel
 
 from .baking import sample_shape
 
@@ -42,6 +43,7 @@ DEFAULT_OPSET = 18
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 INPUT_NAME = "x"
 OUTPUT_NAME = "logits"
+SCORE_NAME = "task_score"
 CHECK_BATCHES = (1, 7, 32)
 MAX_BATCH = 1 << 16
 
@@ -68,6 +70,7 @@ class ExportReport:
     checked_batches: list[int] = field(default_factory=list)
     num_parameters: int = 0
     seconds: float = 0.0
+    score_name: str | None = None
 
     def manifest_entry(self, root: str | os.PathLike[str]) -> dict[str, Any]:
         """This task's ``write_manifest`` entry, with the file relative to the bundle folder ``root``."""
@@ -81,6 +84,7 @@ class ExportReport:
             "kept_units": dict(self.kept_units),
             "flops_fraction": self.flops_fraction,
             "max_abs_diff": self.max_abs_diff,
+            **({"score_name": self.score_name} if self.score_name else {}),
         }
 
 
@@ -91,8 +95,10 @@ def export_module(
     path: str | os.PathLike[str],
     *,
     opset: int = DEFAULT_OPSET,
+    output_names: Sequence[str] = (OUTPUT_NAME,),
 ) -> Path:
-    """Export ``net`` to one ONNX file (weights inside) with input ``x``, output ``logits``, dynamic batch.
+    """Export ``net`` to one ONNX file (weights inside) with input ``x``, outputs ``output_names``
+    (``logits``, and ``task_score`` for a scored task), dynamic batch.
 
     Exported from a batch-2 example so the batch size is not specialized to 1.
     """
@@ -110,7 +116,7 @@ def export_module(
                 dynamo=True,
                 external_data=False,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=list(output_names),
                 dynamic_shapes=({0: batch},),
                 opset_version=opset,
                 verbose=False,
@@ -224,6 +230,7 @@ def export_task(
     input_shape: tuple[int, ...] | None = None,
     check_batches: Sequence[int] = CHECK_BATCHES,
     fp16_rtol: float = 1e-2,
+    ratio_heads: RatioHeads | None = None,
 ) -> ExportReport:
     """Write task ``task``'s pruned ONNX graph to ``path`` (dynamic batch) and verify it; returns a report.
 
@@ -231,6 +238,8 @@ def export_task(
     input size (224). ``input_shape`` (C, H, W) overrides the per-sample shape (a Flatten-first MLP).
     With ``check`` the graph must match the HAT model within ``atol`` (float32) or ``fp16_rtol`` times
     the logits' magnitude (float16) at every batch size in ``check_batches``; else ExportError.
+    With ``ratio_heads`` (``hatzoo.likelihood_ratio``, fitted on the pruned task models) the graph has a
+    second output, ``task_score`` [B], checked the same way against the torch head.
     """
     if not isinstance(model, HATModel):
         raise InputError(f"export_task needs a HATModel, got {type(model).__name__}")
@@ -245,10 +254,13 @@ def export_task(
     try:
         net = model.specialize(task).cpu().float()  # exported from the CPU whatever the model's device
         macs_pruned, macs_dense = task_macs(model, task, net, shape)
+        scored = None if ratio_heads is None else _scored(net, ratio_heads, task, shape)
+        exported = net if scored is None else scored
         if dtype == "float16":
-            net = net.half()
+            exported = exported.half()
         example = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(task))
-        out = export_module(net, example.to(DTYPES[dtype]), path, opset=opset)
+        names = (OUTPUT_NAME,) if scored is None else (OUTPUT_NAME, SCORE_NAME)
+        out = export_module(exported, example.to(DTYPES[dtype]), path, opset=opset, output_names=names)
         params = check_graph(out)
         diff = tol = None
         batches: list[int] = []
@@ -257,6 +269,10 @@ def export_task(
             diff, tol = verify(
                 model, task, out, shape, dtype=dtype, batches=batches, atol=atol, fp16_rtol=fp16_rtol
             )
+            if scored is not None:
+                verify_score(
+                    scored.float(), out, shape, dtype=dtype, batches=batches, atol=atol, fp16_rtol=fp16_rtol
+                )
     finally:
         model.train(was_training)
     return ExportReport(
@@ -278,7 +294,54 @@ def export_task(
         checked_batches=batches,
         num_parameters=params,
         seconds=time.perf_counter() - start,
+        score_name=None if scored is None else SCORE_NAME,
     )
+
+
+def _scored(net: nn.Module, ratio_heads: RatioHeads, task: int, shape: tuple[int, ...]) -> ScoredTaskModel:
+    """Task ``task``'s pruned model with its likelihood-ratio head, checked to fit it."""
+    scored = ScoredTaskModel(net, ratio_heads.head(task), ratio_heads.config.layers).eval()
+    try:
+        with torch.no_grad():
+            scored(torch.zeros(2, *shape))
+    except RuntimeError as error:
+        raise ExportError(
+            f"task {task}'s likelihood-ratio head does not fit its pruned model ({error}); fit the heads on "
+            "TaskAgnosticModel.from_hat_model(model), the pruned task models that answer"
+        ) from error
+    return scored
+
+
+@torch.no_grad()
+def verify_score(
+    scored: ScoredTaskModel,
+    path: str | os.PathLike[str],
+    shape: tuple[int, ...],
+    *,
+    dtype: str,
+    batches: Sequence[int],
+    atol: float,
+    fp16_rtol: float,
+    seed: int = 1,
+) -> None:
+    """The graph's ``task_score`` output against the torch head (float32), as ``verify`` checks logits."""
+    session = ort_session(path)
+    name = session.get_inputs()[0].name
+    gen = torch.Generator().manual_seed(seed)
+    for b in batches:
+        x = torch.randn(b, *shape, generator=gen)
+        ref = scored(x)[1].double().numpy()
+        got = session.run(
+            [SCORE_NAME], {name: x.numpy().astype(np.float16 if dtype == "float16" else np.float32)}
+        )[0]
+        diff = float(np.abs(got.astype(np.float64) - ref).max()) if got.shape == ref.shape else math.inf
+        scale = max(1.0, float(np.abs(ref).max()))
+        tol = atol * scale if dtype == "float32" else fp16_rtol * scale
+        if not diff <= tol:
+            raise ExportError(
+                f"{path}: task_score differs from the torch head by {diff:.3g} at batch {b} "
+                f"(tolerance {tol:.3g}, shape {got.shape} vs {ref.shape})"
+            )
 
 
 def export_bundle(
@@ -295,12 +358,15 @@ def export_bundle(
     image_size: int | tuple[int, int] | None = None,
     input_shape: tuple[int, ...] | None = None,
     atol: float = 1e-4,
+    ratio_heads: RatioHeads | None = None,
 ) -> Path:
     """Export every ended task (or ``tasks``) as ``task-<t>.onnx`` into ``out_dir`` plus ``manifest.json``.
 
     Each graph is verified as in ``export_task``; the manifest records labels, kept units, the kept-FLOPs
     fraction and the measured max abs diff per task, and ``normalization`` (per-channel mean / std the
-    graphs expect to have been applied; identity when None). Returns the bundle folder.
+    graphs expect to have been applied; identity when None). With ``ratio_heads`` each graph also gives
+    its task's likelihood-ratio score, and the server answers without a task id by it. Returns the
+    bundle folder.
     """
     from hatzoo import progress as progress_bars
 
@@ -324,6 +390,7 @@ def export_bundle(
             atol=atol,
             image_size=image_size,
             input_shape=input_shape,
+            ratio_heads=ratio_heads,
         )
         if len(report.input_shape) != 4:
             raise ExportError(

@@ -158,6 +158,10 @@ def check_task_graph(spec: TaskSpec) -> str | None:
         return f"{where}: the manifest's input shape {list(spec.input_shape)} is not the graph's {i.shape}"
     if len(o.shape) != 2 or o.shape[-1] != spec.num_classes:
         return f"{where}: {spec.num_classes} labels for a graph output of shape {o.shape}"
+    if spec.score_name is not None:
+        score = outs.get(spec.score_name)
+        if score is None or len(score.shape) != 1 or _ORT_DTYPES.get(score.type) != spec.dtype:
+            return f"{where}: the manifest's score {spec.score_name!r} is not a [batch] {spec.dtype} output"
     return None
 
 
@@ -291,9 +295,13 @@ class TaskSessionPool:
 
     def run(self, model: str, task: str, x: np.ndarray) -> np.ndarray:
         """Run task's graph on a validated batch x [B, C, H, W]; returns logits [B, K]."""
+        return self.run_outputs(model, task, x)[0]
+
+    def run_outputs(self, model: str, task: str, x: np.ndarray) -> list[np.ndarray]:
+        """Every output the manifest names: logits [B, K], then the task's score [B] if it has one."""
         spec = self.spec(model, task)
         sess = self.session(model, task)
-        return sess.run([spec.output_name], {spec.input_name: x})[0]
+        return sess.run(spec.output_names, {spec.input_name: x})
 
     def close(self) -> None:
         """Close every session (they reload on the next request)."""
@@ -369,6 +377,10 @@ class MicroBatcher:
 
     async def predict(self, model: str, task: str, x: np.ndarray) -> np.ndarray:
         """Logits for x [B, C, H, W] (already validated), batched with concurrent callers of this task."""
+        return (await self.predict_outputs(model, task, x))[0]
+
+    async def predict_outputs(self, model: str, task: str, x: np.ndarray) -> list[np.ndarray]:
+        """Every output of the task's graph for x (logits, then its score if it has one), batched."""
         key = (model, str(task))
         self.pool.spec(model, str(task))
         q = self._queue(key)
@@ -417,7 +429,7 @@ class MicroBatcher:
         try:
             x = xs[0] if len(xs) == 1 else np.concatenate(xs, axis=0)
             y = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.pool.run, key[0], key[1], x
+                self.executor, self.pool.run_outputs, key[0], key[1], x
             )
         except Exception as e:  # noqa: BLE001 - every caller gets the error
             for p in batch:
@@ -435,10 +447,11 @@ class MicroBatcher:
             if not batch[0].future.done():
                 batch[0].future.set_result(y)
             return
-        ends = np.cumsum([len(p.x) for p in batch])
-        for p, rows in zip(batch, np.split(y, ends[:-1]), strict=True):  # each caller's rows, in order
+        ends = np.cumsum([len(p.x) for p in batch])[:-1]
+        parts = zip(*(np.split(out, ends) for out in y), strict=True)  # each caller's rows, in order
+        for p, rows in zip(batch, parts, strict=True):
             if not p.future.done():
-                p.future.set_result(rows)
+                p.future.set_result(list(rows))
 
     def close(self) -> None:
         """Stop the workers and the thread pool."""

@@ -18,7 +18,15 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from hatzoo.errors import HATError, InputError
 
 from . import schemas
-from .agnostic import DEFAULT_RULE, RULES, answer, answering_specs, check_rule, normalization_groups
+from .agnostic import (
+    LIKELIHOOD_RATIO,
+    RULES,
+    answer,
+    answering_specs,
+    check_rule,
+    default_rule,
+    normalization_groups,
+)
 from .bundle import TaskSpec
 from .context import Serving, validate_input
 from .decode import JSON_TYPES, NPY_TYPES, RequestError, media_type, npy_array, number_array, parse_request
@@ -35,8 +43,11 @@ RULE_PARAMETER = {
     "name": "rule",
     "in": "query",
     "required": False,
-    "description": "task-inference rule",
-    "schema": {"type": "string", "enum": list(RULES), "default": DEFAULT_RULE},
+    "description": (
+        f"task-inference rule; default {LIKELIHOOD_RATIO} for a bundle whose graphs give each task's "
+        "score, energy otherwise"
+    ),
+    "schema": {"type": "string", "enum": [*RULES, LIKELIHOOD_RATIO]},
 }
 QUERY_PARAMETERS = [
     {
@@ -280,7 +291,8 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
     )
     async def predict_any_task(model_action: str, request: Request) -> JSONResponse:
         """``model_action`` is ``<model>:predict``; the same bodies as a task's :predict (top_k unused).
-        ``?rule=`` picks the task-inference rule (msp, entropy or energy; default energy)."""
+        ``?rule=`` picks the task-inference rule (msp, entropy, energy, or likelihood_ratio for a bundle
+        exported with each task's score, its default; energy otherwise)."""
         if not model_action.endswith(PREDICT_SUFFIX):
             return error(404, f"unknown action in {request.url.path!r}; use /v1/models/{{model}}:predict")
         model = model_action[: -len(PREDICT_SUFFIX)]
@@ -290,7 +302,7 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
             return error(404, f"unknown model {model!r}; known models: {sorted(s.pool.bundles)}")
 
         async def work() -> tuple[JSONResponse, int]:
-            rule = check_rule(request.query_params.get("rule", DEFAULT_RULE))
+            rule = check_rule(request.query_params.get("rule", default_rule(bundle)), bundle)
             specs = answering_specs(bundle)
             ctype = predict_media_type(request)
             body = await s.read_body(request, s.body_limit(specs[0]))
@@ -302,13 +314,14 @@ def add_v1_routes(app: FastAPI, s: Serving) -> None:
                 inputs.update({spec.task_id: x for spec in group})
                 warnings += found
             ids = list(bundle.tasks)
-            logits = await asyncio.gather(*(s.batcher.predict(model, t, inputs[t]) for t in ids))
+            outs = await asyncio.gather(*(s.batcher.predict_outputs(model, t, inputs[t]) for t in ids))
+            logits, claims = [o[0] for o in outs], [o[-1] for o in outs] if bundle.scored else None
             labels = {t: bundle.tasks[t].labels for t in ids}
 
             def answer_doc() -> dict[str, Any]:
                 return {
                     "model": model,
-                    **answer(ids, labels, logits, rule),
+                    **answer(ids, labels, logits, rule, claims),
                     "warnings": list(dict.fromkeys(warnings)),
                 }
 

@@ -25,7 +25,7 @@ from hatzoo import __version__
 from hatzoo.errors import InputError
 
 from . import schemas
-from .agnostic import DEFAULT_RULE, answer, answering_specs, check_rule, normalization_groups
+from .agnostic import answer, answering_specs, check_rule, default_rule, normalization_groups
 from .bundle import TaskSpec
 from .context import Serving, validate_input
 from .decode import RequestError, media_type
@@ -317,15 +317,17 @@ async def _infer(
 
 async def _infer_agnostic(s: Serving, request: Request, model: str) -> tuple[Response, int]:
     """Every task of ``model`` on one v2 input; the request's ``parameters.rule`` picks the rule."""
-    specs = answering_specs(s.pool.bundles[model])
+    bundle = s.pool.bundles[model]
+    specs = answering_specs(bundle)
     groups = normalization_groups(specs)
     req, arrays = await _read_request(s, request, [g[0] for g in groups])
     inputs = {spec.task_id: x for group, x in zip(groups, arrays, strict=True) for spec in group}
-    rule = check_rule(str(req.parameters.get("rule", DEFAULT_RULE)))
+    rule = check_rule(str(req.parameters.get("rule", default_rule(bundle))), bundle)
     wanted = wanted_outputs(req, list(AGNOSTIC_OUTPUTS), classifies=False)
     ids = [spec.task_id for spec in specs]
-    logits = await asyncio.gather(*(s.batcher.predict(model, t, inputs[t]) for t in ids))
-    found = answer(ids, {spec.task_id: spec.labels for spec in specs}, logits, rule)
+    outs = await asyncio.gather(*(s.batcher.predict_outputs(model, t, inputs[t]) for t in ids))
+    logits, claims = [o[0] for o in outs], [o[-1] for o in outs] if bundle.scored else None
+    found = answer(ids, {spec.task_id: spec.labels for spec in specs}, logits, rule, claims)
     rows = len(logits[0])
     outputs = [
         (w, AGNOSTIC_OUTPUTS[w.name], [rows, len(ids)] if w.name == "scores" else [rows], found[w.name])

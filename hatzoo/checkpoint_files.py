@@ -22,6 +22,7 @@ from typing import BinaryIO
 
 import torch
 
+from hatzoo.errors import CheckpointError
 from hatzoo.files import replacing_folder
 
 _DTYPES = {
@@ -73,6 +74,30 @@ def write_safetensors(tensors: dict[str, torch.Tensor], file: BinaryIO, metadata
     file.write(text)
     for key in order:
         file.write(_raw(tensors[key]))
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """One safetensors file (``write_safetensors``: the same tensors give the same bytes), replaced whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write_safetensors(tensors, f, metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_tensors(path: str | os.PathLike[str], what: str) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(header metadata, every tensor) of one safetensors file; a CheckpointError naming ``what`` when
+    it is missing, truncated or not safetensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable {what} file ({error})") from error
 
 
 def write_folder(target: Path, files: dict[str, bytes | Callable[[BinaryIO], None]]) -> Path:

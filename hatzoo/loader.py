@@ -68,10 +68,17 @@ def load(
         return load_pretrained(folder, device=device, dtype=dtype, model_class=HATModel)
     model = load_pretrained(folder, device=device, dtype=dtype, locks=False, model_class=HATModel)
     if task == "auto":
-        from hatzoo.task_inference import TaskAgnosticModel
-
-        return TaskAgnosticModel.from_hat_model(model)
+        return _task_agnostic(model, folder)
     return specialize(model, task, consume=True)
+
+
+def _task_agnostic(model: HATModel, folder: Path) -> nn.Module:
+    """Every task pruned and answering together, with the release's likelihood-ratio heads if it has them."""
+    from hatzoo.likelihood_ratio import RATIO_FILE, RatioHeads
+    from hatzoo.task_inference import TaskAgnosticModel
+
+    heads = RatioHeads.load(folder / RATIO_FILE) if (folder / RATIO_FILE).is_file() else None
+    return TaskAgnosticModel.from_hat_model(model, heads)
 
 
 def create_model(

@@ -27,7 +27,7 @@ The cost of one answer is the sum of the tasks' kept FLOPs (:func:`agnostic_macs
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -42,14 +42,14 @@ from hatzoo.core.model import HATModel
 from hatzoo.core.specialize import TaskModel
 from hatzoo.errors import InputError, TaskError
 from hatzoo.images import to_batch
-from hatzoo.task_rules import DEFAULT_RULE, RULES, choose, task_scores
+from hatzoo.task_rules import DEFAULT_RULE, LIKELIHOOD_RATIO, RULES, choose, task_scores
 
 # log T searched for the NLL-optimal temperature: T from 0.05 to 20
 _LOG_T_GRID = torch.linspace(float(np.log(0.05)), float(np.log(20.0)), 601, dtype=torch.float64)
 
 LabelledData = tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
 FEATURE_RULE = "mahalanobis"
-ALL_RULES = (*RULES, FEATURE_RULE)
+ALL_RULES = (*RULES, FEATURE_RULE, LIKELIHOOD_RATIO)
 
 
 @dataclass
@@ -67,7 +67,7 @@ class TaskPrediction:
 class TaskAgnosticModel(nn.Module):
     """Specialized task models (``hatzoo.load(name, task=t)``) answered together without a task id."""
 
-    def __init__(self, task_models: Sequence[TaskModel]) -> None:
+    def __init__(self, task_models: Sequence[TaskModel], ratio_heads: nn.Module | None = None) -> None:
         super().__init__()
         models = list(task_models)
         if not models or not all(isinstance(m, TaskModel) for m in models):
@@ -78,16 +78,27 @@ class TaskAgnosticModel(nn.Module):
         if len(set(ids)) != len(ids):
             raise InputError(f"each task may appear once, got task ids {ids}")
         self.task_models = nn.ModuleList(models)
+        # each task's likelihood-ratio head (hatzoo.likelihood_ratio.RatioHeads): the default rule then
+        self.ratio_heads = ratio_heads
+        if ratio_heads is not None and (missing := sorted(set(ids) - set(ratio_heads.tasks))):
+            raise InputError(f"the likelihood-ratio heads lack tasks {missing}; fit them on every task")
 
     @classmethod
-    def from_task_models(cls, task_models: Sequence[TaskModel]) -> TaskAgnosticModel:
+    def from_task_models(
+        cls, task_models: Sequence[TaskModel], ratio_heads: nn.Module | None = None
+    ) -> TaskAgnosticModel:
         """The wrapper over ``task_models`` (eval mode)."""
-        return cls(task_models).eval()
+        return cls(task_models, ratio_heads).eval()
 
     @classmethod
-    def from_hat_model(cls, model: HATModel) -> TaskAgnosticModel:
+    def from_hat_model(cls, model: HATModel, ratio_heads: nn.Module | None = None) -> TaskAgnosticModel:
         """Every ended, non-forgotten task of ``model``, pruned (``model.specialize(t)``) and wrapped."""
-        return cls.from_task_models([model.specialize(t) for t in active_tasks(model)])
+        return cls.from_task_models([model.specialize(t) for t in active_tasks(model)], ratio_heads)
+
+    @property
+    def default_rule(self) -> str:
+        """``likelihood_ratio`` when the model carries its heads, else the logit rule ``energy``."""
+        return LIKELIHOOD_RATIO if self.ratio_heads is not None else DEFAULT_RULE
 
     @property
     def tasks(self) -> list[int]:
@@ -148,9 +159,16 @@ def task_outputs(
 
 def _features(model: Predictor, x: torch.Tensor, task: int, layers: bool) -> list[torch.Tensor]:
     if isinstance(model, TaskAgnosticModel):
-        run, backbone = model.task_model(task).forward_features, model.task_model(task).backbone
-    else:
-        run, backbone = partial(model.forward_features, task=task), model.backbone
+        net = model.task_model(task)
+        return pooled_features(net.forward_features, net.backbone, x, layers)
+    return pooled_features(partial(model.forward_features, task=task), model.backbone, x, layers)
+
+
+def pooled_features(
+    run: Callable[[torch.Tensor], torch.Tensor], backbone: nn.Module, x: torch.Tensor, layers: bool
+) -> list[torch.Tensor]:
+    """``run(x)``'s final features [B, d], after the pooled output of each of the backbone's
+    ``feature_info`` stages when ``layers`` is true (read by forward hooks, removed after)."""
     taps: list[torch.Tensor] = []
     names = [info["module"] for info in getattr(backbone, "feature_info", [])] if layers else []
     prefix = getattr(backbone, "num_prefix_tokens", 0)
@@ -234,9 +252,17 @@ def _scores(
     rule: str,
     temperatures: Mapping[int, float] | None,
     gaussians: Gaussians | None,
+    heads: Any = None,
 ) -> np.ndarray:
     """Scores [B, T] (float64, higher = more likely) of the answering tasks under ``rule``; ``logits``
     as float64 arrays (:func:`_float64`)."""
+    if rule == LIKELIHOOD_RATIO:
+        if heads is None:
+            raise InputError(
+                f"rule {LIKELIHOOD_RATIO!r} needs each task's head: pass heads=fit_likelihood_ratio(...) "
+                "(hatzoo.likelihood_ratio) or load a release that carries them"
+            )
+        return torch.stack([heads.score(t, f) for t, f in zip(tasks, features, strict=True)], 1).numpy()
     if rule != FEATURE_RULE:
         if rule not in RULES:
             raise InputError(f"unknown task-inference rule {rule!r}; choose one of {', '.join(ALL_RULES)}")
@@ -253,29 +279,43 @@ def _scores(
 def predict(
     model: Predictor,
     x: Any,
-    rule: str = DEFAULT_RULE,
+    rule: str | None = None,
     temperatures: Mapping[int, float] | None = None,
     gaussians: Gaussians | None = None,
+    heads: Any = None,
 ) -> TaskPrediction:
     """Answer ``x`` without a task id: run every task, infer each row's task with ``rule``, give its label.
 
+    ``rule`` defaults to ``likelihood_ratio`` for a model that carries its heads, else ``energy``.
     ``temperatures`` maps task ids to fitted temperatures (:func:`fit_temperatures`); missing ones are 1.
-    ``gaussians`` (:func:`fit_feature_gaussians`) is what the ``mahalanobis`` rule reads. ``x`` is a
-    normalized float batch, or images (paths, PIL images, uint8 arrays) that the model's data config
-    prepares (:func:`hatzoo.images.to_batch`).
+    ``gaussians`` (:func:`fit_feature_gaussians`) is what the ``mahalanobis`` rule reads, ``heads``
+    (``hatzoo.likelihood_ratio.fit_likelihood_ratio``) what ``likelihood_ratio`` reads, the model's own
+    by default. ``x`` is a normalized float batch, or images (paths, PIL images, uint8 arrays) that the
+    model's data config prepares (:func:`hatzoo.images.to_batch`).
     """
+    heads = heads if heads is not None else getattr(model, "ratio_heads", None)
+    rule = rule or (LIKELIHOOD_RATIO if heads is not None else DEFAULT_RULE)
     if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
         data_config = model.data_config if isinstance(model, HATModel) else model.task_models[0].data_config
         weight = next(model.parameters())
         x = to_batch(x, data_config).to(weight.device, weight.dtype)
-    tasks, features, logits = task_outputs(model, x, layers=rule == FEATURE_RULE)
-    scores = _scores(tasks, features, _float64(logits), rule, temperatures, gaussians)
+    tasks, features, logits = task_outputs(model, x, layers=_needs_layers(rule, heads))
+    scores = _scores(tasks, features, _float64(logits), rule, temperatures, gaussians, heads)
     best = choose(scores)
     ids = torch.tensor([tasks[c] for c in best], dtype=torch.long)
     stacked = [logits[c][i] for i, c in enumerate(best)]
     classes = torch.tensor([int(z.argmax()) for z in stacked], dtype=torch.long)
     labels = [_labels(model, int(t))[int(k)] for t, k in zip(ids, classes, strict=True)]
     return TaskPrediction(ids, classes, labels, torch.from_numpy(scores), list(logits), tasks)
+
+
+def _needs_layers(rule: str, heads: Any) -> bool:
+    """Whether ``rule`` reads the pooled feature layers, not only the final features."""
+    return rule == FEATURE_RULE or (
+        rule == LIKELIHOOD_RATIO
+        and getattr(heads, "config", None) is not None
+        and heads.config.layers == "all"
+    )
 
 
 def _batches(data: LabelledData, size: int = 512) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -385,10 +425,12 @@ def evaluate(
     temperatures: Mapping[int, float] | None = None,
     batch_size: int = 256,
     gaussians: Gaussians | None = None,
+    heads: Any = None,
 ) -> dict[str, AgnosticAccuracy]:
     """Accuracy per rule on (x, true task id, true class within the task); the tasks run once per batch.
 
-    ``rules`` defaults to the logit rules, and ``mahalanobis`` too when ``gaussians`` are given.
+    ``rules`` defaults to the logit rules, with ``mahalanobis`` when ``gaussians`` are given and
+    ``likelihood_ratio`` when ``heads`` are (or the model carries them).
     Class-incremental: right task and right class (with disjoint classes per task, the right global
     class); task-incremental: the true task's arg-max class, the ceiling of the two.
     """
@@ -396,12 +438,14 @@ def evaluate(
         raise InputError(
             f"x, task and target must have one row each, got {len(x)}, {len(task)}, {len(target)}"
         )
+    heads = heads if heads is not None else getattr(model, "ratio_heads", None)
     if rules is None:
-        rules = ALL_RULES if gaussians is not None else tuple(RULES)
+        rules = (*RULES, *[FEATURE_RULE] * (gaussians is not None), *[LIKELIHOOD_RATIO] * (heads is not None))
     hits = {rule: torch.zeros(3, dtype=torch.long) for rule in rules}
     for start in range(0, len(x), batch_size):
         rows = slice(start, start + batch_size)
-        tasks, features, logits = task_outputs(model, x[rows], layers=FEATURE_RULE in rules)
+        layers = any(_needs_layers(rule, heads) for rule in rules)
+        tasks, features, logits = task_outputs(model, x[rows], layers=layers)
         t, y = task[rows].long().cpu(), target[rows].long().cpu()
         if unknown := sorted(set(t.tolist()) - set(tasks)):
             raise InputError(f"true tasks {unknown} do not answer; answering tasks: {tasks}")
@@ -409,7 +453,7 @@ def evaluate(
         given = torch.stack([logits[c][i].argmax().cpu() for i, c in enumerate(column)])
         z = _float64(logits)
         for rule in rules:
-            best = choose(_scores(tasks, features, z, rule, temperatures, gaussians))
+            best = choose(_scores(tasks, features, z, rule, temperatures, gaussians, heads))
             right = torch.from_numpy(best) == torch.tensor(column)
             inferred = torch.stack([logits[c][i].argmax().cpu() for i, c in enumerate(best)])
             hits[rule] += torch.stack([right.sum(), (right & (inferred == y)).sum(), (given == y).sum()])

@@ -25,6 +25,7 @@ from hatzoo.errors import InputError
 Rule = Callable[[np.ndarray, float], np.ndarray]
 RULES: Registry[Rule] = Registry("task-inference rule")
 DEFAULT_RULE = "energy"
+LIKELIHOOD_RATIO = "likelihood_ratio"  # scores computed by each task's head (hatzoo.likelihood_ratio)
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -82,9 +83,19 @@ def answer(
     labels: Mapping[str, Sequence[str]],
     logits: Sequence[np.ndarray],
     rule: str = DEFAULT_RULE,
+    claims: Sequence[np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """The serving answer per row: inferred task, its label and class index, and every task's score."""
-    scores = task_scores(logits, rule)
+    """The serving answer per row: inferred task, its label and class index, and every task's score.
+
+    With ``rule`` ``likelihood_ratio`` the scores are ``claims``, each task's own score [B] (its graph's
+    second output); the other rules compute them from the logits.
+    """
+    if rule == LIKELIHOOD_RATIO:
+        if claims is None or len(claims) != len(logits):
+            raise InputError(f"rule {LIKELIHOOD_RATIO!r} needs every task's score output")
+        scores = np.stack([np.asarray(c, np.float64).reshape(-1) for c in claims], axis=1)
+    else:
+        scores = task_scores(logits, rule)
     best = choose(scores)
     tasks = [task_ids[c] for c in best]
     classes = [int(logits[c][i].argmax()) for i, c in enumerate(best)]

@@ -39,9 +39,17 @@ LAYERS: list[tuple[str, ...]] = [
         "hatzoo.checkpoint_schema",
         "hatzoo.card",
         "hatzoo.optimizers",
+        "hatzoo.replay",
     ),
     ("hatzoo.hub", "hatzoo.zoo"),
-    ("hatzoo.task_inference", "hatzoo.task_rules", "hatzoo.loader", "hatzoo.training", "hatzoo.model"),
+    (
+        "hatzoo.task_inference",
+        "hatzoo.task_rules",
+        "hatzoo.likelihood_ratio",
+        "hatzoo.loader",
+        "hatzoo.training",
+        "hatzoo.model",
+    ),
     ("hatzoo.export",),
     ("hatzoo.cli", "hatzoo.demo"),
 ]

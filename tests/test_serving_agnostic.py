@@ -159,6 +159,7 @@ def test_openapi_documents_the_route(server: str) -> None:
     assert route["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "AgnosticPredictResponse"
     )
-    assert any(p["name"] == "rule" and p["schema"]["enum"] == list(RULES) for p in route["parameters"])
+    enum = [*RULES, "likelihood_ratio"]
+    assert any(p["name"] == "rule" and p["schema"]["enum"] == enum for p in route["parameters"])
     fields = doc["components"]["schemas"]["AgnosticPredictResponse"]["properties"]
     assert {"task", "label", "class_index", "scores", "tasks", "rule"} <= set(fields)
