@@ -65,6 +65,9 @@ class TrainSpec:
     lr_schedule: str = rule("constant", choices=LR_SCHEDULES)
     # the 1/smax -> smax ramp restarts every epoch, or spans the whole task
     scale_ramp: str = rule("task", choices=SCALE_RAMPS)
+    # training images kept in a class-balanced replay buffer (0: none); with one, the run also fits each
+    # task's likelihood-ratio head, so the model answers without a task id (hatzoo.likelihood_ratio)
+    replay: int = rule(0, lo=0)
 
 
 @dataclass
@@ -140,7 +143,7 @@ class Card:
             "model_args": dict(self.model_args),
             "hat": self.hat.to_dict(),
             "benchmark": bench,
-            "recipe": dataclasses.asdict(self.recipe),
+            "recipe": {k: v for k, v in dataclasses.asdict(self.recipe).items() if k != "replay" or v},
             "hub": dataclasses.asdict(self.hub),
             "description": self.description,
         }

@@ -107,7 +107,7 @@ class RatioHeads(nn.Module):
     def score(self, task: int, features: list[torch.Tensor]) -> torch.Tensor:
         """Task ``task``'s log-ratio [B] (float64) from its ``_features`` output."""
         head = self.head(task)
-        x = head_input(features, self.config.layers).to(head.mean.dtype)
+        x = head_input(features, self.config.layers).to(head.mean.device, head.mean.dtype)
         return head(x).double().cpu()
 
     def save(self, path: str | os.PathLike[str]) -> Path:

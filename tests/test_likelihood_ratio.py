@@ -228,3 +228,24 @@ def test_served_route_answers_what_the_library_answers(hat, heads, tmp_path: Pat
         res = client.infer("vit", [inp])
         assert [v.decode() for v in res.as_numpy("label")] == want.label
         assert res.get_response()["parameters"] == {"rule": "likelihood_ratio"}
+
+
+def test_a_run_with_replay_publishes_its_buffer_and_heads(tmp_path: Path) -> None:
+    """``recipe.replay`` fills the buffer as tasks end and fits the heads at the end; a run stopped after
+    its first task and resumed writes the same files as one that ran through."""
+    from hatzoo.training import train_sequence
+    from tests.test_training import mlp, tiny_recipe
+
+    recipe = tiny_recipe(epochs=1, replay=30)
+    assert recipe.to_dict()["recipe"]["replay"] == 30 and "replay" not in tiny_recipe().to_dict()["recipe"]
+    whole = tmp_path / "whole"
+    train_sequence(recipe, whole, progress=False, model_factory=mlp)
+    staged = tmp_path / "staged"
+    train_sequence(recipe, staged, progress=False, model_factory=mlp, stop_after=0)
+    train_sequence(recipe, staged, progress=False, model_factory=mlp)
+    for name in (REPLAY_FILE, RATIO_FILE):
+        assert (whole / "model" / name).read_bytes() == (staged / "model" / name).read_bytes()
+    buffer = ReplayBuffer.load(whole / "model" / REPLAY_FILE)
+    assert len(buffer) == 30 and buffer.tasks == [0, 1, 2] and set(buffer.counts().values()) == {5}
+    agnostic = hatzoo.load(whole / "model", task="auto")
+    assert agnostic.default_rule == "likelihood_ratio" and agnostic.ratio_heads.tasks == [0, 1, 2]

@@ -45,6 +45,7 @@ OVERRIDES = (
     ("--mask-lr", "recipe", "mask_lr", float, "learning rate of the gate embeddings"),
     ("--lr-schedule", "recipe", "lr_schedule", str, "within each task: constant or cosine"),
     ("--scale-ramp", "recipe", "scale_ramp", str, "the 1/smax -> smax ramp spans each epoch or the task"),
+    ("--replay", "recipe", "replay", int, "images in the replay buffer for answering without a task id"),
     ("--schedule", "recipe", "schedule", str, "mask-scale schedule: linear, exponential, cosine, constant"),
     ("--smax", "hat", "smax", float, "largest gate scale"),
     ("--reg-c", "hat", "reg_c", float, "strength of the mask regularizer"),

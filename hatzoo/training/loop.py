@@ -28,6 +28,7 @@ from hatzoo.data import TaskData, TaskSequence
 from hatzoo.errors import HATError
 from hatzoo.files import replacing_folder
 from hatzoo.model import HATModel
+from hatzoo.replay import REPLAY_FILE, ReplayBuffer
 from hatzoo.training import checkpoints as ckpt
 from hatzoo.training import ddp, report
 from hatzoo.training.common import (
@@ -77,6 +78,7 @@ class _Run:
     model: HATModel
     optimizer: torch.optim.Optimizer
     state: dict[str, Any]
+    buffer: ReplayBuffer | None = None  # the recipe's replay buffer, filled as tasks end
 
 
 def train_sequence(
@@ -129,7 +131,7 @@ def train_sequence(
     if results.complete and (recipe.recipe.joint if joint is None else joint):
         _add_joint(results, recipe, seq, run.out, model_factory, rt, run.log)
     if rt.ctx.is_main:
-        _write_outputs(results, recipe, run.out, run.model)
+        _write_outputs(results, recipe, run.out, run.model, _task_free_files(run) if results.complete else {})
     rt.ctx.barrier()
     return results
 
@@ -175,7 +177,19 @@ def _set_up(
     if found is not None and not ckpt.load_optimizer(optimizer, model, found[0]):
         log("optimizer_restarted", reason="no optimizer state of this type in the checkpoint")
     folder = None if found is None else found[0]
-    return _Run(recipe, seq, out, rt, log, model, optimizer, state), folder
+    run = _Run(recipe, seq, out, rt, log, model, optimizer, state, _buffer(recipe, seq, state["completed"]))
+    return run, folder
+
+
+def _buffer(recipe: Recipe, seq: TaskSequence, completed: int) -> ReplayBuffer | None:
+    """The recipe's replay buffer after ``completed`` tasks: a function of the seed and the data, so a
+    resumed run rebuilds it instead of storing it in every checkpoint."""
+    if not recipe.recipe.replay:
+        return None
+    buffer = ReplayBuffer(recipe.recipe.replay, seed=recipe.recipe.seed)
+    for t in range(completed):
+        buffer.add(t, *seq[t].train.tensors)
+    return buffer
 
 
 def _resume(
@@ -247,6 +261,8 @@ def _finish_task(run: _Run, t: int, seconds: float) -> None:
     state["capacity"].append(jsonable_capacity(model.capacity()))
     state["seconds"].append(seconds)
     state["completed"] = t + 1
+    if run.buffer is not None:
+        run.buffer.add(t, *seq[t].train.tensors)
     if run.rt.ctx.is_main:
         ckpt.write_checkpoint(run.out, t, model, run.optimizer, state)
         ckpt.remove_step_checkpoints(run.out)
@@ -397,11 +413,36 @@ def _add_joint(
         path.write_text(json.dumps(data, indent=1), encoding="utf-8")
 
 
-def _write_outputs(results: Results, recipe: Recipe, out: Path, model: HATModel) -> None:
-    """The report (results.json, plots, card) and, once complete, a push-ready ``model/`` folder."""
+def _task_free_files(run: _Run) -> dict[str, Callable[[Path], Path]]:
+    """With a replay buffer: writers of the buffer and of each task's likelihood-ratio head, fitted on
+    every task's training data against the buffer's images of the other tasks."""
+    if run.buffer is None or len(run.seq) < 2:
+        return {}
+    from hatzoo.likelihood_ratio import RATIO_FILE, fit_likelihood_ratio
+    from hatzoo.task_inference import TaskAgnosticModel
+
+    start = time.perf_counter()
+    training = {t: task.train.tensors for t, task in enumerate(run.seq)}
+    agnostic = TaskAgnosticModel.from_hat_model(run.model.eval())
+    heads = fit_likelihood_ratio(agnostic, run.buffer, training)
+    run.log("task_free_heads", tasks=heads.tasks, seconds=round(time.perf_counter() - start, 3))
+    return {RATIO_FILE: heads.save, REPLAY_FILE: run.buffer.save}
+
+
+def _write_outputs(
+    results: Results,
+    recipe: Recipe,
+    out: Path,
+    model: HATModel,
+    extra: dict[str, Callable[[Path], Path]],
+) -> None:
+    """The report (results.json, plots, card) and, once complete, a push-ready ``model/`` folder with
+    ``extra``'s files (name -> writer of that path)."""
     report.write_report(results, recipe, out)
     if results.complete:
         with replacing_folder(out / "model") as final:
             model.save_pretrained(final)
+            for name, write in extra.items():
+                write(final / name)
             for name in ("accuracy.png", "capacity.png", "results.json", "README.md"):
                 shutil.copy2(out / name, final / name)
