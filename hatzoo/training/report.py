@@ -26,6 +26,8 @@ HUB_DATASETS = {
     "tv-cifar10": ("uoft-cs/cifar10", "Split-CIFAR-10"),
     "tv-cifar100": ("uoft-cs/cifar100", "Split-CIFAR-100"),
 }
+# the licenses under which a release may carry a data set's images (its replay buffer)
+DATASET_LICENSES = {"zalando-datasets/fashion_mnist": "MIT", "ylecun/mnist": "CC BY-SA 3.0"}
 
 
 def _pct(value: float | None, digits: int = 2) -> str:
@@ -177,7 +179,24 @@ def _recipe_section(results: Results, recipe: Recipe, dataset_name: str) -> list
         ),
         ("seed", str(r.seed)),
     ]
+    if r.replay:
+        rows.append(("replay buffer", _replay_text(recipe, dataset_name)))
     return lines + [f"| {k} | {v} |" for k, v in rows]
+
+
+def _replay_text(recipe: Recipe, dataset_name: str) -> str:
+    """What the release's replay buffer holds and under which license its images are redistributed."""
+    dataset_id = HUB_DATASETS.get(recipe.benchmark.name, (recipe.benchmark.name,))[0]
+    license_ = DATASET_LICENSES.get(dataset_id)
+    terms = (
+        f"redistributed under the data set's {license_} license"
+        if license_
+        else "check that the data set's license allows redistributing them before you publish"
+    )
+    return (
+        f"{recipe.recipe.replay} class-balanced {dataset_name} training images (`replay.safetensors`, "
+        f"{terms}); each task's likelihood-ratio head in `task_free.safetensors` answers without a task id"
+    )
 
 
 def _results_section(results: Results, release: dict[str, Any] | None) -> list[str]:
