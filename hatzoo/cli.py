@@ -174,9 +174,11 @@ def _export(argv: list[str]) -> int:
     from hatzoo.data_config import DataConfig
     from hatzoo.export.onnx_export import export_bundle
     from hatzoo.hub.download import snapshot_commit
+    from hatzoo.loader import load_ratio_heads
     from hatzoo.zoo import resolve
 
     model = hatzoo.load(args.model, revision=args.revision)
+    heads = load_ratio_heads(args.model, args.revision)  # a release's task-free heads go into its graphs
     target, revision = resolve(args.model, args.revision)
     commit = snapshot_commit(target) if Path(target).is_dir() else None
     out = export_bundle(
@@ -189,6 +191,7 @@ def _export(argv: list[str]) -> int:
         opset=args.opset,
         dtype="float16" if args.fp16 else "float32",
         image_size=args.image_size,
+        ratio_heads=heads,
     )
     print(f"wrote bundle {out}")
     return 0

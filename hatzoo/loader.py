@@ -58,12 +58,7 @@ def load(
     task pruned, answering without a task id (``hatzoo.task_inference.TaskAgnosticModel``). A zoo name
     resolves through the cards to a repo id and pinned revision; ``revision`` overrides it.
     """
-    zoo = default_zoo()
-    target, resolved_revision = zoo.resolve(name_or_repo, revision)
-    if isinstance(name_or_repo, str) and name_or_repo in zoo and not Path(target).is_dir():
-        folder = _zoo_folder(zoo.get_card(name_or_repo), resolved_revision)
-    else:
-        folder = snapshot(target, resolved_revision)
+    folder = release_files(name_or_repo, revision)
     if task is None:
         return load_pretrained(folder, device=device, dtype=dtype, model_class=HATModel)
     model = load_pretrained(folder, device=device, dtype=dtype, locks=False, model_class=HATModel)
@@ -72,13 +67,28 @@ def load(
     return specialize(model, task, consume=True)
 
 
+def release_files(name_or_repo: str | Path, revision: str | None = None) -> Path:
+    """The local folder of a zoo model (verified whole), a Hub repository's snapshot, or a folder."""
+    zoo = default_zoo()
+    target, resolved_revision = zoo.resolve(name_or_repo, revision)
+    if isinstance(name_or_repo, str) and name_or_repo in zoo and not Path(target).is_dir():
+        return _zoo_folder(zoo.get_card(name_or_repo), resolved_revision)
+    return snapshot(target, resolved_revision)
+
+
+def load_ratio_heads(name_or_repo: str | Path, revision: str | None = None) -> nn.Module | None:
+    """The release's likelihood-ratio heads (``hatzoo.likelihood_ratio.RatioHeads``), None without them."""
+    from hatzoo.likelihood_ratio import RATIO_FILE, RatioHeads
+
+    path = release_files(name_or_repo, revision) / RATIO_FILE
+    return RatioHeads.load(path) if path.is_file() else None
+
+
 def _task_agnostic(model: HATModel, folder: Path) -> nn.Module:
     """Every task pruned and answering together, with the release's likelihood-ratio heads if it has them."""
-    from hatzoo.likelihood_ratio import RATIO_FILE, RatioHeads
     from hatzoo.task_inference import TaskAgnosticModel
 
-    heads = RatioHeads.load(folder / RATIO_FILE) if (folder / RATIO_FILE).is_file() else None
-    return TaskAgnosticModel.from_hat_model(model, heads)
+    return TaskAgnosticModel.from_hat_model(model, load_ratio_heads(folder))
 
 
 def create_model(

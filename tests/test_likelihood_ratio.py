@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -195,19 +197,18 @@ def test_release_folder_with_heads_answers_by_them(hat, heads, tmp_path: Path) -
 
 
 def test_served_route_answers_what_the_library_answers(hat, heads, tmp_path: Path) -> None:
-    """A bundle exported with the heads; the bare-model routes (v1 and v2) against
+    """A release folder with heads, exported by ``hatzoo export``; the bare-model routes (v1 and v2) against
     ``load(folder, task="auto").predict`` on the same inputs."""
     import tritonclient.http as tc
-
-    from hatzoo.export.onnx_export import export_bundle
 
     folder = tmp_path / "release"
     hat.save_pretrained(folder)
     heads.save(folder / RATIO_FILE)
     library = hatzoo.load(folder, task="auto")
-    root = export_bundle(
-        hatzoo.load(folder), tmp_path / "bundle", model_name="vit", ratio_heads=heads, progress=False
-    )
+    root = tmp_path / "bundle"
+    export = [sys.executable, "-m", "hatzoo.cli", "export", str(folder), "--all-tasks", "--name", "vit"]
+    done = subprocess.run([*export, "-o", str(root)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
     manifest = json.loads((root / "manifest.json").read_text())
     assert {e["score_name"] for e in manifest["tasks"].values()} == {"task_score"}
     x = torch.cat([task_data(t, 5, seed=13)[0] for t in range(len(CLASSES))])
