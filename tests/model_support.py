@@ -7,10 +7,12 @@ import os
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 from torch.nn import functional as F
 
 import hatzoo
+from hatzoo.training import Recipe
 
 # `hatzoo train` flags for a one-block ViT on two Split-MNIST tasks of 64 images, one epoch each
 TINY_VIT_TRAIN_ARGS = [
@@ -121,3 +123,28 @@ def task_logits(model: hatzoo.HATModel, x: torch.Tensor) -> list[torch.Tensor]:
     model.eval()
     with torch.no_grad():
         return [model(x, task=t) for t in range(model.num_tasks)]
+
+
+# a tiny training recipe (three Split-MNIST tasks of 200 images) and the MLP that `model_factory` swaps in
+def mlp() -> hatzoo.HATModel:
+    """A tiny HAT MLP for 1x28x28 inputs (fast enough to train three tasks in a second or two)."""
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2)
+    )
+    return hatzoo.hatify(net)
+
+
+TINY = """\
+name: tiny
+arch: hat-vit-tiny  # replaced by the MLP factory; kept valid for the card
+benchmark: {name: split-mnist, seed: 0, max_train_per_task: 200, max_tasks: 3, max_test_per_task: 200}
+recipe: {optimizer: sgd, lr: 0.05, momentum: 0.9, epochs: 2, batch_size: 32, seed: 0, joint: false}
+hub: {repo_id: test-org/tiny}
+description: tiny test recipe
+"""
+
+
+def tiny_recipe(**recipe) -> Recipe:
+    data = yaml.safe_load(TINY)
+    data["recipe"].update(recipe)
+    return Recipe.from_dict(data, "<test>")

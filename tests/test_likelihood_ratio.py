@@ -19,7 +19,7 @@ from hatzoo.errors import CheckpointError, InputError
 from hatzoo.likelihood_ratio import RATIO_FILE, RatioConfig, RatioHeads, fit_likelihood_ratio
 from hatzoo.replay import REPLAY_FILE, ReplayBuffer
 from hatzoo.task_inference import TaskAgnosticModel, evaluate, predict
-from tests.model_support import train_random_tasks, vit
+from tests.model_support import mlp, tiny_recipe, train_random_tasks, vit
 from tests.serving_support import post, running_server
 
 SHAPE = (1, 16, 16)
@@ -235,7 +235,6 @@ def test_a_run_with_replay_publishes_its_buffer_and_heads(tmp_path: Path) -> Non
     """``recipe.replay`` fills the buffer as tasks end and fits the heads at the end; a run stopped after
     its first task and resumed writes the same files as one that ran through."""
     from hatzoo.training import train_sequence
-    from tests.test_training import mlp, tiny_recipe
 
     recipe = tiny_recipe(epochs=1, replay=30)
     assert recipe.to_dict()["recipe"]["replay"] == 30 and "replay" not in tiny_recipe().to_dict()["recipe"]

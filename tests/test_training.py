@@ -8,39 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from torch import nn
 
 import hatzoo
 from hatzoo.training import Recipe, RecipeError, load_recipe, train_sequence
 from hatzoo.training.cli import train_command
 from hatzoo.training.metrics import backward_transfer
-from tests.model_support import TINY_VIT_TRAIN_ARGS, task_logits
+from tests.model_support import TINY_VIT_TRAIN_ARGS, mlp, task_logits, tiny_recipe
 
 CARDS = Path(__file__).resolve().parent.parent / "cards"
-
-
-def mlp() -> hatzoo.HATModel:
-    """A tiny HAT MLP for 1x28x28 inputs (fast enough to train three tasks in a second or two)."""
-    net = nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2)
-    )
-    return hatzoo.hatify(net)
-
-
-TINY = """\
-name: tiny
-arch: hat-vit-tiny  # replaced by the MLP factory; kept valid for the card
-benchmark: {name: split-mnist, seed: 0, max_train_per_task: 200, max_tasks: 3, max_test_per_task: 200}
-recipe: {optimizer: sgd, lr: 0.05, momentum: 0.9, epochs: 2, batch_size: 32, seed: 0, joint: false}
-hub: {repo_id: test-org/tiny}
-description: tiny test recipe
-"""
-
-
-def tiny_recipe(**recipe) -> Recipe:
-    data = yaml.safe_load(TINY)
-    data["recipe"].update(recipe)
-    return Recipe.from_dict(data, "<test>")
 
 
 @pytest.fixture(scope="module")
