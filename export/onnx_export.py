@@ -35,6 +35,7 @@ from torch import nn
 from hatzoo.core.flops import task_macs
 from hatzoo.core.model import HATModel
 from hatzoo.errors import ExportError, InputError
+from hatzoo.files import replacing_folder
 from hatzoo.likelihood_ratio import RatioHeads, ScoredTaskModel
 
 from .baking import sample_shape
@@ -431,29 +432,42 @@ def export_bundle(
     tasks = list(tasks)
     if not tasks:
         raise ExportError("the model has no ended task to export; call end_task(t) after training task t")
-    root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    entries: dict[int, dict[str, Any]] = {}
-    for t in progress_bars.bar(tasks, f"export {model_name}", enabled=progress, unit="task"):
-        report = export_task(
-            model,
-            t,
-            root / f"task-{t}.onnx",
-            opset=opset,
-            dtype=dtype,
-            atol=atol,
-            image_size=image_size,
-            input_shape=input_shape,
-            ratio_heads=ratio_heads,
-        )
-        if len(report.input_shape) != 4:
-            raise ExportError(
-                f"bundles serve images [batch, C, H, W]; task {t} takes {report.input_shape}. "
-                "Pass input_shape=(C, H, W) for a model that flattens its input"
+    with replacing_folder(_bundle_folder(out_dir)) as root:
+        entries: dict[int, dict[str, Any]] = {}
+        for t in progress_bars.bar(tasks, f"export {model_name}", enabled=progress, unit="task"):
+            report = export_task(
+                model,
+                t,
+                root / f"task-{t}.onnx",
+                opset=opset,
+                dtype=dtype,
+                atol=atol,
+                image_size=image_size,
+                input_shape=input_shape,
+                ratio_heads=ratio_heads,
             )
-        entry = report.manifest_entry(root)
-        if normalization is not None:
-            entry["normalization"] = {k: [float(v) for v in normalization[k]] for k in ("mean", "std")}
-        entries[t] = entry
-    write_manifest(root, model=model_name, source=source, tasks=entries, opset=opset)
-    return root
+            if len(report.input_shape) != 4:
+                raise ExportError(
+                    f"bundles serve images [batch, C, H, W]; task {t} takes {report.input_shape}. "
+                    "Pass input_shape=(C, H, W) for a model that flattens its input"
+                )
+            entry = report.manifest_entry(root)
+            if normalization is not None:
+                entry["normalization"] = {k: [float(v) for v in normalization[k]] for k in ("mean", "std")}
+            entries[t] = entry
+        write_manifest(root, model=model_name, source=source, tasks=entries, opset=opset)
+    return Path(out_dir)
+
+
+def _bundle_folder(out_dir: str | os.PathLike[str]) -> Path:
+    """The folder a bundle export replaces as a whole (through a link, the folder it names). A folder
+    that holds files but no bundle manifest is refused: replacing it would delete them."""
+    from .bundle import MANIFEST_NAME
+
+    folder = Path(out_dir).resolve()
+    if folder.is_dir() and not (folder / MANIFEST_NAME).is_file() and any(folder.iterdir()):
+        raise ExportError(
+            f"{out_dir} holds files but is not a bundle (no {MANIFEST_NAME}); a bundle export replaces its "
+            "whole folder, so choose a new or empty folder"
+        )
+    return folder
