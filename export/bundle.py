@@ -224,8 +224,9 @@ def write_manifest(
 
     ``tasks`` maps a task id to a dict with at least ``file``, ``input_shape`` ([None, C, H, W]) and
     ``labels``; ``normalization``, ``kept_units``, ``flops_fraction``, ``max_abs_diff`` and
-    ``score_name`` are recorded when given; ``input_name``, ``output_name``, ``dtype`` and ``opset`` are read from the graph when left
-    out; ``sha256`` is always computed here. Raises BundleError on a missing file or an invalid field.
+    ``score_name`` are recorded when given; ``input_name``, ``output_name``, ``dtype`` and ``opset`` are
+    read from the graph when left out; ``sha256`` is always computed here. Raises BundleError on a missing
+    file or an invalid field.
     """
     root = Path(bundle_dir)
     if not model or not isinstance(model, str) or "/" in model:

@@ -7,10 +7,10 @@ import asyncio
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import Request
+from fastapi import Depends, Request
 
 from .bundle import Bundle, BundleError, TaskSpec
 from .decode import RequestError
@@ -78,6 +78,14 @@ class Serving:
         self.batcher.close()
         self.pool.close()
         self.workers.close()
+
+
+async def app_serving(request: Request) -> Serving:
+    """The Serving state of the app answering ``request`` (``create_app`` puts it on ``app.state``)."""
+    return request.app.state.serving
+
+
+AppServing = Annotated[Serving, Depends(app_serving)]  # a route's parameter that receives it
 
 
 def v2_task_names(bundles: Iterable[Bundle]) -> dict[str, tuple[str, str]]:

@@ -23,7 +23,7 @@ import io
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from torch import nn
 from hatzoo.core.flops import task_macs
 from hatzoo.core.model import HATModel
 from hatzoo.errors import ExportError, InputError
+from hatzoo.files import replacing_folder
 from hatzoo.likelihood_ratio import RatioHeads, ScoredTaskModel
 
 from .baking import sample_shape
@@ -207,11 +208,18 @@ def verify(
 
 def _hat_forward(model: HATModel, task: int, x: torch.Tensor) -> torch.Tensor:
     """The HAT model's eval-mode logits in float32 (the ground truth every export is checked against)."""
+    param = next(model.parameters())
+    with _eval_mode(model):
+        return model(x.to(param.device, param.dtype), task=task).float().cpu()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for the block, then back in the mode it was in."""
     was_training = model.training
     model.eval()
-    param = next(model.parameters())
     try:
-        return model(x.to(param.device, param.dtype), task=task).float().cpu()
+        yield
     finally:
         model.train(was_training)
 
@@ -241,40 +249,24 @@ def export_task(
     With ``ratio_heads`` (``hatzoo.likelihood_ratio``, fitted on the pruned task models) the graph has a
     second output, ``task_score`` [B], checked the same way against the torch head.
     """
-    if not isinstance(model, HATModel):
-        raise InputError(f"export_task needs a HATModel, got {type(model).__name__}")
-    if dtype not in DTYPES:
-        raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if not isinstance(batch_size, int) or batch_size < 2:
-        raise InputError(f"batch_size must be an int >= 2 (batch 1 would be baked in), got {batch_size!r}")
+    _check_export_args(model, dtype, batch_size)
     start = time.perf_counter()
     shape, defaulted = sample_shape(model, image_size, input_shape)
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         net = model.specialize(task).cpu().float()  # exported from the CPU whatever the model's device
-        macs_pruned, macs_dense = task_macs(model, task, net, shape)
+        pruning = _pruning_facts(model, task, net, shape)
         scored = None if ratio_heads is None else _scored(net, ratio_heads, task, shape)
-        exported = net if scored is None else scored
-        if dtype == "float16":
-            exported = exported.half()
-        example = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(task))
-        names = (OUTPUT_NAME,) if scored is None else (OUTPUT_NAME, SCORE_NAME)
-        out = export_module(exported, example.to(DTYPES[dtype]), path, opset=opset, output_names=names)
-        params = check_graph(out)
-        diff = tol = None
-        batches: list[int] = []
-        if check:
-            batches = sorted({int(b) for b in check_batches} | {batch_size})
-            diff, tol = verify(
-                model, task, out, shape, dtype=dtype, batches=batches, atol=atol, fp16_rtol=fp16_rtol
-            )
-            if scored is not None:
-                verify_score(
-                    scored.float(), out, shape, dtype=dtype, batches=batches, atol=atol, fp16_rtol=fp16_rtol
-                )
-    finally:
-        model.train(was_training)
+        out, params = _write_graph(
+            net if scored is None else scored,
+            path,
+            shape,
+            seed=task,
+            opset=opset,
+            dtype=dtype,
+            batch_size=batch_size,
+        )
+        batches = sorted({int(b) for b in check_batches} | {batch_size}) if check else []
+        diff, tol = _check_outputs(model, task, out, shape, scored, batches, dtype, atol, fp16_rtol)
     return ExportReport(
         task=task,
         path=out,
@@ -284,18 +276,81 @@ def export_task(
         output_name=OUTPUT_NAME,
         input_shape=[None, *shape],
         image_size_defaulted=defaulted,
-        labels=list(net.labels),
-        kept_units={k: list(v) for k, v in net.kept_units.items()},
-        macs_pruned=macs_pruned,
-        macs_dense=macs_dense,
-        flops_fraction=macs_pruned / macs_dense if macs_dense else 1.0,
         max_abs_diff=diff,
         tolerance=tol,
         checked_batches=batches,
         num_parameters=params,
         seconds=time.perf_counter() - start,
         score_name=None if scored is None else SCORE_NAME,
+        **pruning,
     )
+
+
+def _check_export_args(model: HATModel, dtype: str, batch_size: int) -> None:
+    """InputError for a model, dtype or example batch size that ``export_task`` cannot use."""
+    if not isinstance(model, HATModel):
+        raise InputError(f"export_task needs a HATModel, got {type(model).__name__}")
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if not isinstance(batch_size, int) or batch_size < 2:
+        raise InputError(f"batch_size must be an int >= 2 (batch 1 would be baked in), got {batch_size!r}")
+
+
+def _pruning_facts(model: HATModel, task: int, net: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
+    """What the pruned model ``net`` of ``task`` keeps: its labels, its units, and its MACs against the
+    dense model's."""
+    macs_pruned, macs_dense = task_macs(model, task, net, shape)
+    return {
+        "labels": list(net.labels),
+        "kept_units": {k: list(v) for k, v in net.kept_units.items()},
+        "macs_pruned": macs_pruned,
+        "macs_dense": macs_dense,
+        "flops_fraction": macs_pruned / macs_dense if macs_dense else 1.0,
+    }
+
+
+def _write_graph(
+    net: nn.Module,
+    path: str | os.PathLike[str],
+    shape: tuple[int, ...],
+    *,
+    seed: int,
+    opset: int,
+    dtype: str,
+    batch_size: int,
+) -> tuple[Path, int]:
+    """Export ``net`` (made half precision in place for float16) from a random example drawn with
+    ``seed``, and run ``check_graph``; returns the graph's path and its parameter count."""
+    names = (OUTPUT_NAME, SCORE_NAME) if isinstance(net, ScoredTaskModel) else (OUTPUT_NAME,)
+    if dtype == "float16":
+        net = net.half()
+    example = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed))
+    out = export_module(net, example.to(DTYPES[dtype]), path, opset=opset, output_names=names)
+    return out, check_graph(out)
+
+
+def _check_outputs(
+    model: HATModel,
+    task: int,
+    path: Path,
+    shape: tuple[int, ...],
+    scored: ScoredTaskModel | None,
+    batches: Sequence[int],
+    dtype: str,
+    atol: float,
+    fp16_rtol: float,
+) -> tuple[float | None, float | None]:
+    """(max abs diff, tolerance) of the graph's logits against the HAT model at every batch size in
+    ``batches`` (``verify``), its ``task_score`` checked against the torch head too; (None, None) when
+    ``batches`` is empty (no check asked for)."""
+    if not batches:
+        return None, None
+    diff, tol = verify(model, task, path, shape, dtype=dtype, batches=batches, atol=atol, fp16_rtol=fp16_rtol)
+    if scored is not None:
+        verify_score(
+            scored.float(), path, shape, dtype=dtype, batches=batches, atol=atol, fp16_rtol=fp16_rtol
+        )
+    return diff, tol
 
 
 def _scored(net: nn.Module, ratio_heads: RatioHeads, task: int, shape: tuple[int, ...]) -> ScoredTaskModel:
@@ -377,29 +432,42 @@ def export_bundle(
     tasks = list(tasks)
     if not tasks:
         raise ExportError("the model has no ended task to export; call end_task(t) after training task t")
-    root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    entries: dict[int, dict[str, Any]] = {}
-    for t in progress_bars.bar(tasks, f"export {model_name}", enabled=progress, unit="task"):
-        report = export_task(
-            model,
-            t,
-            root / f"task-{t}.onnx",
-            opset=opset,
-            dtype=dtype,
-            atol=atol,
-            image_size=image_size,
-            input_shape=input_shape,
-            ratio_heads=ratio_heads,
-        )
-        if len(report.input_shape) != 4:
-            raise ExportError(
-                f"bundles serve images [batch, C, H, W]; task {t} takes {report.input_shape}. "
-                "Pass input_shape=(C, H, W) for a model that flattens its input"
+    with replacing_folder(_bundle_folder(out_dir)) as root:
+        entries: dict[int, dict[str, Any]] = {}
+        for t in progress_bars.bar(tasks, f"export {model_name}", enabled=progress, unit="task"):
+            report = export_task(
+                model,
+                t,
+                root / f"task-{t}.onnx",
+                opset=opset,
+                dtype=dtype,
+                atol=atol,
+                image_size=image_size,
+                input_shape=input_shape,
+                ratio_heads=ratio_heads,
             )
-        entry = report.manifest_entry(root)
-        if normalization is not None:
-            entry["normalization"] = {k: [float(v) for v in normalization[k]] for k in ("mean", "std")}
-        entries[t] = entry
-    write_manifest(root, model=model_name, source=source, tasks=entries, opset=opset)
-    return root
+            if len(report.input_shape) != 4:
+                raise ExportError(
+                    f"bundles serve images [batch, C, H, W]; task {t} takes {report.input_shape}. "
+                    "Pass input_shape=(C, H, W) for a model that flattens its input"
+                )
+            entry = report.manifest_entry(root)
+            if normalization is not None:
+                entry["normalization"] = {k: [float(v) for v in normalization[k]] for k in ("mean", "std")}
+            entries[t] = entry
+        write_manifest(root, model=model_name, source=source, tasks=entries, opset=opset)
+    return Path(out_dir)
+
+
+def _bundle_folder(out_dir: str | os.PathLike[str]) -> Path:
+    """The folder a bundle export replaces as a whole (through a link, the folder it names). A folder
+    that holds files but no bundle manifest is refused: replacing it would delete them."""
+    from .bundle import MANIFEST_NAME
+
+    folder = Path(out_dir).resolve()
+    if folder.is_dir() and not (folder / MANIFEST_NAME).is_file() and any(folder.iterdir()):
+        raise ExportError(
+            f"{out_dir} holds files but is not a bundle (no {MANIFEST_NAME}); a bundle export replaces its "
+            "whole folder, so choose a new or empty folder"
+        )
+    return folder

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -38,7 +39,7 @@ from fastapi.responses import JSONResponse
 
 from hatzoo.errors import HATError, StartupError
 
-from . import schemas
+from . import schemas, v1, v2
 from .bundle import read_bundle
 from .context import Serving, v2_task_names
 from .docs import add_docs_routes
@@ -46,8 +47,7 @@ from .guard import Guard, allowed_host_names, header_timeout_protocol
 from .runtime import MicroBatcher, TaskSessionPool, check_task_graph
 from .serve_config import API_KEY_ENV, LOOPBACK, ServeConfig, add_arguments, from_namespace
 from .triton import triton_model_name
-from .v1 import add_v1_routes, error
-from .v2 import add_v2_routes
+from .v1 import error
 
 EXAMPLES = """examples:
   hatzoo serve bundles/demo                                # http://127.0.0.1:8000, docs at /docs
@@ -76,6 +76,34 @@ def create_app(
     """The serving app for one or more bundles (one model each): ``config``, with ``options`` (ServeConfig
     field names) replacing its fields. Checks every task's graph against its manifest first."""
     cfg = dataclasses.replace(config or ServeConfig(), **options)
+    state = start_serving(bundle_dirs, cfg)
+    app = FastAPI(
+        title="hatzoo serving",
+        version="1",
+        description="Task-routed inference of HAT models: one pruned ONNX graph per task.",
+        lifespan=lifespan,
+        docs_url=None,  # /docs is served from the installed Swagger UI files, not a CDN
+        redoc_url=None,
+    )
+    app.state.pool = state.pool
+    app.state.serving = state
+    app.include_router(v1.router)
+    app.include_router(v2.router)
+    add_docs_routes(app)
+    app.add_exception_handler(404, not_found)
+    app.add_exception_handler(405, wrong_method)
+    app.openapi = functools.partial(openapi_document, app)
+    app.add_middleware(
+        Guard,
+        api_key=cfg.key(),
+        max_concurrency=cfg.max_concurrency,
+        allowed_hosts=allowed_host_names(cfg.host, cfg.allowed_hosts),
+    )
+    return app
+
+
+def start_serving(bundle_dirs: Sequence[str | os.PathLike[str]], cfg: ServeConfig) -> Serving:
+    """The state behind the routes: every bundle read and checked, its sessions, batcher and metrics."""
     if not bundle_dirs:
         raise HATError("serve needs at least one bundle folder")
     bundles = [read_bundle(d, verify=cfg.verify) for d in bundle_dirs]
@@ -91,59 +119,43 @@ def create_app(
     )
     state = Serving(cfg, pool, batcher)
     state.metrics.watch(pool, batcher)
+    return state
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        state.close()
 
-    app = FastAPI(
-        title="hatzoo serving",
-        version="1",
-        description="Task-routed inference of HAT models: one pruned ONNX graph per task.",
-        lifespan=lifespan,
-        docs_url=None,  # /docs is served from the installed Swagger UI files, not a CDN
-        redoc_url=None,
-    )
-    app.state.pool = pool
-    app.state.serving = state
-    add_v1_routes(app, state)
-    add_v2_routes(app, state)
-    add_docs_routes(app)
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The app's life: its sessions, batcher and decode workers are closed when it stops."""
+    yield
+    app.state.serving.close()
 
-    @app.exception_handler(404)
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return error(404, f"no route {request.method} {request.url.path}; see GET /v1/models or /docs")
 
-    @app.exception_handler(405)
-    async def wrong_method(request: Request, exc: Exception) -> JSONResponse:
-        allowed = (getattr(exc, "headers", None) or {}).get("Allow", "another method")
-        resp = error(405, f"{request.url.path} takes {allowed}, not {request.method}; see /docs")
-        resp.headers["Allow"] = allowed
-        return resp
+async def not_found(request: Request, exc: Exception) -> JSONResponse:
+    """A path no route takes answers the JSON error of every route, with where to look."""
+    return error(404, f"no route {request.method} {request.url.path}; see GET /v1/models or /docs")
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            doc = get_openapi(
-                title=app.title, version=app.version, description=app.description, routes=app.routes
-            )
-            comps = doc.setdefault("components", {}).setdefault("schemas", {})
-            for m in (schemas.PredictRequest, schemas.V2InferRequest):  # bodies the routes read themselves
-                js = m.model_json_schema(ref_template="#/components/schemas/{model}")
-                comps.update(js.pop("$defs", {}))
-                comps[m.__name__] = js
-            describe_actions(doc)
-            app.openapi_schema = doc
-        return app.openapi_schema
 
-    app.openapi = openapi
-    app.add_middleware(
-        Guard,
-        api_key=cfg.key(),
-        max_concurrency=cfg.max_concurrency,
-        allowed_hosts=allowed_host_names(cfg.host, cfg.allowed_hosts),
-    )
-    return app
+async def wrong_method(request: Request, exc: Exception) -> JSONResponse:
+    """A method the path does not take answers the JSON error with the methods it takes (Allow)."""
+    allowed = (getattr(exc, "headers", None) or {}).get("Allow", "another method")
+    resp = error(405, f"{request.url.path} takes {allowed}, not {request.method}; see /docs")
+    resp.headers["Allow"] = allowed
+    return resp
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI document (built once), with the bodies the routes read themselves."""
+    if app.openapi_schema is None:
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        comps = doc.setdefault("components", {}).setdefault("schemas", {})
+        for m in (schemas.PredictRequest, schemas.V2InferRequest):  # bodies the routes read themselves
+            js = m.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(js.pop("$defs", {}))
+            comps[m.__name__] = js
+        describe_actions(doc)
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 ACTIONS = {  # path parameters that carry the ':predict' action after their value

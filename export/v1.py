@@ -1,4 +1,5 @@
-"""The v1 routes: health, models, metrics and task-routed ``:predict`` taking arrays or images."""
+"""The v1 routes (``router``, included by the app): health, models, metrics and task-routed ``:predict``
+taking arrays or images."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, TypeVar
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import UploadFile
@@ -28,7 +29,7 @@ from .agnostic import (
     normalization_groups,
 )
 from .bundle import TaskSpec
-from .context import Serving, validate_input
+from .context import AppServing, Serving, validate_input
 from .decode import JSON_TYPES, NPY_TYPES, RequestError, media_type, npy_array, number_array, parse_request
 from .images import IMAGE_TYPES, decode_images, looks_like_raw_pixels, pixels_to_input, uint8_pixels
 from .runtime import OverloadedError, UnknownModelError
@@ -185,149 +186,151 @@ def top_k_answer(logits: np.ndarray, k: int, labels: Sequence[str]) -> list[list
     ]
 
 
-def add_v1_routes(app: FastAPI, s: Serving) -> None:
-    """Register /healthz, /v1/models, /metrics and :predict on ``app``."""
+router = APIRouter()
 
-    @app.get("/healthz", response_model=schemas.Health, summary="health: 503 while the server cannot answer")
-    async def healthz() -> Any:
-        doc = {"status": "ok", "models": len(s.pool.bundles), "sessions_loaded": len(s.pool.loaded())}
-        if not s.ready:
-            return JSONResponse(
-                {**doc, "status": "unavailable"}, status_code=503, headers={"Retry-After": "1"}
-            )
-        return doc
 
-    @app.get("/v1/models", response_model=schemas.ModelList, summary="models, tasks, labels, input shapes")
-    async def models() -> dict[str, Any]:
-        return {
-            "models": [
-                {
-                    "name": b.model,
-                    "source": public_source(b.source),
-                    "opset": b.opset,
-                    "tasks": [
-                        {
-                            "id": t.task_id,
-                            "labels": list(t.labels),
-                            "num_classes": t.num_classes,
-                            "input_shape": list(t.input_shape),
-                            "dtype": t.dtype,
-                            "normalization": {"mean": list(t.mean), "std": list(t.std)},
-                            "flops_fraction": t.flops_fraction,
-                            "kept_units": t.kept_units,
-                            "v2_name": triton_model_name(b.model, t.task_id),
-                        }
-                        for t in b.tasks.values()
-                    ],
-                }
-                for b in s.pool.bundles.values()
-            ]
-        }
+@router.get("/healthz", response_model=schemas.Health, summary="health: 503 while the server cannot answer")
+async def healthz(s: AppServing) -> Any:
+    doc = {"status": "ok", "models": len(s.pool.bundles), "sessions_loaded": len(s.pool.loaded())}
+    if not s.ready:
+        return JSONResponse({**doc, "status": "unavailable"}, status_code=503, headers={"Retry-After": "1"})
+    return doc
 
-    @app.get(
-        "/metrics",
-        response_class=PlainTextResponse,
-        summary="Prometheus metrics (text exposition format)",
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-    )
-    async def metrics_text() -> Response:
-        return Response(s.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post(
-        "/v1/models/{model}/tasks/{task_action}",
-        response_model=schemas.PredictResponse,
-        responses=ERRORS,
-        summary="predict with one task: arrays (JSON, .npy) or images (PNG/JPEG body or multipart)",
-        openapi_extra={
-            "requestBody": {"required": True, "content": PREDICT_BODIES},
-            "parameters": QUERY_PARAMETERS,
-        },
-    )
-    async def predict(model: str, task_action: str, request: Request) -> JSONResponse:
-        """``task_action`` is ``<task>:predict``. JSON floats are normalized input unless
-        ``normalized: false``; uint8 arrays and images are pixels the server normalizes."""
-        if not task_action.endswith(PREDICT_SUFFIX):
-            return error(
-                404,
-                f"unknown action in {request.url.path!r}; use /v1/models/{{model}}/tasks/{{task}}:predict",
-            )
-        task = task_action[: -len(PREDICT_SUFFIX)]
-        try:
-            spec = s.pool.spec(model, task)
-        except UnknownModelError as e:
-            s.metrics.observe_unrouted(404)
-            return error(404, str(e))
+@router.get("/v1/models", response_model=schemas.ModelList, summary="models, tasks, labels, input shapes")
+async def models(s: AppServing) -> dict[str, Any]:
+    return {
+        "models": [
+            {
+                "name": b.model,
+                "source": public_source(b.source),
+                "opset": b.opset,
+                "tasks": [
+                    {
+                        "id": t.task_id,
+                        "labels": list(t.labels),
+                        "num_classes": t.num_classes,
+                        "input_shape": list(t.input_shape),
+                        "dtype": t.dtype,
+                        "normalization": {"mean": list(t.mean), "std": list(t.std)},
+                        "flops_fraction": t.flops_fraction,
+                        "kept_units": t.kept_units,
+                        "v2_name": triton_model_name(b.model, t.task_id),
+                    }
+                    for t in b.tasks.values()
+                ],
+            }
+            for b in s.pool.bundles.values()
+        ]
+    }
 
-        async def work() -> tuple[JSONResponse, int]:
-            ctype = predict_media_type(request)
-            body = await s.read_body(request, s.body_limit(spec))
-            x, k, warnings = await decode_body(s, request, ctype, body, spec)
-            x = validate_input(x, spec, s.config.max_request_batch)
-            logits = await s.batcher.predict(model, task, x)
-            top_k = parse_top_k(k, spec.num_classes)
 
-            def answer_doc() -> dict[str, Any]:
-                return {
-                    "model": model,
-                    "task": task,
-                    "logits": logits.astype(np.float32).tolist(),
-                    "top_k": top_k_answer(logits, top_k, spec.labels),
-                    "warnings": warnings,
-                }
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    summary="Prometheus metrics (text exposition format)",
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics_text(s: AppServing) -> Response:
+    return Response(s.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-            return await json_answer(answer_doc, len(x)), len(x)
 
-        return await guarded(s, model, task, work())
+@router.post(
+    "/v1/models/{model}/tasks/{task_action}",
+    response_model=schemas.PredictResponse,
+    responses=ERRORS,
+    summary="predict with one task: arrays (JSON, .npy) or images (PNG/JPEG body or multipart)",
+    openapi_extra={
+        "requestBody": {"required": True, "content": PREDICT_BODIES},
+        "parameters": QUERY_PARAMETERS,
+    },
+)
+async def predict(model: str, task_action: str, request: Request, s: AppServing) -> JSONResponse:
+    """``task_action`` is ``<task>:predict``. JSON floats are normalized input unless
+    ``normalized: false``; uint8 arrays and images are pixels the server normalizes."""
+    if not task_action.endswith(PREDICT_SUFFIX):
+        return error(
+            404,
+            f"unknown action in {request.url.path!r}; use /v1/models/{{model}}/tasks/{{task}}:predict",
+        )
+    task = task_action[: -len(PREDICT_SUFFIX)]
+    try:
+        spec = s.pool.spec(model, task)
+    except UnknownModelError as e:
+        s.metrics.observe_unrouted(404)
+        return error(404, str(e))
 
-    @app.post(
-        "/v1/models/{model_action}",
-        response_model=schemas.AgnosticPredictResponse,
-        responses=ERRORS,
-        summary="predict without a task id: every task runs, the best-scoring task answers",
-        openapi_extra={
-            "requestBody": {"required": True, "content": PREDICT_BODIES},
-            "parameters": [RULE_PARAMETER],
-        },
-    )
-    async def predict_any_task(model_action: str, request: Request) -> JSONResponse:
-        """``model_action`` is ``<model>:predict``; the same bodies as a task's :predict (top_k unused).
-        ``?rule=`` picks the task-inference rule (msp, entropy, energy, or likelihood_ratio for a bundle
-        exported with each task's score, its default; energy otherwise)."""
-        if not model_action.endswith(PREDICT_SUFFIX):
-            return error(404, f"unknown action in {request.url.path!r}; use /v1/models/{{model}}:predict")
-        model = model_action[: -len(PREDICT_SUFFIX)]
-        bundle = s.pool.bundles.get(model)
-        if bundle is None:
-            s.metrics.observe_unrouted(404)
-            return error(404, f"unknown model {model!r}; known models: {sorted(s.pool.bundles)}")
+    async def work() -> tuple[JSONResponse, int]:
+        ctype = predict_media_type(request)
+        body = await s.read_body(request, s.body_limit(spec))
+        x, k, warnings = await decode_body(s, request, ctype, body, spec)
+        x = validate_input(x, spec, s.config.max_request_batch)
+        logits = await s.batcher.predict(model, task, x)
+        top_k = parse_top_k(k, spec.num_classes)
 
-        async def work() -> tuple[JSONResponse, int]:
-            rule = check_rule(request.query_params.get("rule", default_rule(bundle)), bundle)
-            specs = answering_specs(bundle)
-            ctype = predict_media_type(request)
-            body = await s.read_body(request, s.body_limit(specs[0]))
-            inputs: dict[str, np.ndarray] = {}
-            warnings: list[str] = []
-            for group in normalization_groups(specs):
-                x, _, found = await decode_body(s, request, ctype, body, group[0])
-                x = validate_input(x, group[0], s.config.max_request_batch)
-                inputs.update({spec.task_id: x for spec in group})
-                warnings += found
-            ids = list(bundle.tasks)
-            outs = await asyncio.gather(*(s.batcher.predict_outputs(model, t, inputs[t]) for t in ids))
-            logits, claims = [o[0] for o in outs], [o[-1] for o in outs] if bundle.scored else None
-            labels = {t: bundle.tasks[t].labels for t in ids}
+        def answer_doc() -> dict[str, Any]:
+            return {
+                "model": model,
+                "task": task,
+                "logits": logits.astype(np.float32).tolist(),
+                "top_k": top_k_answer(logits, top_k, spec.labels),
+                "warnings": warnings,
+            }
 
-            def answer_doc() -> dict[str, Any]:
-                return {
-                    "model": model,
-                    **answer(ids, labels, logits, rule, claims),
-                    "warnings": list(dict.fromkeys(warnings)),
-                }
+        return await json_answer(answer_doc, len(x)), len(x)
 
-            return await json_answer(answer_doc, len(logits[0])), len(logits[0])
+    return await guarded(s, model, task, work())
 
-        return await guarded(s, model, AGNOSTIC_TASK, work())
+
+@router.post(
+    "/v1/models/{model_action}",
+    response_model=schemas.AgnosticPredictResponse,
+    responses=ERRORS,
+    summary="predict without a task id: every task runs, the best-scoring task answers",
+    openapi_extra={
+        "requestBody": {"required": True, "content": PREDICT_BODIES},
+        "parameters": [RULE_PARAMETER],
+    },
+)
+async def predict_any_task(model_action: str, request: Request, s: AppServing) -> JSONResponse:
+    """``model_action`` is ``<model>:predict``; the same bodies as a task's :predict (top_k unused).
+    ``?rule=`` picks the task-inference rule (msp, entropy, energy, or likelihood_ratio for a bundle
+    exported with each task's score, its default; energy otherwise)."""
+    if not model_action.endswith(PREDICT_SUFFIX):
+        return error(404, f"unknown action in {request.url.path!r}; use /v1/models/{{model}}:predict")
+    model = model_action[: -len(PREDICT_SUFFIX)]
+    bundle = s.pool.bundles.get(model)
+    if bundle is None:
+        s.metrics.observe_unrouted(404)
+        return error(404, f"unknown model {model!r}; known models: {sorted(s.pool.bundles)}")
+
+    async def work() -> tuple[JSONResponse, int]:
+        rule = check_rule(request.query_params.get("rule", default_rule(bundle)), bundle)
+        specs = answering_specs(bundle)
+        ctype = predict_media_type(request)
+        body = await s.read_body(request, s.body_limit(specs[0]))
+        inputs: dict[str, np.ndarray] = {}
+        warnings: list[str] = []
+        for group in normalization_groups(specs):
+            x, _, found = await decode_body(s, request, ctype, body, group[0])
+            x = validate_input(x, group[0], s.config.max_request_batch)
+            inputs.update({spec.task_id: x for spec in group})
+            warnings += found
+        ids = list(bundle.tasks)
+        outs = await asyncio.gather(*(s.batcher.predict_outputs(model, t, inputs[t]) for t in ids))
+        logits, claims = [o[0] for o in outs], [o[-1] for o in outs] if bundle.scored else None
+        labels = {t: bundle.tasks[t].labels for t in ids}
+
+        def answer_doc() -> dict[str, Any]:
+            return {
+                "model": model,
+                **answer(ids, labels, logits, rule, claims),
+                "warnings": list(dict.fromkeys(warnings)),
+            }
+
+        return await json_answer(answer_doc, len(logits[0])), len(logits[0])
+
+    return await guarded(s, model, AGNOSTIC_TASK, work())
 
 
 async def guarded(s: Serving, model: str, task: str, work: Awaitable[tuple[Response, int]]) -> Response:

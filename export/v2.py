@@ -8,17 +8,18 @@ its JSON header ends (Triton's binary tensor extension), whatever its Content-Ty
 deflate compressed (Content-Encoding), and answers are when Accept-Encoding asks. Outputs come as JSON
 ``data`` or as binary data, per output (``binary_data``) or for all (``binary_data_output``); an output's
 ``classification`` parameter answers Triton's "score:index:label" strings instead of its values.
+``router`` holds the routes; the app includes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from hatzoo import __version__
@@ -27,10 +28,10 @@ from hatzoo.errors import InputError
 from . import schemas
 from .agnostic import answer, answering_specs, check_rule, default_rule, normalization_groups
 from .bundle import TaskSpec
-from .context import Serving, validate_input
+from .context import AppServing, Serving, validate_input
 from .decode import RequestError, media_type
 from .triton import model_config
-from .v1 import AGNOSTIC_TASK, ERRORS, decode, error, guarded
+from .v1 import ERRORS, decode, error, guarded
 from .v2_codec import (
     HEADER_LENGTH,
     V2_TYPES,
@@ -43,9 +44,9 @@ from .v2_codec import (
     json_values,
     wanted_outputs,
 )
-from .v2_extensions import add_extension_routes
+from .v2_extensions import router as extension_routes
+from .v2_routing import VERSION, model_routes, resolve
 
-VERSION = "1"  # every model has one version
 EXTENSIONS = [
     "classification",
     "binary_tensor_data",
@@ -104,148 +105,125 @@ def metadata(name: str, spec: TaskSpec, tasks: int = 0) -> dict[str, Any]:
     }
 
 
-def model_routes(app: FastAPI, method: str, suffix: str, handler: Callable[..., Any], **options: Any) -> None:
-    """Register ``handler(name, version, request)`` on ``/v2/models/{name}<suffix>`` (version None) and on
-    ``/v2/models/{name}/versions/{version}<suffix>``."""
-
-    async def latest(name: str, request: Request) -> Any:
-        return await handler(name, None, request)
-
-    async def versioned(name: str, version: str, request: Request) -> Any:
-        return await handler(name, version, request)
-
-    options.setdefault("description", handler.__doc__)
-    for path, endpoint in (("", latest), ("/versions/{version}", versioned)):
-        app.add_api_route(f"/v2/models/{{name}}{path}{suffix}", endpoint, methods=[method], **options)
+router = APIRouter()
 
 
-def add_v2_routes(app: FastAPI, s: Serving) -> None:
-    """Register the /v2 routes on ``app``."""
+@router.get("/v2", response_model=schemas.V2ServerMetadata, summary="v2 server metadata and extensions")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "hatzoo", "version": __version__, "extensions": EXTENSIONS}
 
-    def resolve(name: str, version: str | None) -> tuple[str, str, TaskSpec | None]:
-        """(model, task, spec) of a v2 model name; the task-free model ``<model>`` has task '*', no spec."""
-        if name in s.pool.bundles:
-            model, task, spec = name, AGNOSTIC_TASK, None
-        elif name in s.v2_names:
-            model, task = s.v2_names[name]
-            spec = s.pool.spec(model, task)
-        else:
-            known = sorted([*s.v2_names, *s.pool.bundles])
-            raise RequestError(404, f"unknown v2 model {name!r}; known: {known}")
-        if version not in (None, "", VERSION):
-            raise RequestError(
-                404, f"model {name!r} has no version {version!r}; its one version is {VERSION!r}"
-            )
-        return model, task, spec
 
-    @app.get("/v2", response_model=schemas.V2ServerMetadata, summary="v2 server metadata and extensions")
-    async def server_metadata() -> dict[str, Any]:
-        return {"name": "hatzoo", "version": __version__, "extensions": EXTENSIONS}
+@router.get(
+    "/v2/health/live",
+    response_model=schemas.V2Health,
+    response_model_exclude_none=True,
+    summary="v2 liveness",
+)
+async def live() -> dict[str, bool]:
+    return {"live": True}
 
-    @app.get(
-        "/v2/health/live",
-        response_model=schemas.V2Health,
-        response_model_exclude_none=True,
-        summary="v2 liveness",
-    )
-    async def live() -> dict[str, bool]:
-        return {"live": True}
 
-    @app.get(
-        "/v2/health/ready",
-        response_model=schemas.V2Health,
-        response_model_exclude_none=True,
-        summary="v2 readiness (503 when not ready)",
-    )
-    async def ready() -> Any:
-        return {"ready": True} if s.ready else JSONResponse({"ready": False}, status_code=503)
+@router.get(
+    "/v2/health/ready",
+    response_model=schemas.V2Health,
+    response_model_exclude_none=True,
+    summary="v2 readiness (503 when not ready)",
+)
+async def ready(s: AppServing) -> Any:
+    return {"ready": True} if s.ready else JSONResponse({"ready": False}, status_code=503)
 
-    add_extension_routes(app, s, resolve, model_routes)  # before /v2/models/{name}: /v2/models/stats
 
-    async def model_metadata(name: str, version: str | None, _request: Request) -> Any:
-        """Inputs and outputs (name, datatype, shape; -1 is the batch) of the task ``<model>_task<t>``, or of
-        the model ``<model>`` answering without a task id."""
-        try:
-            model, _task, spec = resolve(name, version)
-            if spec is None:
-                specs = answering_specs(s.pool.bundles[model])
-                return metadata(name, specs[0], len(specs))
-            return metadata(name, spec)
-        except RequestError as e:
-            return error(e.status, str(e))
-        except InputError as e:  # the tasks of the model take different inputs
-            return error(400, str(e))
+router.include_router(extension_routes)  # before /v2/models/{name}: /v2/models/stats
 
-    async def model_ready(name: str, version: str | None, _request: Request) -> Any:
-        """200 when the model (and version) can answer; 404 for an unknown one."""
-        try:
-            resolve(name, version)
-        except RequestError as e:
-            return error(e.status, str(e))
-        if not s.ready:
-            return JSONResponse({"name": name, "ready": False}, status_code=503)
-        return {"name": name, "ready": True}
 
-    async def config(name: str, version: str | None, _request: Request) -> Any:
-        """The model's Triton configuration (JSON), as this server runs it: its batching and instances."""
-        try:
-            model, _task, spec = resolve(name, version)
-            return server_model_config(s, name, model, spec)
-        except RequestError as e:
-            return error(e.status, str(e))
-
-    async def infer(name: str, version: str | None, request: Request) -> Response:
-        """Run the task ``<model>_task<t>`` on the input, or every task of ``<model>`` (the best-scoring task
-        answers). JSON body, or the binary tensor extension; gzip or deflate Content-Encoding."""
-        try:
-            model, task, spec = resolve(name, version)
-        except RequestError as e:
-            s.metrics.observe_unrouted(e.status)
-            return error(e.status, str(e))
+async def model_metadata(s: Serving, name: str, version: str | None, _request: Request) -> Any:
+    """Inputs and outputs (name, datatype, shape; -1 is the batch) of the task ``<model>_task<t>``, or of
+    the model ``<model>`` answering without a task id."""
+    try:
+        model, _task, spec = resolve(s, name, version)
         if spec is None:
-            return await guarded(s, model, task, _infer_agnostic(s, request, model))
-        return await guarded(s, model, task, _infer(s, request, model, task, name, spec))
+            specs = answering_specs(s.pool.bundles[model])
+            return metadata(name, specs[0], len(specs))
+        return metadata(name, spec)
+    except RequestError as e:
+        return error(e.status, str(e))
+    except InputError as e:  # the tasks of the model take different inputs
+        return error(400, str(e))
 
-    model_routes(
-        app,
-        "GET",
-        "",
-        model_metadata,
-        response_model=schemas.V2ModelMetadata,
-        responses=ERRORS,
-        summary="v2 model metadata",
-    )
-    model_routes(
-        app,
-        "GET",
-        "/ready",
-        model_ready,
-        response_model=schemas.V2ModelReady,
-        responses=ERRORS,
-        summary="v2 model readiness",
-    )
-    model_routes(
-        app,
-        "GET",
-        "/config",
-        config,
-        response_model=dict[str, Any],
-        responses=ERRORS,
-        summary="the model's Triton configuration (model_configuration extension)",
-    )
-    model_routes(
-        app,
-        "POST",
-        "/infer",
-        infer,
-        response_model=schemas.V2InferResponse,
-        responses={**ERRORS, **INFER_RESPONSES},
-        summary="run one task <model>_task<t>, or every task of <model> without a task id (KServe v2)",
-        openapi_extra={
-            "requestBody": {"required": True, "content": INFER_BODIES},
-            "parameters": [HEADER_LENGTH_PARAMETER],
-        },
-    )
+
+async def model_ready(s: Serving, name: str, version: str | None, _request: Request) -> Any:
+    """200 when the model (and version) can answer; 404 for an unknown one."""
+    try:
+        resolve(s, name, version)
+    except RequestError as e:
+        return error(e.status, str(e))
+    if not s.ready:
+        return JSONResponse({"name": name, "ready": False}, status_code=503)
+    return {"name": name, "ready": True}
+
+
+async def config(s: Serving, name: str, version: str | None, _request: Request) -> Any:
+    """The model's Triton configuration (JSON), as this server runs it: its batching and instances."""
+    try:
+        model, _task, spec = resolve(s, name, version)
+        return server_model_config(s, name, model, spec)
+    except RequestError as e:
+        return error(e.status, str(e))
+
+
+async def infer(s: Serving, name: str, version: str | None, request: Request) -> Response:
+    """Run the task ``<model>_task<t>`` on the input, or every task of ``<model>`` (the best-scoring task
+    answers). JSON body, or the binary tensor extension; gzip or deflate Content-Encoding."""
+    try:
+        model, task, spec = resolve(s, name, version)
+    except RequestError as e:
+        s.metrics.observe_unrouted(e.status)
+        return error(e.status, str(e))
+    if spec is None:
+        return await guarded(s, model, task, _infer_agnostic(s, request, model))
+    return await guarded(s, model, task, _infer(s, request, model, task, name, spec))
+
+
+model_routes(
+    router,
+    "GET",
+    "",
+    model_metadata,
+    response_model=schemas.V2ModelMetadata,
+    responses=ERRORS,
+    summary="v2 model metadata",
+)
+model_routes(
+    router,
+    "GET",
+    "/ready",
+    model_ready,
+    response_model=schemas.V2ModelReady,
+    responses=ERRORS,
+    summary="v2 model readiness",
+)
+model_routes(
+    router,
+    "GET",
+    "/config",
+    config,
+    response_model=dict[str, Any],
+    responses=ERRORS,
+    summary="the model's Triton configuration (model_configuration extension)",
+)
+model_routes(
+    router,
+    "POST",
+    "/infer",
+    infer,
+    response_model=schemas.V2InferResponse,
+    responses={**ERRORS, **INFER_RESPONSES},
+    summary="run one task <model>_task<t>, or every task of <model> without a task id (KServe v2)",
+    openapi_extra={
+        "requestBody": {"required": True, "content": INFER_BODIES},
+        "parameters": [HEADER_LENGTH_PARAMETER],
+    },
+)
 
 
 def server_model_config(s: Serving, name: str, model: str, spec: TaskSpec | None) -> dict[str, Any]:

@@ -247,6 +247,31 @@ def test_float16_bundle_manifest_says_float16(mlp, tmp_path: Path) -> None:
     assert spec.dtype == "float16" and spec.input_shape == (None, 1, 8, 8)
 
 
+def test_a_bundle_export_replaces_its_folder_whole(mlp, tmp_path: Path) -> None:
+    """A re-export of fewer tasks leaves no stale graph; one that fails partway, or an export into a folder
+    of other files, leaves the folder as it was."""
+    root = tmp_path / "bundle"
+    options = {"model_name": "mlp", "input_shape": (1, 8, 8), "progress": False}
+    assert export_bundle(mlp.model, root, tasks=[0, 1, 2], **options) == root
+    names = ["manifest.json", "task-0.onnx", "task-1.onnx", "task-2.onnx"]
+    assert sorted(p.name for p in root.iterdir()) == names
+    export_bundle(mlp.model, root, tasks=[1], **options)
+    assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "task-1.onnx"]
+    assert sorted(read_bundle(root, verify=True).tasks) == ["1"]
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    with pytest.raises(TaskError):  # task 0's graph is written, then task 9 (no such task) fails
+        export_bundle(mlp.model, root, tasks=[0, 9], **options)
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+    assert sorted(read_bundle(root, verify=True).tasks) == ["1"]
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # nothing half-built is left beside it
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not a bundle"):
+        export_bundle(mlp.model, notes, tasks=[0], **options)
+    assert [p.name for p in notes.iterdir()] == ["todo.txt"] and (notes / "todo.txt").read_text() == "keep me"
+
+
 def test_verification_works_after_the_serving_pool_set_a_global_thread_pool(tmp_path: Path) -> None:
     """Once ONNX Runtime's global thread pool is on, export_task must still open its own sessions."""
     script = textwrap.dedent(
