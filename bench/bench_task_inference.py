@@ -10,9 +10,18 @@ bound). ``--fit-temperatures`` adds each rule with per-task temperatures fitted 
 the training data. Cost: the multiply-adds of all pruned task graphs against one task's, and the wall time
 of answering a batch without a task id against one task call, measured side by side (median of repeats).
 
+``--buffers 200 2000`` adds the ``likelihood_ratio`` rule (``hatzoo.likelihood_ratio``) with a replay
+buffer of each size: a seeded tenth of each task's training split is held out as the validation split,
+the buffer is filled from the rest as tasks end, each ``--ratio-grid`` config is fitted on the rest and
+scored on the validation split (class-incremental accuracy), and only the chosen one is run on the test
+split. ``--er 2000`` adds experience replay with a buffer of that size: the plain timm backbone and one
+head that grows with the classes, trained task after task on each task's data plus as many buffer rows
+per batch, with the card's optimizer, learning rate, batch size and epochs.
+
     .venv/bin/python bench/bench_task_inference.py hat-vit-small hat-vit-tiny hat-resnet18 --joint \\
         --out runs/task-inference.json
     .venv/bin/python bench/bench_task_inference.py runs/demo --card cards/hat-vit-demo.yaml --joint
+    .venv/bin/python bench/bench_task_inference.py hat-resnet18 --buffers 200 2000 --er 2000
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from torch import nn
 import hatzoo
 from hatzoo.card import read_card, update_card
 from hatzoo.data import TaskSequence
+from hatzoo.likelihood_ratio import RatioConfig, fit_likelihood_ratio
+from hatzoo.replay import ReplayBuffer
 from hatzoo.task_inference import (
     FeatureGaussians,
     TaskAgnosticModel,
@@ -65,6 +76,126 @@ def validation_split(
         rows = torch.randperm(len(y), generator=gen)[: max(1, int(fraction * len(y)))]
         out[t] = (x[rows], y[rows])
     return out
+
+
+def held_out(seq: TaskSequence, fraction: float, seed: int) -> tuple[dict[int, Any], dict[int, Any]]:
+    """(the rest, the validation split) of each task's training split: ``validation_split``'s rows and
+    every other row."""
+    rest, val = {}, {}
+    for t, task in enumerate(seq):
+        x, y = task.train.tensors
+        gen = torch.Generator().manual_seed(derive_seed(seed, 11, t))
+        order = torch.randperm(len(y), generator=gen)
+        cut = max(1, int(fraction * len(y)))
+        val[t], rest[t] = (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
+    return rest, val
+
+
+def stacked(split: dict[int, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, task id, class within the task) of every task's rows of ``split``."""
+    x = torch.cat([split[t][0] for t in sorted(split)])
+    task = torch.cat([torch.full((len(split[t][1]),), t) for t in sorted(split)])
+    return x, task, torch.cat([split[t][1] for t in sorted(split)])
+
+
+def filled_buffer(capacity: int, rest: dict[int, Any], seed: int) -> ReplayBuffer:
+    """A buffer of ``capacity`` images filled from each task's rows as the task ends."""
+    buffer = ReplayBuffer(capacity, seed=seed)
+    for t in sorted(rest):
+        buffer.add(t, *rest[t])
+    return buffer
+
+
+RATIO_GRID = {
+    "all-256": RatioConfig(layers="all", hidden=256),
+    "final-256": RatioConfig(layers="final", hidden=256),
+}
+
+
+def likelihood_ratio_rows(
+    agnostic: TaskAgnosticModel,
+    seq: TaskSequence,
+    x: torch.Tensor,
+    task: torch.Tensor,
+    target: torch.Tensor,
+    args: argparse.Namespace,
+    seed: int,
+) -> dict[str, Any]:
+    """Per buffer size: each grid config's validation accuracy, the chosen one, and its test accuracy."""
+    rest, val = held_out(seq, args.val_fraction, seed)
+    xv, tv, yv = stacked(val)
+    out: dict[str, Any] = {}
+    for capacity in args.buffers:
+        buffer = filled_buffer(capacity, rest, seed)
+        fitted, scores = {}, {}
+        for name in args.ratio_grid:
+            heads, took = timed(
+                lambda name=name, buffer=buffer: fit_likelihood_ratio(
+                    agnostic, buffer, rest, RATIO_GRID[name]
+                )
+            )
+            acc = evaluate(agnostic, xv, tv, yv, rules=["likelihood_ratio"], heads=heads)["likelihood_ratio"]
+            fitted[name], scores[name] = (
+                heads,
+                {"validation_class_incremental": acc.class_incremental, "fit_seconds": took},
+            )
+            print(
+                f"  buffer {capacity} {name}: validation class-incremental {100 * acc.class_incremental:.2f}"
+            )
+        chosen = max(args.ratio_grid, key=lambda n: scores[n]["validation_class_incremental"])
+        test = evaluate(agnostic, x, task, target, rules=["likelihood_ratio"], heads=fitted[chosen])
+        out[str(capacity)] = {
+            "grid": scores,
+            "chosen": chosen,
+            "config": dataclasses.asdict(RATIO_GRID[chosen]),
+            "test": dataclasses.asdict(test["likelihood_ratio"]),
+            "heads": fitted[chosen],
+        }
+    return out
+
+
+def train_experience_replay(
+    model: hatzoo.HATModel, recipe: Recipe, seq: TaskSequence, capacity: int
+) -> float:
+    """10-way test accuracy of experience replay (see the module docstring) with a buffer of ``capacity``."""
+    classes = [c for task in seq for c in task.classes]
+    rt = Runtime.create(progress=False)
+    torch.manual_seed(derive_seed(recipe.recipe.seed, 9))
+    net = nn.Sequential(plain_backbone(model), nn.Linear(model.spec.num_features, max(classes) + 1))
+    optimizer = make_optimizer(recipe, net.parameters())
+    buffer = ReplayBuffer(capacity, seed=recipe.recipe.seed)
+    seen: list[int] = []
+    r = recipe.recipe
+    for t, task in enumerate(seq):
+        seen += list(task.classes)
+        x, y_local = task.train.tensors
+        y = torch.tensor(task.classes)[y_local]
+        if len(buffer):
+            global_of = {k: seq[k].classes for k in buffer.tasks}
+            bx, by = (
+                buffer.x,
+                torch.tensor([global_of[int(k)][int(c)] for k, c in zip(buffer.task, buffer.y, strict=True)]),
+            )
+        hidden = torch.ones(max(classes) + 1, dtype=torch.bool)
+        hidden[seen] = False
+        gen = torch.Generator().manual_seed(derive_seed(r.seed, 10, t))
+        net.train()
+        for _ in range(r.epochs):
+            for rows in torch.randperm(len(y), generator=gen).split(r.batch_size):
+                xb, yb = x[rows], y[rows]
+                if len(buffer):
+                    pick = torch.randint(len(by), (len(rows),), generator=gen)
+                    xb, yb = torch.cat([xb, bx[pick]]), torch.cat([yb, by[pick]])
+                logits = net(xb).masked_fill(hidden, float("-inf"))
+                loss = nn.functional.cross_entropy(logits, yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        buffer.add(t, x, y_local)
+    net.eval()
+    xt = torch.cat([task.test.tensors[0] for task in seq])
+    yt = torch.cat([torch.tensor(task.classes)[task.test.tensors[1]] for task in seq])
+    return accuracy(net, xt, yt, rt, "experience replay test")
 
 
 def train_joint_classifier(model: hatzoo.HATModel, recipe: Recipe, seq: TaskSequence, epochs: int) -> float:
@@ -109,29 +240,34 @@ def cost(
     x: torch.Tensor,
     shape: tuple[int, ...],
     repeats: int,
+    heads: Any = None,
 ) -> dict[str, Any]:
-    """Multiply-adds per sample and wall time per batch: every task (energy, and mahalanobis) against one
-    task, measured alternately."""
+    """Multiply-adds per sample and wall time per batch: every task (energy, mahalanobis, and
+    likelihood_ratio when ``heads`` are given) against one task, measured alternately."""
     macs = agnostic_macs(agnostic, shape)
     one = agnostic.task_models[0]
-    calls = (
-        lambda: agnostic.predict(x),
-        lambda: agnostic.predict(x, rule="mahalanobis", gaussians=gaussians),
-        lambda: one(x),
+    calls = {
+        "": lambda: agnostic.predict(x, rule="energy"),
+        "_mahalanobis": lambda: agnostic.predict(x, rule="mahalanobis", gaussians=gaussians),
+        "one": lambda: one(x),
+    }
+    if heads is not None:
+        calls["_likelihood_ratio"] = lambda: agnostic.predict(x, rule="likelihood_ratio", heads=heads)
+    times = [[timed(call)[1] for call in calls.values()] for _ in range(repeats)]
+    medians = dict(
+        zip(calls, (statistics.median(column) for column in zip(*times, strict=True)), strict=True)
     )
-    times = [[timed(call)[1] for call in calls] for _ in range(repeats)]
-    t_all, t_maha, t_one = (statistics.median(column) for column in zip(*times, strict=True))
-    return {
+    out = {
         "macs_all_tasks": sum(macs.values()),
         "macs_one_task": macs[one.task],
         "macs_ratio": sum(macs.values()) / macs[one.task],
         "batch": len(x),
-        "seconds_all_tasks": t_all,
-        "seconds_all_tasks_mahalanobis": t_maha,
-        "seconds_one_task": t_one,
-        "time_ratio": t_all / t_one,
-        "time_ratio_mahalanobis": t_maha / t_one,
+        "seconds_one_task": medians.pop("one"),
     }
+    for suffix, seconds in medians.items():
+        out[f"seconds_all_tasks{suffix}"] = seconds
+        out[f"time_ratio{suffix}"] = seconds / out["seconds_one_task"]
+    return out
 
 
 def run_model(name: str, card: str | None, args: argparse.Namespace) -> dict[str, Any]:
@@ -153,11 +289,30 @@ def run_model(name: str, card: str | None, args: argparse.Namespace) -> dict[str
             result["rules"][f"{rule}+T"] = dataclasses.asdict(acc)
     first = next(iter(result["rules"].values()))
     result["task_incremental"] = first["task_incremental"]
+    heads = None
+    if args.buffers:
+        ratio = likelihood_ratio_rows(agnostic, seq, x, task, target, args, recipe.benchmark.seed)
+        for capacity, r in ratio.items():
+            result["rules"][f"likelihood_ratio ({capacity})"] = r["test"]
+            heads = r.pop("heads")  # the cost is timed with the largest buffer's heads
+            if args.save_heads:
+                args.save_heads.mkdir(parents=True, exist_ok=True)
+                heads.save(args.save_heads / f"{Path(name).name}-{capacity}.safetensors")
+        result["likelihood_ratio"] = ratio
+    if args.er:
+        for capacity in args.er:
+            acc, took = timed(lambda capacity=capacity: train_experience_replay(model, recipe, seq, capacity))
+            result.setdefault("experience_replay", {})[str(capacity)] = {"accuracy": acc, "seconds": took}
+            print(f"  experience replay ({capacity}): {100 * acc:.2f}")
+    results = read_card(recipe.source).results if recipe.source else None
+    measured = (results.task_agnostic or {}) if results is not None else {}
+    if not args.joint and "joint_class_incremental" in measured:  # measured by --joint before
+        result["joint"] = {"accuracy": measured["joint_class_incremental"] / 100, "source": "card"}
     if args.joint:
         epochs = args.joint_epochs or recipe.recipe.epochs
         accuracy, took = timed(lambda: train_joint_classifier(model, recipe, seq, epochs))
         result["joint"] = {"accuracy": accuracy, "epochs": epochs, "seconds": took}
-    result["cost"] = cost(agnostic, gaussians, x[: args.batch], tuple(seq.input_shape), args.repeats)
+    result["cost"] = cost(agnostic, gaussians, x[: args.batch], tuple(seq.input_shape), args.repeats, heads)
     return result
 
 
@@ -172,7 +327,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
         joint = r.get("joint", {}).get("accuracy")
         c = r["cost"]
         for rule, a in r["rules"].items():
-            suffix = "_mahalanobis" if rule == "mahalanobis" else ""
+            suffix = {"mahalanobis": "_mahalanobis"}.get(rule.split(" ")[0], "")
+            if rule.startswith("likelihood_ratio"):
+                suffix = "_likelihood_ratio"
             gap = "-" if joint is None else f"{100 * (a['class_incremental'] - joint):+.2f}"
             cells = [
                 r["model"],
@@ -187,6 +344,12 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 f"{1e3 * c['seconds_one_task']:.1f} ms, batch {c['batch']})",
             ]
             lines.append("| " + " | ".join(cells) + " |")
+        for capacity, er in r.get("experience_replay", {}).items():
+            gap = "-" if joint is None else f"{100 * (er['accuracy'] - joint):+.2f}"
+            lines.append(
+                f"| {r['model']} | experience replay ({capacity}) | - | {100 * er['accuracy']:.2f} | - | "
+                f"{'-' if joint is None else f'{100 * joint:.2f}'} | {gap} | 1.00 | - |"
+            )
     return "\n".join(lines)
 
 
@@ -235,6 +398,18 @@ def main() -> None:
     parser.add_argument("--max-test-per-task", type=int, help="test rows per task; None: all")
     parser.add_argument("--batch", type=int, default=64, help="batch size of the timed calls")
     parser.add_argument("--repeats", type=int, default=20, help="timed repeats (median)")
+    parser.add_argument("--buffers", type=int, nargs="*", default=[], help="replay buffer sizes (images)")
+    parser.add_argument(
+        "--ratio-grid",
+        nargs="+",
+        default=list(RATIO_GRID),
+        choices=list(RATIO_GRID),
+        help="likelihood-ratio configs compared on the validation split",
+    )
+    parser.add_argument(
+        "--er", type=int, nargs="*", default=[], help="buffer sizes to train experience replay with"
+    )
+    parser.add_argument("--save-heads", type=Path, help="write each chosen set of heads into this folder")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument(
         "--write-cards", action="store_true", help="write each zoo model's figures into its card"
