@@ -155,13 +155,16 @@ def _head_inputs(model: Predictor, data: LabelledData | torch.Tensor, task: int,
     """What task ``task``'s head reads for every row of ``data`` (images, (x, y), or batches of them)."""
     if isinstance(data, torch.Tensor):
         data = (data, torch.zeros(len(data), dtype=torch.long))
+    param = next(model.parameters())
     with torch.no_grad():
         out = [
-            head_input(_features(model, xb, task, layers == "all"), layers).float().cpu()
+            head_input(_features(model, xb.to(param.device, param.dtype), task, layers == "all"), layers)
+            .float()
+            .cpu()
             for xb, _ in _batches(data)
         ]
     if not out:
-        raise InputError(f"no rows to fit task {task}'s head on")
+        raise InputError(f"no rows to fit task {task}'s head on; give it images of its own and a buffer")
     return torch.cat(out)
 
 
@@ -208,7 +211,13 @@ def fit_likelihood_ratio(
     heads = {}
     for t in tasks:
         inside = _head_inputs(model, training[t], t, config.layers)
-        outside = _head_inputs(model, buffer.others(t), t, config.layers)
+        others = buffer.others(t)
+        if not len(others):
+            raise InputError(
+                f"the buffer holds no image of a task other than {t}; give it room for at least one image "
+                f"per class (capacity {buffer.capacity}, {len(buffer.counts())} classes)"
+            )
+        outside = _head_inputs(model, others, t, config.layers)
         heads[t] = _fit_head(inside, outside, config, t)
     return RatioHeads(heads, config).eval()
 

@@ -177,6 +177,11 @@ def test_heads_refuse_what_they_cannot_answer(hat, buffer) -> None:
     agnostic = TaskAgnosticModel.from_hat_model(hat)
     with pytest.raises(InputError, match="no images of tasks"):
         fit_likelihood_ratio(agnostic, ReplayBuffer(10), {t: task_data(t, 8, 0) for t in range(3)})
+    one = ReplayBuffer(1)
+    for t in range(len(CLASSES)):
+        one.add(t, *task_data(t, 8, seed=0))
+    with pytest.raises(InputError, match="no image of a task other than 0"):
+        fit_likelihood_ratio(agnostic, one, {t: task_data(t, 8, 0) for t in range(3)})
     with pytest.raises(InputError, match="needs each task's head"):
         predict(agnostic, torch.zeros(2, *SHAPE), rule="likelihood_ratio")
     with pytest.raises(InputError, match="layers"):
