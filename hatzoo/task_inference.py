@@ -22,6 +22,11 @@ data (so layers and tasks compare):
 
 - ``mahalanobis``: -sum_l (d_l - mean_l) / std_l   (Lee et al., 2018; needs ``gaussians=``)
 
+The strongest rule needs a replay buffer of the tasks' training images (``hatzoo.replay``): each task's
+head scores log p_t(x) / p_rest(x), its own data against the other tasks' (``hatzoo.likelihood_ratio``):
+
+- ``likelihood_ratio``: the head's logit                (needs ``heads=``, or a model that carries them)
+
 The cost of one answer is the sum of the tasks' kept FLOPs (:func:`agnostic_macs`).
 """
 
@@ -312,9 +317,7 @@ def predict(
 def _needs_layers(rule: str, heads: Any) -> bool:
     """Whether ``rule`` reads the pooled feature layers, not only the final features."""
     return rule == FEATURE_RULE or (
-        rule == LIKELIHOOD_RATIO
-        and getattr(heads, "config", None) is not None
-        and heads.config.layers == "all"
+        rule == LIKELIHOOD_RATIO and heads is not None and heads.config.layers == "all"
     )
 
 
