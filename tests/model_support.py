@@ -4,6 +4,7 @@ new user's environment."""
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import torch
@@ -148,3 +149,22 @@ def tiny_recipe(**recipe) -> Recipe:
     data = yaml.safe_load(TINY)
     data["recipe"].update(recipe)
     return Recipe.from_dict(data, "<test>")
+
+
+# The body of a script that SIGKILLs itself at its kill_at-th file-system step (a file opened for writing,
+# a folder made, renamed, linked or removed), counted by an audit hook; the script defines kill_at first.
+DIE_AT_FILE_STEP = textwrap.dedent(
+    """
+    seen = 0
+
+    def hook(event, args):
+        global seen
+        writing = event == "open" and isinstance(args[1], str) and "w" in args[1]
+        if writing or event in ("os.mkdir", "os.rename", "os.link", "shutil.rmtree", "ctypes.call_function"):
+            seen += 1
+            if seen == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    sys.addaudithook(hook)
+    """
+)

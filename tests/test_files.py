@@ -13,6 +13,7 @@ import pytest
 import hatzoo
 from hatzoo.files import replacing_folder
 from hatzoo.training import checkpoints as ckpt
+from tests.model_support import DIE_AT_FILE_STEP
 
 ROOT = Path(hatzoo.__file__).parents[1]  # the hatzoo that the child processes import
 
@@ -60,8 +61,9 @@ def test_a_file_in_the_way_is_a_clear_error(tmp_path):
 
 # A training checkpoint rewritten over an older one and killed (SIGKILL) at the kill_at-th file system
 # step: a resumed run must then find the old checkpoint or the new one, never none.
-REWRITE_AND_DIE = textwrap.dedent(
-    """
+REWRITE_AND_DIE = (
+    textwrap.dedent(
+        """
     import os, signal, sys
     import torch
     torch.set_num_threads(1)
@@ -74,19 +76,14 @@ REWRITE_AND_DIE = textwrap.dedent(
     model.end_task(model.add_task(num_classes=2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     ckpt.write_checkpoint(out, 0, model, optimizer, {"completed": 1, "run": "old"})
-    seen = 0
-
-    def hook(event, args):
-        global seen
-        writing = event == "open" and isinstance(args[1], str) and "w" in args[1]
-        if writing or event in ("os.mkdir", "os.rename", "os.link", "shutil.rmtree", "ctypes.call_function"):
-            seen += 1
-            if seen == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    sys.addaudithook(hook)
+    """
+    )
+    + DIE_AT_FILE_STEP
+    + textwrap.dedent(
+        """
     ckpt.write_checkpoint(out, 0, model, optimizer, {"completed": 1, "run": "new"})
     """
+    )
 )
 
 

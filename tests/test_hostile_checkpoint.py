@@ -28,7 +28,7 @@ import hatzoo
 from hatzoo.checkpoint import checkpoint_tensors, load_pretrained, release_keys
 from hatzoo.cli import main
 from hatzoo.hub.publish import publish_git
-from tests.model_support import vit
+from tests.model_support import DIE_AT_FILE_STEP, vit
 
 
 class _Delete:
@@ -297,8 +297,9 @@ def test_malformed_config_is_a_checkpoint_error_naming_the_key(request, tmp_path
 
 
 # ----------------------------------------------------------------------------- atomic saving
-SAVE_AND_DIE = textwrap.dedent(
-    """
+SAVE_AND_DIE = (
+    textwrap.dedent(
+        """
     import os, signal, sys
     import torch
     torch.set_num_threads(1)
@@ -306,20 +307,15 @@ SAVE_AND_DIE = textwrap.dedent(
 
     source, target, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     model = load_pretrained(source)
-    seen = 0
-
-    def hook(event, args):
-        global seen
-        writing = event == "open" and isinstance(args[1], str) and "w" in args[1]
-        if writing or event in ("os.mkdir", "os.rename", "os.link", "shutil.rmtree", "ctypes.call_function"):
-            seen += 1
-            if seen == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    sys.addaudithook(hook)
+    """
+    )
+    + DIE_AT_FILE_STEP
+    + textwrap.dedent(
+        """
     save_pretrained(model, target)
     print("saved after", seen, "steps")
     """
+    )
 )
 
 
