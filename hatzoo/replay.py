@@ -59,9 +59,10 @@ class ReplayBuffer:
             or not len(y)
         ):
             raise InputError("add needs x [N, ...] and y [N] tensors with one label per image, N >= 1")
-        if self._rows and x.shape[1:] != self.x.shape[1:]:
+        kept = next(iter(self._rows.values()), None)  # every class's images share one shape
+        if kept is not None and x.shape[1:] != kept.shape[1:]:
             raise InputError(
-                f"the buffer holds images of shape {tuple(self.x.shape[1:])}, got {tuple(x.shape[1:])}"
+                f"the buffer holds images of shape {tuple(kept.shape[1:])}, got {tuple(x.shape[1:])}"
             )
         y = y.long().cpu()
         if int(y.min()) < 0:
