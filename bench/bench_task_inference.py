@@ -41,6 +41,7 @@ import hatzoo
 from hatzoo.card import read_card, update_card
 from hatzoo.data import TaskSequence
 from hatzoo.likelihood_ratio import RatioConfig, fit_likelihood_ratio
+from hatzoo.loader import load_ratio_heads
 from hatzoo.replay import ReplayBuffer
 from hatzoo.task_inference import (
     FeatureGaussians,
@@ -52,7 +53,15 @@ from hatzoo.task_inference import (
 )
 from hatzoo.task_rules import RULES
 from hatzoo.training import ddp
-from hatzoo.training.common import Runtime, accuracy, derive_seed, load_benchmark, make_optimizer, train_epoch
+from hatzoo.training.common import (
+    Runtime,
+    accuracy,
+    derive_seed,
+    load_benchmark,
+    make_optimizer,
+    train_epoch,
+    validation_rows,
+)
 from hatzoo.training.joint import plain_backbone
 from hatzoo.training.recipe import Recipe, load_recipe
 
@@ -65,29 +74,15 @@ def test_rows(seq: TaskSequence, limit: int | None) -> tuple[torch.Tensor, torch
     return x, torch.cat(ids), y
 
 
-def validation_split(
-    seq: TaskSequence, fraction: float, seed: int
-) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """A seeded ``fraction`` of each task's training split (never its test split)."""
-    out = {}
-    for t, task in enumerate(seq):
-        x, y = task.train.tensors
-        gen = torch.Generator().manual_seed(derive_seed(seed, 11, t))
-        rows = torch.randperm(len(y), generator=gen)[: max(1, int(fraction * len(y)))]
-        out[t] = (x[rows], y[rows])
-    return out
-
-
 def held_out(seq: TaskSequence, fraction: float, seed: int) -> tuple[dict[int, Any], dict[int, Any]]:
-    """(the rest, the validation split) of each task's training split: ``validation_split``'s rows and
-    every other row."""
+    """(the rest, the validation split) of each task's training split: ``validation_rows`` and every
+    other row, in its order (the rows a card's ``benchmark.validation`` trains on)."""
     rest, val = {}, {}
-    for t, task in enumerate(seq):
-        x, y = task.train.tensors
-        gen = torch.Generator().manual_seed(derive_seed(seed, 11, t))
-        order = torch.randperm(len(y), generator=gen)
-        cut = max(1, int(fraction * len(y)))
-        val[t], rest[t] = (x[order[:cut]], y[order[:cut]]), (x[order[cut:]], y[order[cut:]])
+    for t, rows in validation_rows(seq, fraction, seed).items():
+        x, y = seq[t].train.tensors
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[rows] = False
+        val[t], rest[t] = (x[rows], y[rows]), (x[keep], y[keep])
     return rest, val
 
 
@@ -114,15 +109,16 @@ RATIO_GRID = {
 
 def likelihood_ratio_rows(
     agnostic: TaskAgnosticModel,
-    seq: TaskSequence,
+    split: tuple[dict[int, Any], dict[int, Any]],
     x: torch.Tensor,
     task: torch.Tensor,
     target: torch.Tensor,
     args: argparse.Namespace,
     seed: int,
 ) -> dict[str, Any]:
-    """Per buffer size: each grid config's validation accuracy, the chosen one, and its test accuracy."""
-    rest, val = held_out(seq, args.val_fraction, seed)
+    """Per buffer size: each grid config's validation accuracy, the chosen one, and its test accuracy;
+    ``split`` is (the training rows heads and buffer are made of, the validation split)."""
+    rest, val = split
     xv, tv, yv = stacked(val)
     out: dict[str, Any] = {}
     for capacity in args.buffers:
@@ -270,35 +266,72 @@ def cost(
     return out
 
 
+def validation_only(name: str, card: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    """The likelihood-ratio grid's validation figures per buffer size, the test split left unread:
+    for choosing between training recipes (each trained with the card's ``benchmark.validation``)."""
+    recipe = load_recipe(card or name)
+    if not recipe.benchmark.validation:
+        raise SystemExit(
+            f"{name}: --validation-only compares models trained with a held-out validation split"
+        )
+    split = held_out(
+        load_benchmark(recipe, holdout=False), recipe.benchmark.validation, recipe.benchmark.seed
+    )
+    agnostic = TaskAgnosticModel.from_hat_model(hatzoo.load(name).eval())
+    xv, tv, yv = stacked(split[1])
+    out: dict[str, Any] = {"model": name, "validation_class_incremental": {}}
+    for capacity in args.buffers:
+        buffer = filled_buffer(capacity, split[0], recipe.benchmark.seed)
+        for config in args.ratio_grid:
+            heads = fit_likelihood_ratio(agnostic, buffer, split[0], RATIO_GRID[config])
+            acc = evaluate(agnostic, xv, tv, yv, rules=["likelihood_ratio"], heads=heads)["likelihood_ratio"]
+            out["validation_class_incremental"][f"{capacity} {config}"] = acc.class_incremental
+            print(f"{name}: buffer {capacity} {config}: validation CIL {acc.class_incremental:.2%}")
+    return out
+
+
 def run_model(name: str, card: str | None, args: argparse.Namespace) -> dict[str, Any]:
     """Every figure of one model (see the module docstring)."""
     recipe = load_recipe(card or name)
-    seq = load_benchmark(recipe)
+    seq = load_benchmark(recipe)  # the training rows the model learnt from
+    # a card's own validation split is never trained on; without one, carve --val-fraction
+    fraction = recipe.benchmark.validation or args.val_fraction
+    split = held_out(load_benchmark(recipe, holdout=False), fraction, recipe.benchmark.seed)
     model = hatzoo.load(name).eval()
     agnostic = TaskAgnosticModel.from_hat_model(model)
     x, task, target = test_rows(seq, args.max_test_per_task)
     result: dict[str, Any] = {"model": name, "benchmark": seq.name, "test_rows": len(x), "rules": {}}
+    result["validation"] = {"fraction": fraction, "held_out_in_training": bool(recipe.benchmark.validation)}
     training = {t: task.train.tensors for t, task in enumerate(seq)}
     gaussians, result["gaussians_fit_seconds"] = timed(lambda: fit_feature_gaussians(agnostic, training))
     for rule, acc in evaluate(agnostic, x, task, target, gaussians=gaussians).items():
         result["rules"][rule] = dataclasses.asdict(acc)
+    release_heads = load_ratio_heads(name)
+    if release_heads is not None:  # what the release itself answers by
+        acc = evaluate(agnostic, x, task, target, rules=["likelihood_ratio"], heads=release_heads)
+        result["rules"]["likelihood_ratio (release)"] = dataclasses.asdict(acc["likelihood_ratio"])
     if args.fit_temperatures:
-        temps = fit_temperatures(agnostic, validation_split(seq, args.val_fraction, recipe.benchmark.seed))
+        temps = fit_temperatures(agnostic, split[1])
         result["temperatures"] = temps
         for rule, acc in evaluate(agnostic, x, task, target, list(RULES), temps).items():
             result["rules"][f"{rule}+T"] = dataclasses.asdict(acc)
     first = next(iter(result["rules"].values()))
     result["task_incremental"] = first["task_incremental"]
-    heads = None
+    heads = release_heads
     if args.buffers:
-        ratio = likelihood_ratio_rows(agnostic, seq, x, task, target, args, recipe.benchmark.seed)
+        ratio = likelihood_ratio_rows(agnostic, split, x, task, target, args, recipe.benchmark.seed)
         for capacity, r in ratio.items():
             result["rules"][f"likelihood_ratio ({capacity})"] = r["test"]
-            heads = r.pop("heads")  # the cost is timed with the largest buffer's heads
+            fitted = r.pop("heads")  # without release heads, the cost is timed with the largest buffer's
+            heads = heads if release_heads is not None else fitted
             if args.save_heads:
                 args.save_heads.mkdir(parents=True, exist_ok=True)
-                heads.save(args.save_heads / f"{Path(name).name}-{capacity}.safetensors")
+                fitted.save(args.save_heads / f"{Path(name).name}-{capacity}.safetensors")
         result["likelihood_ratio"] = ratio
+    for earlier in args.er_from:  # experience replay depends on the card and data, not on the release
+        for row in json.loads(earlier.read_text(encoding="utf-8")):
+            if row["model"] == name:
+                result.setdefault("experience_replay", {}).update(row.get("experience_replay", {}))
     if args.er:
         for capacity in args.er:
             acc, took = timed(lambda capacity=capacity: train_experience_replay(model, recipe, seq, capacity))
@@ -366,6 +399,11 @@ def card_block(result: dict[str, Any]) -> dict[str, Any]:
     }
     if "joint" in result:
         block["joint_class_incremental"] = pct(result["joint"]["accuracy"])
+    if "experience_replay" in result:
+        block["baselines"] = {
+            f"experience_replay ({capacity})": {"class_incremental": pct(er["accuracy"])}
+            for capacity, er in result["experience_replay"].items()
+        }
     return block
 
 
@@ -409,13 +447,30 @@ def main() -> None:
     parser.add_argument(
         "--er", type=int, nargs="*", default=[], help="buffer sizes to train experience replay with"
     )
+    parser.add_argument(
+        "--er-from",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="earlier --out files whose experience-replay figures of the same model to report",
+    )
     parser.add_argument("--save-heads", type=Path, help="write each chosen set of heads into this folder")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument(
         "--write-cards", action="store_true", help="write each zoo model's figures into its card"
     )
+    parser.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="only the likelihood-ratio grid on the card's validation split (the test split unread)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.validation_only:
+        results = [validation_only(m, args.card, args) for m in args.models]
+        if args.out is not None:
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+        return
     results = [run_model(m, args.card, args) for m in args.models]
     print(markdown(results))
     if args.out is not None:

@@ -31,6 +31,7 @@ SCALE_RAMPS = ("epoch", "task")
 
 
 POSITIVE = {"lo": 0, "open_lo": True}  # a float that must be > 0
+OPTIONAL = ("replay", "ood")  # recipe options a card spells out only when on (older runs stay resumable)
 
 
 @dataclass
@@ -41,6 +42,9 @@ class BenchmarkSpec:
     seed: int = rule(0, lo=0)
     max_train_per_task: int | None = rule(None, lo=1)
     max_tasks: int | None = rule(None, lo=1)
+    # a seeded share of each task's training split held out as its validation split: never trained on,
+    # it is where task-free rules and their settings are chosen (bench/bench_task_inference.py)
+    validation: float = rule(0.0, lo=0, hi=0.5)
     options: dict[str, Any] = field(default_factory=dict)  # further get_benchmark keyword options
 
 
@@ -68,6 +72,9 @@ class TrainSpec:
     # training images kept in a class-balanced replay buffer (0: none); with one, the run also fits each
     # task's likelihood-ratio head, so the model answers without a task id (hatzoo.likelihood_ratio)
     replay: int = rule(0, lo=0)
+    # weight of the out-of-distribution loss: from the second task on, each batch brings as many buffer
+    # images of earlier tasks, which the task learns to call "not mine" (0: off; needs a replay buffer)
+    ood: float = rule(0.0, lo=0)
 
 
 @dataclass
@@ -137,13 +144,15 @@ class Card:
         bench.update(bench.pop("options"))
         if bench["max_tasks"] is None:
             bench.pop("max_tasks")
+        if not bench["validation"]:
+            bench.pop("validation")
         data: dict[str, Any] = {
             "name": self.name,
             "arch": self.arch,
             "model_args": dict(self.model_args),
             "hat": self.hat.to_dict(),
             "benchmark": bench,
-            "recipe": {k: v for k, v in dataclasses.asdict(self.recipe).items() if k != "replay" or v},
+            "recipe": {k: v for k, v in dataclasses.asdict(self.recipe).items() if k not in OPTIONAL or v},
             "hub": dataclasses.asdict(self.hub),
             "description": self.description,
         }
@@ -273,7 +282,7 @@ class _CardSchema(Schema):
             model_args=self.optional_mapping(data.get("model_args"), "model_args"),
             hat=self.hat(self.optional_mapping(data.get("hat"), "hat")),
             benchmark=self.benchmark(self.optional_mapping(data.get("benchmark"), "benchmark")),
-            recipe=self.spec(TrainSpec, self.optional_mapping(data.get("recipe"), "recipe"), "recipe"),
+            recipe=self.recipe(self.optional_mapping(data.get("recipe"), "recipe")),
             hub=self.hub(self.optional_mapping(data.get("hub"), "hub"), name),
             files=self.files(data.get("files")),
             description=self.string(data.get("description") or "", "description").strip(),
@@ -281,6 +290,12 @@ class _CardSchema(Schema):
             results=self.results(data.get("results")),
             source=self.where,
         )
+
+    def recipe(self, r: dict[str, Any]) -> TrainSpec:
+        spec = self.spec(TrainSpec, r, "recipe")
+        if spec.ood and not spec.replay:
+            raise self.fail("recipe.ood", "needs a replay buffer to draw its images from; set recipe.replay")
+        return spec
 
     def arch(self, arch: str) -> str:
         if not self.check_names:

@@ -249,9 +249,11 @@ def _print_card_results(results: CardResults) -> None:
         )
         for rule, scores in block["rules"].items():
             print(
-                f"  {rule:<16} task predicted {scores['task']:.2f}%, "
+                f"  {rule:<26} task predicted {scores['task']:.2f}%, "
                 f"class-incremental accuracy {scores['class_incremental']:.2f}%"
             )
+        for baseline, scores in block.get("baselines", {}).items():
+            print(f"  {baseline:<26} (baseline) class-incremental accuracy {scores['class_incremental']:.2f}%")
     if results.capacity:
         full = sum(1 for g in results.capacity.values() if g["free"] == 0)
         print(f"free units per group after the release's tasks (card; {full} groups full):")

@@ -2,7 +2,8 @@
 
 For each name: the finished run ``RUNS/<name>`` is loaded, saved into ``zoo/<name>`` in the release
 precision (``config.json``, ``model.safetensors``, ``tasks.safetensors``, ``README.md`` and the run's
-plots), loaded back from there, and scored task by task on the full test split. The card gets the
+plots; with ``recipe.replay`` its buffer and the likelihood-ratio heads fitted again on the shipped
+weights), loaded back from there, and scored task by task on the full test split. The card gets the
 run's results with the release's own accuracy, and the pin (deterministic revision, and the sha256 of
 model.safetensors, which binds tasks.safetensors); the README the same numbers. A run trained
 without its joint bound keeps the bound the card already reports for the same recipe.
@@ -19,8 +20,10 @@ from hatzoo.card import read_card, update_card
 from hatzoo.checkpoint import load_pretrained
 from hatzoo.data_config import DataConfig
 from hatzoo.hub.release import release_files, release_pin
+from hatzoo.likelihood_ratio import RATIO_FILE
+from hatzoo.replay import REPLAY_FILE, ReplayBuffer
 from hatzoo.training.common import Runtime, load_benchmark
-from hatzoo.training.loop import evaluate
+from hatzoo.training.loop import evaluate, task_free_heads
 from hatzoo.training.metrics import Results
 from hatzoo.training.report import card_results, plot_accuracy, plot_capacity, render_card
 
@@ -46,6 +49,10 @@ def release(name: str, runs: Path, zoo: Path, precision: str) -> str:
     folder = zoo / name
     model.save_pretrained(folder, precision=precision, card="")
     shipped = load_pretrained(folder, locks=False)
+    if card.recipe.replay:  # the heads read the shipped weights' features, so they are fitted on them
+        buffer = ReplayBuffer.load(run / "model" / REPLAY_FILE)
+        task_free_heads(shipped, seq, buffer).save(folder / RATIO_FILE)
+        buffer.save(folder / REPLAY_FILE)
     accuracy = [evaluate(shipped, seq[t], t, Runtime(progress=False)) for t in range(results.num_trained)]
     block = card_results(results)
     block["release"] = {

@@ -124,6 +124,10 @@ def test_info_shows_per_task_accuracy_from_the_card_in_percent(checkpoint, tmp_p
         "name: hat-cli\narch: hat-vit-tiny\nresults:\n  complete: true\n"
         "  accuracy:\n  - [99.5]\n  - [99.5, 91.25]\n  - [99.5, 91.25, 97.0]\n"
         "  average_accuracy: 95.92\n  bwt: 0.0\n"
+        "  task_agnostic:\n    rules:\n"
+        "      likelihood_ratio (release): {task: 84.5, class_incremental: 84.25}\n"
+        "    task_incremental: 95.92\n    joint_class_incremental: 86.0\n"
+        "    baselines:\n      experience_replay (2000): {class_incremental: 83.5}\n"
     )
     monkeypatch.setenv("HATZOO_CARDS", str(cards))
     monkeypatch.chdir(folder.parent)  # the local folder hat-cli is what loads; the card gives the numbers
@@ -131,4 +135,9 @@ def test_info_shows_per_task_accuracy_from_the_card_in_percent(checkpoint, tmp_p
     out = capsys.readouterr().out
     assert "task 1 [ended]: left, right, test accuracy 91.25% (card)" in out
     assert "average accuracy 95.92%, backward transfer 0.00%" in out
+    assert "without a task id (task-incremental ceiling 95.92%, joint 10-way classifier 86.00%)" in out
+    assert re.search(
+        r"likelihood_ratio \(release\) +task predicted 84.50%, class-incremental accuracy 84.25%", out
+    )
+    assert re.search(r"experience_replay \(2000\) +\(baseline\) class-incremental accuracy 83.50%", out)
     assert re.search(r"capacity: \d+/\d+ units used \(\d+\.\d%\)", out)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from hatzoo import progress
@@ -74,13 +75,36 @@ def input_args(arch: str, input_shape: Sequence[int], given: dict[str, Any]) -> 
     return {k: v for k, v in args.items() if k not in given}
 
 
-def load_benchmark(recipe: Recipe) -> TaskSequence:
-    """The recipe's task sequence (DataError from hatzoo.data passes through with its how-to-fix text)."""
+def load_benchmark(recipe: Recipe, *, holdout: bool = True) -> TaskSequence:
+    """The recipe's task sequence (DataError from hatzoo.data passes through with its how-to-fix text).
+
+    With ``benchmark.validation`` set, each task's training split lacks its validation rows
+    (``validation_rows``), unless ``holdout=False``: the whole split, for carving them.
+    """
     b = recipe.benchmark
     seq = get_benchmark(b.name, seed=b.seed, max_train_per_task=b.max_train_per_task, **b.options)
     if b.max_tasks is not None and b.max_tasks < len(seq):
         seq = dataclasses.replace(seq, tasks=seq.tasks[: b.max_tasks])
+    if holdout and b.validation:
+        held = validation_rows(seq, b.validation, b.seed)
+        tasks = []
+        for t, task in enumerate(seq):
+            keep = torch.ones(len(task.train), dtype=torch.bool)
+            keep[held[t]] = False
+            tasks.append(
+                dataclasses.replace(task, train=TensorDataset(*(v[keep] for v in task.train.tensors)))
+            )
+        seq = dataclasses.replace(seq, tasks=tasks, options={**seq.options, "validation": b.validation})
     return seq
+
+
+def validation_rows(seq: TaskSequence, fraction: float, seed: int) -> dict[int, torch.Tensor]:
+    """A seeded ``fraction`` of each task's training rows (indices; at least one): its validation split."""
+    rows = {}
+    for t, task in enumerate(seq):
+        gen = torch.Generator().manual_seed(derive_seed(seed, 11, t))
+        rows[t] = torch.randperm(len(task.train), generator=gen)[: max(1, int(fraction * len(task.train)))]
+    return rows
 
 
 def make_optimizer(recipe: Recipe, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,9 @@ from hatzoo.training.common import (
 )
 from hatzoo.training.metrics import Results, jsonable_capacity
 from hatzoo.training.recipe import Recipe
+
+if TYPE_CHECKING:
+    from hatzoo.likelihood_ratio import RatioHeads
 
 TaskCallback = Callable[[int, HATModel, Results], None]
 LOG_FILE = "log.jsonl"
@@ -177,11 +180,13 @@ def _set_up(
     if found is not None and not ckpt.load_optimizer(optimizer, model, found[0]):
         log("optimizer_restarted", reason="no optimizer state of this type in the checkpoint")
     folder = None if found is None else found[0]
-    run = _Run(recipe, seq, out, rt, log, model, optimizer, state, _buffer(recipe, seq, state["completed"]))
+    run = _Run(
+        recipe, seq, out, rt, log, model, optimizer, state, recipe_buffer(recipe, seq, state["completed"])
+    )
     return run, folder
 
 
-def _buffer(recipe: Recipe, seq: TaskSequence, completed: int) -> ReplayBuffer | None:
+def recipe_buffer(recipe: Recipe, seq: TaskSequence, completed: int) -> ReplayBuffer | None:
     """The recipe's replay buffer after ``completed`` tasks: a function of the seed and the data, so a
     resumed run rebuilds it instead of storing it in every checkpoint."""
     if not recipe.recipe.replay:
@@ -248,9 +253,24 @@ def _train_one_task(
         position,
         checkpoint_every,
         save_step,
+        _outside_images(run, t),
     )
     model.end_task(t)
     _finish_task(run, t, time.perf_counter() - start)
+
+
+def _outside_images(run: _Run, t: int) -> torch.Tensor | None:
+    """The buffer's images of the tasks before ``t``, which task ``t`` learns to reject (``recipe.ood``)."""
+    if not run.recipe.recipe.ood or run.buffer is None or not run.buffer.tasks:
+        return None
+    return run.buffer.others(t)
+
+
+def ood_loss(inside: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
+    """Energy outlier exposure: the task's log-sum-exp of logits, read as the logit of "mine", is pushed
+    above 0 on its own rows and below 0 on the buffer's images of other tasks (mean of both sides)."""
+    mine, other = torch.logsumexp(inside.float(), 1), torch.logsumexp(outside.float(), 1)
+    return F.softplus(-mine).mean() + F.softplus(other).mean()
 
 
 def _finish_task(run: _Run, t: int, seconds: float) -> None:
@@ -283,11 +303,14 @@ def _train_task(
     position: dict[str, Any] | None = None,
     checkpoint_every: int = 0,
     save_step: Callable[[int, int, int], None] | None = None,
+    outside: torch.Tensor | None = None,
 ) -> None:
     """Train the open task ``t`` for the recipe's epochs, the scale annealed per epoch (or per task).
 
     ``position`` (from a step checkpoint) says the epoch and batch to go on from; every
     ``checkpoint_every`` steps but the task's last, ``save_step(epoch, next batch, step)`` is called.
+    With ``outside`` (images of other tasks), each batch also brings as many of them, drawn by a seed of
+    the step, and the loss adds ``recipe.ood`` times ``ood_loss``.
     """
     r = recipe.recipe
     schedule = get_schedule(r.schedule, recipe.hat.smax)
@@ -304,14 +327,24 @@ def _train_task(
         def loss_fn(b, batch, weight, epoch=epoch, total=total, n=n):  # noqa: ANN001
             xb, yb = batch
             scale = schedule(epoch * n + b, total) if r.scale_ramp == "task" else schedule(b, n)
-            logits = net(xb, task=t, scale=scale)
+            if outside is None:
+                logits, ood = net(xb, task=t, scale=scale), None
+            else:
+                gen = torch.Generator().manual_seed(derive_seed(r.seed, 3, t, epoch * n + b, rt.ctx.rank))
+                (xo,) = rt.to_device(outside[torch.randint(len(outside), (len(yb),), generator=gen)])
+                both = net(torch.cat([xb, xo]), task=t, scale=scale)
+                logits, ood = both[: len(yb)], ood_loss(both[: len(yb)], both[len(yb) :])
             ce = F.cross_entropy(logits, yb, reduction="sum")
             reg = model.regularization(task=t)
+            loss = ce * weight + reg
+            if ood is not None:
+                loss = loss + r.ood * ood * len(yb) * weight
             if log_every and (b % log_every == 0 or b == n - 1):
                 ce_mean = ce.item() / max(len(yb), 1)
-                log("step", task=t, epoch=epoch, batch=b, scale=scale, ce=ce_mean, reg=reg.item())
+                extra = {} if ood is None else {"ood": ood.item()}
+                log("step", task=t, epoch=epoch, batch=b, scale=scale, ce=ce_mean, reg=reg.item(), **extra)
             hits = (logits.argmax(1) == yb).sum()
-            return ce * weight + reg, torch.stack([ce.double(), reg.double() * len(yb), hits.double()])
+            return loss, torch.stack([ce.double(), reg.double() * len(yb), hits.double()])
 
         def after_step(b: int, epoch: int = epoch, n: int = n, total: int = total) -> None:
             step = epoch * n + b + 1
@@ -418,15 +451,22 @@ def _task_free_files(run: _Run) -> dict[str, Callable[[Path], Path]]:
     every task's training data against the buffer's images of the other tasks."""
     if run.buffer is None or len(run.seq) < 2:
         return {}
-    from hatzoo.likelihood_ratio import RATIO_FILE, fit_likelihood_ratio
-    from hatzoo.task_inference import TaskAgnosticModel
+    from hatzoo.likelihood_ratio import RATIO_FILE
 
     start = time.perf_counter()
-    training = {t: task.train.tensors for t, task in enumerate(run.seq)}
-    agnostic = TaskAgnosticModel.from_hat_model(run.model.eval())
-    heads = fit_likelihood_ratio(agnostic, run.buffer, training)
+    heads = task_free_heads(run.model, run.seq, run.buffer)
     run.log("task_free_heads", tasks=heads.tasks, seconds=round(time.perf_counter() - start, 3))
     return {RATIO_FILE: heads.save, REPLAY_FILE: run.buffer.save}
+
+
+def task_free_heads(model: HATModel, seq: TaskSequence, buffer: ReplayBuffer) -> RatioHeads:
+    """Each task's likelihood-ratio head, fitted on its training split against the buffer's images of
+    the other tasks, in the feature space of ``model``'s pruned task models (what a release answers by)."""
+    from hatzoo.likelihood_ratio import fit_likelihood_ratio
+    from hatzoo.task_inference import TaskAgnosticModel
+
+    training = {t: task.train.tensors for t, task in enumerate(seq)}
+    return fit_likelihood_ratio(TaskAgnosticModel.from_hat_model(model.eval()), buffer, training)
 
 
 def _write_outputs(

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from hatzoo.card import update_card
+from hatzoo.card import BenchmarkSpec, update_card
 from hatzoo.training.metrics import FWT_REASON, Results
 from hatzoo.training.recipe import Recipe, RecipeError
 
@@ -164,12 +164,7 @@ def _recipe_section(results: Results, recipe: Recipe, dataset_name: str) -> list
         ("architecture", f"`{recipe.arch}` {_inline(recipe.model_args)}"),
         ("HAT", _inline(recipe.hat.to_dict())),
         ("benchmark", f"`{bench.name}` seed {bench.seed}, {len(results.tasks)} tasks"),
-        (
-            "training data per task",
-            "all"
-            if bench.max_train_per_task is None
-            else f"seeded class-balanced subset of {bench.max_train_per_task}",
-        ),
+        ("training data per task", _training_data_text(bench)),
         ("optimizer", _optimizer_text(recipe)),
         ("epochs per task / batch", f"{r.epochs} / {r.batch_size}"),
         (
@@ -180,11 +175,31 @@ def _recipe_section(results: Results, recipe: Recipe, dataset_name: str) -> list
         ("seed", str(r.seed)),
     ]
     if r.replay:
-        rows.append(("replay buffer", _replay_text(recipe, dataset_name)))
+        rows.append(("replay buffer", replay_text(recipe, dataset_name)))
+    if r.ood:
+        rows.append(("out-of-distribution loss", f"weight {r.ood}: {OOD_TEXT}"))
     return lines + [f"| {k} | {v} |" for k, v in rows]
 
 
-def _replay_text(recipe: Recipe, dataset_name: str) -> str:
+OOD_TEXT = (
+    "from the second task on, each batch also brings as many buffer images of earlier tasks, on which the "
+    "task learns a low log-sum-exp of its logits (energy outlier exposure)"
+)
+
+
+def _training_data_text(bench: BenchmarkSpec) -> str:
+    """Which training images each task was trained on."""
+    text = (
+        "all"
+        if bench.max_train_per_task is None
+        else f"seeded class-balanced subset of {bench.max_train_per_task}"
+    )
+    if bench.validation:
+        text += f", less a seeded {bench.validation:.0%} held out as the validation split"
+    return text
+
+
+def replay_text(recipe: Recipe, dataset_name: str) -> str:
     """What the release's replay buffer holds and under which license its images are redistributed."""
     dataset_id = HUB_DATASETS.get(recipe.benchmark.name, (recipe.benchmark.name,))[0]
     license_ = DATASET_LICENSES.get(dataset_id)
