@@ -20,6 +20,7 @@ from hatzoo.card import read_card, update_card
 from hatzoo.checkpoint import load_pretrained
 from hatzoo.data_config import DataConfig
 from hatzoo.hub.release import release_files, release_pin
+from hatzoo.model import HATModel
 from hatzoo.likelihood_ratio import RATIO_FILE
 from hatzoo.replay import REPLAY_FILE, ReplayBuffer
 from hatzoo.training.common import Runtime, load_benchmark
@@ -40,7 +41,7 @@ def release(name: str, runs: Path, zoo: Path, precision: str) -> str:
     if results.joint is None and card.results and card.results.joint:
         results.joint = [a / 100 for a in card.results.joint]
         results.joint_seconds = card.results.joint_seconds
-    model = load_pretrained(run / "model")
+    model = HATModel.from_pretrained(run / "model")
     seq = load_benchmark(card)
     if not model.data_config:
         model.data_config = DataConfig(

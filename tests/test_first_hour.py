@@ -159,6 +159,8 @@ def test_each_file_of_a_release_is_covered_by_the_pin_and_named_when_changed(tmp
         "capacity.png",
         "config.json",
         "model.safetensors",
+        "replay.safetensors",
+        "task_free.safetensors",
         "tasks.safetensors",
     ]
     for file in card.files:
