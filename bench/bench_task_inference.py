@@ -57,10 +57,10 @@ from hatzoo.training.common import (
     Runtime,
     accuracy,
     derive_seed,
+    held_out,
     load_benchmark,
     make_optimizer,
     train_epoch,
-    validation_rows,
 )
 from hatzoo.training.joint import plain_backbone
 from hatzoo.training.recipe import Recipe, load_recipe
@@ -74,16 +74,11 @@ def test_rows(seq: TaskSequence, limit: int | None) -> tuple[torch.Tensor, torch
     return x, torch.cat(ids), y
 
 
-def held_out(seq: TaskSequence, fraction: float, seed: int) -> tuple[dict[int, Any], dict[int, Any]]:
-    """(the rest, the validation split) of each task's training split: ``validation_rows`` and every
-    other row, in its order (the rows a card's ``benchmark.validation`` trains on)."""
-    rest, val = {}, {}
-    for t, rows in validation_rows(seq, fraction, seed).items():
-        x, y = seq[t].train.tensors
-        keep = torch.ones(len(y), dtype=torch.bool)
-        keep[rows] = False
-        val[t], rest[t] = (x[rows], y[rows]), (x[keep], y[keep])
-    return rest, val
+def validation_split(seq: TaskSequence, fraction: float, seed: int) -> tuple[dict[int, Any], dict[int, Any]]:
+    """(the rest, the validation split) of each task's training split as (x, y) per task: the rows a
+    card's ``benchmark.validation`` trains on, and the rows it holds out."""
+    rest, val = held_out(seq, fraction, seed)
+    return {t: task.train.tensors for t, task in enumerate(rest)}, val
 
 
 def stacked(split: dict[int, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -274,7 +269,7 @@ def validation_only(name: str, card: str | None, args: argparse.Namespace) -> di
         raise SystemExit(
             f"{name}: --validation-only compares models trained with a held-out validation split"
         )
-    split = held_out(
+    split = validation_split(
         load_benchmark(recipe, holdout=False), recipe.benchmark.validation, recipe.benchmark.seed
     )
     agnostic = TaskAgnosticModel.from_hat_model(hatzoo.load(name).eval())
@@ -296,7 +291,7 @@ def run_model(name: str, card: str | None, args: argparse.Namespace) -> dict[str
     seq = load_benchmark(recipe)  # the training rows the model learnt from
     # a card's own validation split is never trained on; without one, carve --val-fraction
     fraction = recipe.benchmark.validation or args.val_fraction
-    split = held_out(load_benchmark(recipe, holdout=False), fraction, recipe.benchmark.seed)
+    split = validation_split(load_benchmark(recipe, holdout=False), fraction, recipe.benchmark.seed)
     model = hatzoo.load(name).eval()
     agnostic = TaskAgnosticModel.from_hat_model(model)
     x, task, target = test_rows(seq, args.max_test_per_task)

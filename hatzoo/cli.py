@@ -253,7 +253,9 @@ def _print_card_results(results: CardResults) -> None:
                 f"class-incremental accuracy {scores['class_incremental']:.2f}%"
             )
         for baseline, scores in block.get("baselines", {}).items():
-            print(f"  {baseline:<26} (baseline) class-incremental accuracy {scores['class_incremental']:.2f}%")
+            print(
+                f"  {baseline:<26} (baseline) class-incremental accuracy {scores['class_incremental']:.2f}%"
+            )
     if results.capacity:
         full = sum(1 for g in results.capacity.values() if g["free"] == 0)
         print(f"free units per group after the release's tasks (card; {full} groups full):")

@@ -20,8 +20,8 @@ from hatzoo.card import read_card, update_card
 from hatzoo.checkpoint import load_pretrained
 from hatzoo.data_config import DataConfig
 from hatzoo.hub.release import release_files, release_pin
-from hatzoo.model import HATModel
 from hatzoo.likelihood_ratio import RATIO_FILE
+from hatzoo.model import HATModel
 from hatzoo.replay import REPLAY_FILE, ReplayBuffer
 from hatzoo.training.common import Runtime, load_benchmark
 from hatzoo.training.loop import evaluate, task_free_heads

@@ -13,7 +13,7 @@ import hatzoo
 from hatzoo.card import CardError
 from hatzoo.checkpoint import load_pretrained
 from hatzoo.training import train_sequence
-from hatzoo.training.common import load_benchmark, validation_rows
+from hatzoo.training.common import held_out, load_benchmark
 from hatzoo.training.loop import ood_loss
 from hatzoo.training.recipe import Recipe
 from tests.model_support import TINY, mlp, task_logits, tiny_recipe
@@ -78,15 +78,21 @@ def test_ood_loss_rewards_confidence_inside_and_doubt_outside() -> None:
 
 
 def test_validation_rows_are_never_trained_on() -> None:
+    """The training rows and the validation split partition each task's training split; the training
+    rows keep their order, the test split is untouched, and the carve is a function of the seed."""
     recipe = ood_recipe()
     trained, full = load_benchmark(recipe), load_benchmark(recipe, holdout=False)
-    held = validation_rows(full, 0.25, recipe.benchmark.seed)
+    _, val = held_out(full, 0.25, recipe.benchmark.seed)
+    _, again = held_out(full, 0.25, recipe.benchmark.seed)
     for t in range(len(full)):
-        x_full, y_full = full[t].train.tensors
-        keep = torch.ones(len(y_full), dtype=torch.bool)
-        keep[held[t]] = False
-        assert len(held[t]) == 50 and len(trained[t].train) == 150
-        assert torch.equal(trained[t].train.tensors[0], x_full[keep])  # the rest, in the split's order
+        x_full = full[t].train.tensors[0].flatten(1)
+        x_train, x_val = trained[t].train.tensors[0].flatten(1), val[t][0].flatten(1)
+        assert len(x_val) == 50 and len(x_train) == 150 and torch.equal(x_val, again[t][0].flatten(1))
+        index = {tuple(row.tolist()): i for i, row in enumerate(x_full)}
+        train_rows = [index[tuple(row.tolist())] for row in x_train]
+        val_rows = [index[tuple(row.tolist())] for row in x_val]
+        assert sorted(train_rows + val_rows) == list(range(len(x_full)))
+        assert train_rows == sorted(train_rows)  # the rest, in the split's order
         assert torch.equal(trained[t].test.tensors[0], full[t].test.tensors[0])
     assert trained.options["validation"] == 0.25
 

@@ -79,32 +79,32 @@ def load_benchmark(recipe: Recipe, *, holdout: bool = True) -> TaskSequence:
     """The recipe's task sequence (DataError from hatzoo.data passes through with its how-to-fix text).
 
     With ``benchmark.validation`` set, each task's training split lacks its validation rows
-    (``validation_rows``), unless ``holdout=False``: the whole split, for carving them.
+    (``held_out``), unless ``holdout=False``: the whole split, for carving them.
     """
     b = recipe.benchmark
     seq = get_benchmark(b.name, seed=b.seed, max_train_per_task=b.max_train_per_task, **b.options)
     if b.max_tasks is not None and b.max_tasks < len(seq):
         seq = dataclasses.replace(seq, tasks=seq.tasks[: b.max_tasks])
     if holdout and b.validation:
-        held = validation_rows(seq, b.validation, b.seed)
-        tasks = []
-        for t, task in enumerate(seq):
-            keep = torch.ones(len(task.train), dtype=torch.bool)
-            keep[held[t]] = False
-            tasks.append(
-                dataclasses.replace(task, train=TensorDataset(*(v[keep] for v in task.train.tensors)))
-            )
-        seq = dataclasses.replace(seq, tasks=tasks, options={**seq.options, "validation": b.validation})
+        seq, _ = held_out(seq, b.validation, b.seed)
     return seq
 
 
-def validation_rows(seq: TaskSequence, fraction: float, seed: int) -> dict[int, torch.Tensor]:
-    """A seeded ``fraction`` of each task's training rows (indices; at least one): its validation split."""
-    rows = {}
+def held_out(
+    seq: TaskSequence, fraction: float, seed: int
+) -> tuple[TaskSequence, dict[int, tuple[torch.Tensor, torch.Tensor]]]:
+    """``seq`` with each task's training split less a seeded ``fraction`` of its rows (at least one),
+    the rest kept in order, and those rows per task as (x, y): the validation split."""
+    tasks, val = [], {}
     for t, task in enumerate(seq):
         gen = torch.Generator().manual_seed(derive_seed(seed, 11, t))
-        rows[t] = torch.randperm(len(task.train), generator=gen)[: max(1, int(fraction * len(task.train)))]
-    return rows
+        rows = torch.randperm(len(task.train), generator=gen)[: max(1, int(fraction * len(task.train)))]
+        keep = torch.ones(len(task.train), dtype=torch.bool)
+        keep[rows] = False
+        x, y = task.train.tensors
+        val[t] = (x[rows], y[rows])
+        tasks.append(dataclasses.replace(task, train=TensorDataset(x[keep], y[keep])))
+    return dataclasses.replace(seq, tasks=tasks, options={**seq.options, "validation": fraction}), val
 
 
 def make_optimizer(recipe: Recipe, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
