@@ -309,8 +309,7 @@ def _train_task(
 
     ``position`` (from a step checkpoint) says the epoch and batch to go on from; every
     ``checkpoint_every`` steps but the task's last, ``save_step(epoch, next batch, step)`` is called.
-    With ``outside`` (images of other tasks), each batch also brings as many of them, drawn by a seed of
-    the step, and the loss adds ``recipe.ood`` times ``ood_loss``.
+    With ``outside`` (other tasks' images) the loss adds ``recipe.ood`` times ``ood_loss`` (``_forward``).
     """
     r = recipe.recipe
     schedule = get_schedule(r.schedule, recipe.hat.smax)
@@ -327,21 +326,14 @@ def _train_task(
         def loss_fn(b, batch, weight, epoch=epoch, total=total, n=n):  # noqa: ANN001
             xb, yb = batch
             scale = schedule(epoch * n + b, total) if r.scale_ramp == "task" else schedule(b, n)
-            if outside is None:
-                logits, ood = net(xb, task=t, scale=scale), None
-            else:
-                gen = torch.Generator().manual_seed(derive_seed(r.seed, 3, t, epoch * n + b, rt.ctx.rank))
-                (xo,) = rt.to_device(outside[torch.randint(len(outside), (len(yb),), generator=gen)])
-                both = net(torch.cat([xb, xo]), task=t, scale=scale)
-                logits, ood = both[: len(yb)], ood_loss(both[: len(yb)], both[len(yb) :])
+            seed = derive_seed(r.seed, 3, t, epoch * n + b, rt.ctx.rank)
+            logits, ood = _forward(net, xb, t, scale, outside, seed, rt)
             ce = F.cross_entropy(logits, yb, reduction="sum")
             reg = model.regularization(task=t)
-            loss = ce * weight + reg
-            if ood is not None:
-                loss = loss + r.ood * ood * len(yb) * weight
+            loss = ce * weight + reg + r.ood * ood * len(yb) * weight
             if log_every and (b % log_every == 0 or b == n - 1):
                 ce_mean = ce.item() / max(len(yb), 1)
-                extra = {} if ood is None else {"ood": ood.item()}
+                extra = {} if outside is None else {"ood": ood.item()}
                 log("step", task=t, epoch=epoch, batch=b, scale=scale, ce=ce_mean, reg=reg.item(), **extra)
             hits = (logits.argmax(1) == yb).sum()
             return loss, torch.stack([ce.double(), reg.double() * len(yb), hits.double()])
@@ -358,6 +350,25 @@ def _train_task(
             net, optimizer, recipe, data, batches, epoch * n, total, loss_fn, rt, desc, first, after_step
         )
         _log_epoch(log, model, t, epoch, first, sums, time.perf_counter() - epoch_start)
+
+
+def _forward(
+    net: torch.nn.Module,
+    xb: torch.Tensor,
+    t: int,
+    scale: float,
+    outside: torch.Tensor | None,
+    seed: int,
+    rt: Runtime,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Task ``t``'s logits on ``xb`` and the ``ood_loss`` against as many of ``outside``'s images (drawn
+    with ``seed``), both from one forward pass; without ``outside`` the loss is 0."""
+    if outside is None:
+        return net(xb, task=t, scale=scale), torch.zeros((), device=xb.device)
+    gen = torch.Generator().manual_seed(seed)
+    (xo,) = rt.to_device(outside[torch.randint(len(outside), (len(xb),), generator=gen)])
+    both = net(torch.cat([xb, xo]), task=t, scale=scale)
+    return both[: len(xb)], ood_loss(both[: len(xb)], both[len(xb) :])
 
 
 def _log_epoch(
