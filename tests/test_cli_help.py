@@ -50,8 +50,15 @@ def test_info_on_a_zoo_release_reads_its_card_without_importing_torch_or_timm():
     assert info[0].startswith("hat-vit-tiny: 5 tasks, architecture hat-vit-tiny")
     assert info[1] == f"  task 0: {results.tasks[0]}, test accuracy {results.shipped[0]:.2f}% (card)"
     assert f"average accuracy {results.release['average_accuracy']:.2f}%" in done.stdout
-    assert "free units per group after the release's tasks (card; 2 groups full):" in done.stdout
-    assert "  blocks.0.mlp.hidden            662 of 768   free" in info
+    full = sum(1 for g in results.capacity.values() if g["free"] == 0)
+    assert f"free units per group after the release's tasks (card; {full} groups full):" in done.stdout
+    mlp = results.capacity["blocks.0.mlp.hidden"]
+    assert f"  {'blocks.0.mlp.hidden':<28} {mlp['free']:>5} of {mlp['size']:<5} free" in info
+    heads = results.task_agnostic["rules"]["likelihood_ratio (release)"]
+    assert (
+        f"  likelihood_ratio (release) task predicted {heads['task']:.2f}%, "
+        f"class-incremental accuracy {heads['class_incremental']:.2f}%"
+    ) in info
 
 
 # ------------------------------------------------------------------ every example of every --help runs
